@@ -1,0 +1,225 @@
+"""Real loopback servers and a real mitmdump process for the tests. Nothing here stands in for a part under test."""
+
+import http.server
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ADDON = ROOT / "addon" / "header_augment.py"
+MITMDUMP = Path(sys.executable).parent / "mitmdump"
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import echo_upstream  # noqa: E402
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Provider:
+    """A header provider on 127.0.0.1 whose next answers the test scripts: status, body, headers, delay, hang."""
+
+    def __init__(self, port: int = 0) -> None:
+        self._lock = threading.Lock()
+        self.status = 200
+        self.body = b"{}"
+        self.headers: dict[str, str] = {}
+        self.delay = 0.0
+        self.hanging = False
+        self._release = threading.Event()
+        self.requests: list[dict] = []
+        provider = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def do_GET(self) -> None:
+                with provider._lock:
+                    provider.requests.append({"at": time.monotonic(), "path": self.path, "headers": dict(self.headers)})
+                    status, body, headers = provider.status, provider.body, dict(provider.headers)
+                    delay, hanging = provider.delay, provider.hanging
+                if hanging:
+                    provider._release.wait(60)
+                    return
+                if delay:
+                    time.sleep(delay)
+                self.send_response(status)
+                headers.setdefault("Content-Length", str(len(body)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/headers"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def answer(
+        self,
+        headers: dict | None = None,
+        *,
+        body: bytes | None = None,
+        status: int = 200,
+        response_headers: dict[str, str] | None = None,
+        delay: float = 0.0,
+        hang: bool = False,
+    ) -> None:
+        with self._lock:
+            self.body = body if body is not None else json.dumps(headers or {}).encode()
+            self.status = status
+            self.headers = response_headers or {}
+            self.delay = delay
+            self.hanging = hang
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self.requests)
+
+    def wait_for_requests(self, n: int, timeout: float = 10.0) -> None:
+        wait_until(lambda: self.count >= n, timeout, what=f"{n} provider requests")
+
+    def close(self) -> None:
+        self._release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Upstream:
+    """The echo upstream from scripts/, on 127.0.0.1, optionally behind TLS."""
+
+    def __init__(self, ssl_context=None) -> None:
+        self.server = echo_upstream.serve("127.0.0.1", 0)
+        if ssl_context is not None:
+            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        scheme = "https" if ssl_context else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Mitmdump:
+    """A real `mitmdump -s addon/header_augment.py` on 127.0.0.1 with an ephemeral port; its output is collected."""
+
+    def __init__(self, confdir: Path, *args: str, cwd: Path | None = None, wait_listening: bool = True) -> None:
+        self.confdir = confdir
+        cmd = [
+            str(MITMDUMP),
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            "0",
+            "--set",
+            f"confdir={confdir}",
+            "-s",
+            str(ADDON),
+            *args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=cwd or ROOT,
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+        )
+        self._lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.port = 0
+        if wait_listening:
+            self.port = int(self.wait_for(r"proxy listening at 127\.0\.0\.1:(\d+)").group(1))
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._cond:
+                self._lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._lines.append("")  # end of output
+            self._cond.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._cond:
+            return "".join(self._lines)
+
+    def wait_for(self, pattern: str, timeout: float = 10.0, start: int = 0) -> re.Match:
+        """The first output line (from line `start`) matching `pattern`; fails on timeout or exit."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self._lines[start:]:
+                    if match := regex.search(line):
+                        return match
+                if self._lines and self._lines[-1] == "":
+                    raise AssertionError(f"mitmdump exited before printing {pattern!r}:\n{self.output_unlocked()}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no {pattern!r} within {timeout}s:\n{self.output_unlocked()}")
+                self._cond.wait(remaining)
+
+    def mark(self) -> int:
+        """A position in the output, for `wait_for(..., start=mark)`."""
+        with self._cond:
+            return len(self._lines)
+
+    def output_unlocked(self) -> str:
+        return "".join(self._lines)
+
+    @property
+    def proxy(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        finally:
+            self._reader.join(5)
+
+    def wait_exit(self, timeout: float = 20.0) -> int:
+        rc = self.proc.wait(timeout)
+        self._reader.join(5)
+        return rc
