@@ -1,13 +1,18 @@
 """End to end: a real mitmdump with the addon, a real provider and upstream on loopback, real clients."""
 
 import json
+import os
+import re
+import signal
 import ssl
 import subprocess
 import time
+import urllib.parse
 
+import httpx
 import pytest
 from conftest import client_for, seen_headers, values_of
-from servers import Provider, clean_env, wait_until
+from servers import ROOT, Provider, clean_env, wait_until
 
 TOKEN = "Bearer tok-e2e-5ecr3t-value"
 
@@ -264,3 +269,61 @@ def test_https_interception_http2_curl(mitmdump, provider, tls_upstream):
     assert version == "2"
     tokens = [v for n, v in json.loads(body)["headers"] if n.lower() == "x-token"]
     assert tokens == ["over-h2"]  # replace mode, matched case-insensitively against HTTP/2's lower-case names
+
+
+def console(client, command: str) -> httpx.Response:
+    return client.get("http://console.test/" + urllib.parse.quote(command))
+
+
+def test_runtime_bad_value_is_refused_and_previous_configuration_stays(mitmdump, provider, upstream):
+    provider.answer({"X-Token": "steady"})
+    m = start_with(
+        mitmdump, provider, "-s", str(ROOT / "tests" / "console_set.py"), "--set", "header_refresh_interval=200ms"
+    )
+    with client_for(m.proxy) as client:
+        for command, message in [
+            ("set header_refresh_interval soon", "header_refresh_interval"),
+            ("set header_merge prepend", "header_merge"),
+            ("set header_scope ~q(", "header_scope"),
+            ("set header_require maybe", "boolean"),
+            ("set header_requir true", "Unknown option"),
+        ]:
+            response = console(client, command)
+            assert response.status_code == 400 and message in response.text, (command, response.text)
+        # The refresher kept running at its 200 ms interval, and the headers are still added.
+        count = provider.count
+        provider.wait_for_requests(count + 3, timeout=5)
+        assert provider.requests[-1]["at"] - provider.requests[-2]["at"] < 0.5
+        assert values_of(client.get(upstream.url), "X-Token") == ["steady"]
+        # A good value is taken at runtime.
+        assert console(client, "set header_merge keep").status_code == 200
+        response = client.get(upstream.url, headers={"X-Token": "client"})
+        assert values_of(response, "X-Token") == ["client"]
+
+
+def test_scripts_run_uses_the_demo_provider(tmp_path, upstream):
+    env = clean_env() | {"HEADER_AUGMENT_PORT": "0"}
+    proc = subprocess.Popen(
+        [str(ROOT / "scripts" / "run"), "--set", f"confdir={tmp_path}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        port = None
+        for line in proc.stdout:
+            if match := re.search(r"proxy listening at 127\.0\.0\.1:(\d+)", line):
+                port = int(match.group(1))
+            if "headers in use: Authorization, X-Tenant" in line:
+                break
+        assert port
+        with client_for(f"http://127.0.0.1:{port}") as client:
+            response = client.get(upstream.url)
+        assert values_of(response, "Authorization")[0].startswith("Bearer demo.")
+        assert values_of(response, "X-Tenant") == ["demo"]
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(10)

@@ -1,0 +1,279 @@
+"""The mitmproxy-facing layer, in-process, with mitmproxy's own taddons and tflow."""
+
+import logging
+import threading
+
+import header_augment
+import pytest
+from mitmproxy import exceptions, hooks
+from mitmproxy.addons import script
+from mitmproxy.http import Headers
+from mitmproxy.test import taddons, tflow
+from servers import ADDON, wait_until
+
+from augment.options import OPTION_NAMES
+from augment.snapshot import NOTHING, Snapshot
+
+VALID = {"header_provider_url": "http://127.0.0.1:9/headers"}  # never started in these tests
+
+
+def make_flow(headers=(), host="api.example.com"):
+    f = tflow.tflow()
+    f.request.host = host
+    f.request.headers = Headers([(b"Host", host.encode())] + [(k.encode(), v.encode()) for k, v in headers])
+    return f
+
+
+def give(addon, *headers, max_stale=0.0, at=None):
+    import time
+
+    binding = addon.bindings[0]
+    binding.refresher.snapshot = Snapshot.build(list(headers), time.monotonic() if at is None else at, max_stale)
+
+
+def test_options_are_declared_with_help():
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        for name in OPTION_NAMES:
+            assert name in tctx.options
+            assert tctx.options._options[name].help
+        assert tctx.options.header_refresh_interval == "360s"
+        assert tctx.options.header_provider_timeout == "5s"
+        assert tctx.options.header_merge == "replace"
+        assert tctx.options.header_require is False
+    assert header_augment.addons and isinstance(header_augment.addons[0], header_augment.HeaderAugment)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("header_provider_url", "ftp://x/", "header_provider_url"),
+        ("header_provider_url", "http:///nohost", "header_provider_url"),
+        ("header_provider_url", "http://x:99999/", "header_provider_url"),
+        ("header_provider_timeout", "0", "header_provider_timeout"),
+        ("header_provider_timeout", "soon", "header_provider_timeout"),
+        ("header_refresh_interval", "99ms", "header_refresh_interval: '99ms' is too short: it must be at least 100ms"),
+        ("header_max_stale", "-1s", "header_max_stale"),
+        ("header_merge", "prepend", "accepted: replace, append, keep"),
+        ("header_scope", "~d(", "header_scope"),
+        ("header_provider_ca", "/nonexistent/ca.pem", "header_provider_ca"),
+        ("header_provider_cert", "/nonexistent/cert.pem", "header_provider_cert"),
+        ("header_provider_authority", "a/b", "header_provider_authority"),
+    ],
+)
+def test_bad_values_raise_options_error_naming_the_option(option, value, message):
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        url = (
+            "https://127.0.0.1/h"
+            if option in ("header_provider_ca", "header_provider_cert")
+            else VALID["header_provider_url"]
+        )
+        with pytest.raises(exceptions.OptionsError, match=message.replace("(", r"\(")):
+            tctx.configure(addon, **{"header_provider_url": url, option: value})
+
+
+def test_no_url_is_idle_with_one_warning(caplog):
+    addon = header_augment.HeaderAugment()
+    with caplog.at_level(logging.WARNING), taddons.context(addon) as tctx:
+        tctx.configure(addon, header_merge="append")
+        f = make_flow()
+        addon.requestheaders(f)
+        assert addon.bindings == ()
+    assert sum("header-augment is idle" in r.message for r in caplog.records) == 1
+
+
+def test_empty_scope_warns_once(caplog):
+    addon = header_augment.HeaderAugment()
+    with caplog.at_level(logging.WARNING), taddons.context(addon) as tctx:
+        tctx.configure(addon, **VALID)
+        tctx.configure(addon, header_merge="append")
+    assert sum("go to every host" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [("replace", [b"ours"]), ("append", [b"client", b"ours"]), ("keep", [b"client"])],
+)
+def test_merge_modes(mode, expected):
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, header_merge=mode, **VALID)
+        give(addon, ("X-Token", "ours"))
+        f = make_flow((("x-token", "client"),))
+        addon.requestheaders(f)
+        assert [v for k, v in f.request.headers.fields if k.lower() == b"x-token"] == expected
+
+
+def test_scope():
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, header_scope="~d api.example.com", **VALID)
+        give(addon, ("X-Token", "t"))
+        inside, outside = make_flow(), make_flow(host="other.example.com")
+        addon.requestheaders(inside)
+        addon.requestheaders(outside)
+        assert inside.request.headers["X-Token"] == "t"
+        assert "X-Token" not in outside.request.headers
+
+
+def test_require_refuses_until_an_answer_and_after_max_stale():
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, header_require=True, header_max_stale="1s", **VALID)
+        f = make_flow()
+        addon.requestheaders(f)
+        assert f.response.status_code == 503
+        assert b"no valid answer" in f.response.content
+        give(addon)  # {}: a valid answer with no headers is not a reason to refuse
+        f = make_flow()
+        addon.requestheaders(f)
+        assert f.response is None
+        give(addon, ("X-Token", "t"), max_stale=1, at=0)  # fetched long ago (monotonic 0)
+        f = make_flow()
+        addon.requestheaders(f)
+        assert f.response.status_code == 503 and b"expired" in f.response.content
+        assert b"X-Token" not in f.response.content and b"t\n" not in f.response.content
+
+
+def test_out_of_scope_requests_are_not_refused():
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, header_require=True, header_scope="~d api.example.com", **VALID)
+        f = make_flow(host="elsewhere.example.com")
+        addon.requestheaders(f)
+        assert f.response is None
+
+
+def test_flows_with_response_error_or_not_live_are_left_alone():
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, **VALID)
+        give(addon, ("X-Token", "t"))
+        answered = tflow.tflow(resp=True)
+        errored = tflow.tflow(err=True)
+        dead = tflow.tflow(live=False)
+        for f in (answered, errored, dead):
+            before = f.request.headers.fields
+            addon.requestheaders(f)
+            assert f.request.headers.fields == before
+
+
+def test_snapshot_swap_is_seen_by_the_next_request():
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, **VALID)
+        f = make_flow()
+        addon.requestheaders(f)
+        assert "X-Token" not in f.request.headers
+        give(addon, ("X-Token", "one"))
+        f = make_flow()
+        addon.requestheaders(f)
+        assert f.request.headers["X-Token"] == "one"
+        give(addon, ("X-Other", "two"))
+        f = make_flow()
+        addon.requestheaders(f)
+        assert "X-Token" not in f.request.headers and f.request.headers["X-Other"] == "two"
+
+
+def test_unexpected_error_passes_the_flow_untouched(caplog):
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, **VALID)
+        give(addon, ("X-Token", "secret-value"))
+
+        def broken_scope(flow):
+            raise RuntimeError("boom")
+
+        addon.bindings = (
+            header_augment.Binding(addon.bindings[0].settings, addon.bindings[0].refresher, broken_scope),
+        )
+        f = make_flow()
+        before = f.request.headers.fields
+        addon.requestheaders(f)
+        assert f.request.headers.fields == before and f.response is None
+    assert "request passed on unchanged" in caplog.text
+    assert "secret-value" not in caplog.text
+
+
+def test_runtime_changes_keep_or_replace_the_refresher():
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, **VALID)
+        first = addon.bindings[0].refresher
+        tctx.configure(addon, header_merge="keep", header_scope="~d x", header_require=True)
+        assert addon.bindings[0].refresher is first  # applying differently needs no new fetch
+        tctx.configure(addon, header_refresh_interval="10s")
+        assert addon.bindings[0].refresher is not first
+
+
+def test_bad_runtime_value_keeps_the_previous_configuration():
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, header_merge="append", **VALID)
+        before = addon.bindings
+        with pytest.raises(exceptions.OptionsError, match="header_refresh_interval"):
+            tctx.configure(addon, header_refresh_interval="fast")
+        assert addon.bindings == before
+        assert tctx.options.header_refresh_interval == "360s"
+
+
+def test_deferred_bad_values_and_unknown_names_are_logged_as_errors(caplog):
+    with caplog.at_level(logging.ERROR), taddons.context() as tctx:
+        tctx.options.set("header_require=maybe", "header_requir=true", "header_xyzzy_plugh=1", "other=1", defer=True)
+        tctx.options.set("header_scope=a", "header_scope=b", defer=True)
+        tctx.master.addons.register(header_augment.HeaderAugment())
+        assert "other" in tctx.options.deferred  # not ours to judge
+        assert not any(k.startswith("header_") for k in tctx.options.deferred)
+        assert tctx.options.header_require is False
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("header_require: 'maybe' is not accepted" in m and "true, false" in m for m in messages)
+    assert any("unknown option header_requir; did you mean header_require?" in m for m in messages)
+    assert any("unknown option header_xyzzy_plugh; header-augment's options:" in m for m in messages)
+    assert any("header_scope" in m and "multiple values" in m for m in messages)
+
+
+@pytest.mark.parametrize("spec", ["header_require", "header_require=true", "header_require=false"])
+def test_deferred_good_boolean_spellings_still_work(spec, caplog):
+    with caplog.at_level(logging.ERROR), taddons.context() as tctx:
+        tctx.options.set(spec, defer=True)
+        tctx.master.addons.register(header_augment.HeaderAugment())
+        assert tctx.options.header_require is (spec != "header_require=false")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_config_file_values_are_checked_too(caplog):
+    with caplog.at_level(logging.ERROR), taddons.context() as tctx:
+        tctx.options.update_defer(header_require="yes please", header_merge="append")
+        tctx.master.addons.register(header_augment.HeaderAugment())
+        assert tctx.options.header_merge == "append"
+    assert "header_require: 'yes please' is not accepted" in caplog.text
+
+
+def refresher_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("header-augment")]
+
+
+def test_done_and_hot_reload_leave_no_thread(provider):
+    provider.answer({"X-Token": "t"})
+    with taddons.context() as tctx:
+        sc = script.Script(str(ADDON), False)  # loads and registers the script's addons
+        tctx.options.update(header_provider_url=provider.url)
+        # The Script is not in the addon chain here, so hooks reach the script's addons only when sent to them.
+        tctx.master.addons.invoke_addon_sync(sc.ns, hooks.ConfigureHook({"header_provider_url"}))
+        sc.running()
+        tctx.master.addons.invoke_addon_sync(sc.ns, hooks.RunningHook())
+        wait_until(lambda: len(refresher_threads()) == 1, what="refresher thread")
+        old = refresher_threads()[0]
+        sc.loadscript()  # what the watcher does when the file changes
+        assert not old.is_alive()
+        wait_until(lambda: len(refresher_threads()) == 1 and refresher_threads()[0] is not old, what="new thread")
+        tctx.master.addons.remove(sc.ns)  # runs done()
+        assert refresher_threads() == []
+
+
+def test_nothing_is_the_initial_snapshot():
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, **VALID)
+        assert addon.bindings[0].refresher.snapshot is NOTHING

@@ -1,0 +1,254 @@
+"""The provider client and the refresher against real HTTP servers on 127.0.0.1."""
+
+import http.server
+import json
+import logging
+import os
+import socket
+import socketserver
+import ssl
+import threading
+import time
+
+import pytest
+from servers import wait_until
+
+from augment.provider import ProviderClient
+from augment.refresher import Refresher
+from augment.settings import ProviderSettings, SettingsError
+
+
+def client(url, **kwargs):
+    return ProviderClient(ProviderSettings(url=url, **kwargs))
+
+
+def test_fetch_success(provider):
+    provider.answer({"Authorization": "Bearer x"})
+    result = client(provider.url).fetch()
+    assert result.ok and result.answer.headers == (("Authorization", "Bearer x"),)
+    assert result.max_age is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (dict(status=500), "HTTP 500"),
+        (dict(status=404), "HTTP 404"),
+        (dict(status=302, response_headers={"Location": "/other"}), "HTTP 302 redirect (not followed)"),
+        (dict(body=b""), "not JSON"),
+        (dict(body=b"<html>"), "not JSON"),
+        (dict(body=b"[]"), "JSON array, not an object"),
+        (dict(body=b" " * (1024 * 1024 + 1)), "body larger than 1048576 bytes"),
+    ],
+)
+def test_fetch_failures(provider, answer, reason):
+    provider.answer(**answer)
+    result = client(provider.url).fetch()
+    assert not result.ok
+    assert reason in result.reason
+
+
+def test_too_large_without_content_length(provider):
+    """A chunked body is cut off at the limit, not read to the end."""
+
+    class Chunked(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chunk = b" " * 65536
+            for _ in range(40):  # 2.5 MiB
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.write(b"0\r\n\r\n")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Chunked)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = client(f"http://127.0.0.1:{server.server_address[1]}/").fetch()
+        assert result.reason == "body larger than 1048576 bytes"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_timeout(provider):
+    provider.answer({"A": "b"}, delay=2)
+    started = time.monotonic()
+    result = client(provider.url, timeout=0.3).fetch()
+    assert result.reason == "timed out"
+    assert time.monotonic() - started < 1.5
+
+
+def test_connection_refused():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    result = client(f"http://127.0.0.1:{port}/headers").fetch()
+    assert result.reason.startswith("ConnectError")
+
+
+def test_max_age_is_read(provider):
+    provider.answer({"A": "b"}, response_headers={"Cache-Control": "private, max-age=42"})
+    assert client(provider.url).fetch().max_age == 42
+
+
+def test_authority_and_no_environment_proxy(provider, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # would fail if honoured
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    provider.answer({"A": "b"})
+    assert client(provider.url, authority="sidecar").fetch().ok
+    assert provider.requests[-1]["headers"]["Host"] == "sidecar"
+
+
+def test_unix_socket(tmp_path):
+    path = str(tmp_path / "provider.sock")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"X-Via": self.headers["Host"] + self.path}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def address_string(self):
+            return "unix"
+
+        def log_message(self, *args):
+            pass
+
+    class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+    server = UnixServer(path, Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = client("http://sidecar/headers", socket=path).fetch()
+        assert result.answer.headers == (("X-Via", "sidecar/headers"),)
+    finally:
+        server.shutdown()
+        server.server_close()
+        os.unlink(path)
+
+
+@pytest.fixture
+def tls_provider(tls_files, provider):
+    """The provider behind TLS that requires a client certificate signed by our test CA."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls_files / "combined.pem")
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(tls_files / "cert.pem")
+    provider.server.socket = context.wrap_socket(provider.server.socket, server_side=True)
+    return provider
+
+
+def test_https_with_ca_client_certificate_and_sni(tls_provider, tls_files):
+    tls_provider.answer({"A": "b"})
+    url = f"https://127.0.0.1:{tls_provider.port}/headers"
+    ok = client(url, ca=str(tls_files / "cert.pem"), cert=str(tls_files / "combined.pem"), authority="provider.test")
+    assert ok.fetch().ok
+    no_cert = client(url, ca=str(tls_files / "cert.pem"))
+    assert not no_cert.fetch().ok
+    untrusted = client(url, cert=str(tls_files / "combined.pem"))
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted.fetch().reason
+
+
+def test_bad_ca_or_cert_is_a_settings_error(tmp_path):
+    bogus = tmp_path / "bogus.pem"
+    bogus.write_text("not a certificate")
+    with pytest.raises(SettingsError) as e:
+        client("https://x/", ca=str(bogus))
+    assert e.value.field == "ca"
+    with pytest.raises(SettingsError) as e:
+        client("https://x/", cert=str(tmp_path / "missing.pem"))
+    assert e.value.field == "cert"
+
+
+# -- refresher ----------------------------------------------------------------------------------------------------
+
+
+def refresher(url, **kwargs):
+    return Refresher(client(url, **kwargs))
+
+
+def test_refresher_publishes_and_refreshes(provider):
+    provider.answer({"X-Token": "one"})
+    r = refresher(provider.url, interval=0.1)
+    r.start()
+    try:
+        wait_until(lambda: r.snapshot.fields == ((b"X-Token", b"one"),), what="first snapshot")
+        provider.answer({"X-Token": "two"})
+        wait_until(lambda: r.snapshot.fields == ((b"X-Token", b"two"),), what="second snapshot")
+    finally:
+        r.stop()
+    assert not r.is_alive()
+
+
+def test_failure_keeps_last_good_and_backs_off(provider, caplog):
+    provider.answer({"X-Token": "good"})
+    r = refresher(provider.url, interval=30)
+    with caplog.at_level(logging.DEBUG, logger="header_augment"):
+        r.start()
+        try:
+            wait_until(lambda: r.fetches_ok >= 1, what="first answer")
+            good = r.snapshot
+            provider.answer(status=500)
+            r.refresh_now()
+            wait_until(lambda: r.fetches_failed["HTTP 500"] >= 2, timeout=10, what="two failures")
+            assert r.snapshot is good
+        finally:
+            r.stop()
+    # Backoff starts at 1 s (with up to 10% jitter), well before the 30 s interval.
+    times = [req["at"] for req in provider.requests]
+    assert 0.85 <= times[-1] - times[-2] < 2
+    warnings = [rec for rec in caplog.records if "refresh failed" in rec.message and rec.levelno == logging.WARNING]
+    assert len(warnings) == 1  # not repeated while the state is unchanged
+
+
+def test_max_age_drives_the_next_refresh(provider):
+    provider.answer({"A": "b"}, response_headers={"Cache-Control": "max-age=1"})
+    r = refresher(provider.url, interval=3600)
+    r.start()
+    try:
+        provider.wait_for_requests(2, timeout=5)
+    finally:
+        r.stop()
+    gap = provider.requests[1]["at"] - provider.requests[0]["at"]
+    assert 0.9 <= gap < 2
+
+
+def test_refresh_now(provider):
+    provider.answer({"A": "b"})
+    r = refresher(provider.url, interval=3600)
+    r.start()
+    try:
+        provider.wait_for_requests(1)
+        r.refresh_now()
+        provider.wait_for_requests(2, timeout=2)
+    finally:
+        r.stop()
+
+
+def test_stop_does_not_wait_for_a_hanging_provider(provider):
+    provider.answer(hang=True)
+    r = refresher(provider.url, timeout=60)
+    r.start()
+    provider.wait_for_requests(1)
+    started = time.monotonic()
+    r.stop()
+    assert time.monotonic() - started < 1.2
+    assert not r.is_alive()
+    assert r.snapshot.fields == () and r.fetches_failed == {}  # an aborted call is not counted as a failure
+
+
+def test_stop_before_start_and_twice(provider):
+    r = refresher(provider.url)
+    r.stop()
+    r.stop()
+    assert not r.is_alive()

@@ -1,0 +1,70 @@
+import math
+
+from augment.snapshot import NOTHING, Merge, Snapshot, merge
+
+
+def snap(*headers, max_stale=0.0, at=100.0):
+    return Snapshot.build(list(headers), at, max_stale)
+
+
+REQUEST = ((b"Host", b"example.com"), (b"x-token", b"client"), (b"Accept", b"*/*"))
+
+
+def test_build_encodes_once():
+    s = snap(("Authorization", "Bearer a"), ("X-Tenant", "acme"))
+    assert s.fields == ((b"Authorization", b"Bearer a"), (b"X-Tenant", b"acme"))
+    assert s.names == {b"authorization", b"x-tenant"}
+    assert s.display_names == ("Authorization", "X-Tenant")
+
+
+def test_replace_removes_every_existing_value_case_insensitively():
+    s = snap(("X-Token", "ours"))
+    fields = merge(REQUEST + ((b"X-TOKEN", b"again"),), s, Merge.REPLACE)
+    assert fields == ((b"Host", b"example.com"), (b"Accept", b"*/*"), (b"X-Token", b"ours"))
+
+
+def test_append_adds_after_the_clients():
+    s = snap(("X-Token", "ours"))
+    assert merge(REQUEST, s, Merge.APPEND) == REQUEST + ((b"X-Token", b"ours"),)
+
+
+def test_keep_adds_only_missing_names():
+    s = snap(("X-Token", "ours"), ("X-New", "n"))
+    assert merge(REQUEST, s, Merge.KEEP) == REQUEST + ((b"X-New", b"n"),)
+    assert merge(REQUEST, snap(("X-Token", "ours")), Merge.KEEP) is None
+
+
+def test_empty_snapshot_changes_nothing():
+    for mode in Merge:
+        assert merge(REQUEST, snap(), mode) is None
+
+
+def test_connection_header_cannot_name_our_headers():
+    s = snap(("Authorization", "Bearer a"))
+    request = ((b"Host", b"h"), (b"Connection", b"keep-alive, Authorization"), (b"connection", b"authorization"))
+    fields = merge(request, s, Merge.APPEND)
+    assert fields == ((b"Host", b"h"), (b"Connection", b"keep-alive"), (b"Authorization", b"Bearer a"))
+
+
+def test_connection_header_without_our_names_is_untouched():
+    s = snap(("Authorization", "Bearer a"))
+    request = ((b"Connection", b"close, X-Other"),)
+    assert merge(request, s, Merge.REPLACE)[0] == (b"Connection", b"close, X-Other")
+
+
+def test_usability_and_max_stale():
+    assert not NOTHING.usable(0) and not NOTHING.usable(math.inf)
+    forever = snap(("A", "b"))
+    assert forever.usable(1e12)
+    short = snap(("A", "b"), max_stale=5, at=100)
+    assert short.usable(104.9) and not short.usable(105)
+
+
+def test_snapshots_are_immutable():
+    s = snap(("A", "b"))
+    try:
+        s.fields = ()
+    except AttributeError:
+        pass
+    else:
+        raise AssertionError("a snapshot could be changed in place")
