@@ -22,7 +22,8 @@ class Snapshot:
     """
 
     fields: Fields
-    names: frozenset[bytes]  # lower-cased, for case-insensitive lookups on the request path
+    lowered: tuple[bytes, ...]  # the names of `fields`, lower-cased, in order
+    names: frozenset[bytes]  # the same as a set, for case-insensitive lookups on the request path
     fetched_at: float
     usable_until: float = math.inf
     display_names: tuple[str, ...] = field(default=())
@@ -30,9 +31,11 @@ class Snapshot:
     @classmethod
     def build(cls, headers: Sequence[tuple[str, str]], fetched_at: float, max_stale: float) -> "Snapshot":
         fields = tuple((name.encode("ascii"), value.encode("ascii")) for name, value in headers)
+        lowered = tuple(name.lower() for name, _ in fields)
         return cls(
             fields=fields,
-            names=frozenset(name.lower() for name, _ in fields),
+            lowered=lowered,
+            names=frozenset(lowered),
             fetched_at=fetched_at,
             usable_until=fetched_at + max_stale if max_stale > 0 else math.inf,
             display_names=tuple(name for name, _ in headers),
@@ -43,44 +46,52 @@ class Snapshot:
 
 
 # Before the first valid answer: nothing to add, and never usable (so `header_require` refuses).
-NOTHING = Snapshot(fields=(), names=frozenset(), fetched_at=-math.inf, usable_until=-math.inf)
+NOTHING = Snapshot(fields=(), lowered=(), names=frozenset(), fetched_at=-math.inf, usable_until=-math.inf)
 
 
 def merge(existing: Fields, snapshot: Snapshot, mode: Merge) -> Fields | None:
-    """The request's new header fields, or None when nothing changes. One rebuild, no per-header get/set."""
+    """The request's new header fields, or None when nothing changes.
+
+    One pass over the request's fields and one tuple built: this runs for every request, so no per-header
+    get/set on mitmproxy's `Headers` (each of which scans all fields again).
+    """
     if not snapshot.fields:
         return None
     names = snapshot.names
-    if mode is Merge.REPLACE:
-        kept = tuple(f for f in existing if f[0].lower() not in names)
-        fields = kept + snapshot.fields
-    elif mode is Merge.APPEND:
-        fields = existing + snapshot.fields
-    else:
-        present = {f[0].lower() for f in existing}
-        missing = tuple(f for f in snapshot.fields if f[0].lower() not in present)
-        if not missing:
+    replace = mode is Merge.REPLACE
+    keep = mode is Merge.KEEP
+    clashes: set[bytes] = set()  # our names the request already has (keep mode)
+    kept = []
+    for entry in existing:
+        name = entry[0].lower()
+        if name == b"connection":
+            entry = _unlisted(entry, names)
+            if entry is None:
+                continue
+        elif name in names:
+            if replace:
+                continue
+            if keep:
+                clashes.add(name)
+        kept.append(entry)
+    added = snapshot.fields
+    if clashes:
+        added = tuple(f for f, name in zip(added, snapshot.lowered, strict=True) if name not in clashes)
+        if not added:
             return None
-        fields = existing + missing
-    return _unlist_from_connection(fields, names)
+    return (*kept, *added)
 
 
-def _unlist_from_connection(fields: Fields, names: frozenset[bytes]) -> Fields:
-    """Drop our header names from any Connection header.
+def _unlisted(field: tuple[bytes, bytes], names: frozenset[bytes]) -> tuple[bytes, bytes] | None:
+    """A Connection header without our names in it (None if nothing is left).
 
     A client sending `Connection: close, Authorization` would make the next hop treat our Authorization as
     hop-by-hop and strip it (RFC 9110 §7.6.1); the names we add are end-to-end by definition.
     """
-    out = None
-    for i, (name, value) in enumerate(fields):
-        if name.lower() != b"connection":
-            continue
-        tokens = [t.strip() for t in value.split(b",")]
-        keep = [t for t in tokens if t and t.lower() not in names]
-        if len(keep) != len([t for t in tokens if t]):
-            if out is None:
-                out = list(fields)
-            out[i] = (name, b", ".join(keep)) if keep else None
-    if out is None:
-        return fields
-    return tuple(f for f in out if f is not None)
+    if b"," not in field[1] and field[1].strip().lower() not in names:
+        return field  # the usual `keep-alive` or `close`
+    tokens = field[1].split(b",")
+    if names.isdisjoint(t.strip().lower() for t in tokens):
+        return field
+    keep = [t.strip() for t in tokens if t.strip() and t.strip().lower() not in names]
+    return (field[0], b", ".join(keep)) if keep else None

@@ -1,0 +1,529 @@
+#!/usr/bin/env python3
+"""header-augment benchmarks, measured side by side in one run on 127.0.0.1 only.
+
+This machine is shared and noisy, so every figure is a ratio (or a latency) taken from interleaved rounds and
+reduced to a median; absolute throughput is printed only for context.
+
+    scripts/bench            # all five parts, about three minutes
+    scripts/bench --quick    # fewer, shorter rounds
+"""
+
+import argparse
+import asyncio
+import http.server
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ADDON = ROOT / "addon" / "header_augment.py"
+sys.path.insert(0, str(ROOT / "addon"))
+MITMDUMP = str(Path(sys.executable).parent / "mitmdump")
+SCOPE = "~d api.example.com"
+
+
+def bench_headers(n: int, tag: str = "") -> dict[str, str]:
+    return {f"X-Bench-{i}": f"value-{i}-{tag}" + "x" * 24 for i in range(n)}
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+# -- servers ----------------------------------------------------------------------------------------------------
+
+
+class StaticProvider:
+    """A loopback provider answering `headers` after `delay` seconds; remembers when each value was first served."""
+
+    def __init__(self, headers: dict[str, str], delay: float = 0.0, track: bool = False) -> None:
+        self.headers, self.delay = headers, delay
+        self.first_served: dict[str, float] | None = {} if track else None
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def do_GET(self):
+                if owner.delay:
+                    time.sleep(owner.delay)
+                headers = owner.headers
+                body = json.dumps(headers).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.wfile.flush()
+                if owner.first_served is not None:
+                    for value in headers.values():
+                        owner.first_served.setdefault(value, time.monotonic())
+
+            def log_message(self, *args):
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                pass  # a proxy shut down mid-fetch is part of the benchmark's teardown
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/headers"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class Process:
+    def __init__(self, args: list[str], port: int, confdir: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        self.port = port
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=confdir,
+        )
+        wait_port(port)
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def close(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def start_mitmdump(confdir: Path, *args: str) -> Process:
+    port = free_port()
+    cmd = [
+        MITMDUMP,
+        "-q",
+        "--listen-host",
+        "127.0.0.1",
+        "--listen-port",
+        str(port),
+        "--set",
+        f"confdir={confdir}",
+        *args,
+    ]
+    return Process(cmd, port, confdir)
+
+
+def start_upstream(confdir: Path) -> Process:
+    port = free_port()
+    return Process([sys.executable, str(ROOT / "scripts" / "echo_upstream.py"), "--port", str(port)], port, confdir)
+
+
+# -- load generator (runs in its own process) ------------------------------------------------------------------
+
+
+async def _connection(proxy_port, request, deadline, limit, latencies):
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        while time.monotonic() < deadline and len(latencies) < limit:
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            body = await reader.readexactly(length)
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(head[:80] + body[:200])
+            latencies.append(time.perf_counter() - started)
+    finally:
+        writer.close()
+
+
+async def _load(proxy_port, upstream_port, seconds, connections, limit):
+    request = (
+        f"GET http://127.0.0.1:{upstream_port}/bench HTTP/1.1\r\nHost: api.example.com\r\n"
+        "User-Agent: bench\r\nAccept: */*\r\n\r\n"
+    ).encode()
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    await asyncio.gather(*(_connection(proxy_port, request, deadline, limit, latencies) for _ in range(connections)))
+    return {"requests": len(latencies), "seconds": time.monotonic() - started, "latencies": latencies}
+
+
+def loadgen(proxy_port: int, upstream_port: int, seconds: float, connections: int, limit: int = 200_000) -> dict:
+    """Run the load generator in a separate process, so it does not share a GIL with anything measured."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--loadgen", json.dumps([proxy_port, upstream_port, seconds, connections, limit])],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+    ).stdout
+    return json.loads(out)
+
+
+def fetch_through(proxy_port: int, upstream_port: int) -> dict:
+    with socket.create_connection(("127.0.0.1", proxy_port), 5) as s:
+        s.sendall(
+            f"GET http://127.0.0.1:{upstream_port}/ HTTP/1.1\r\nHost: api.example.com\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return dict(json.loads(data.split(b"\r\n\r\n", 1)[1])["headers"])
+
+
+def wait_for_header(proxy_port, upstream_port, name, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if name in fetch_through(proxy_port, upstream_port):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{name} never arrived through the proxy")
+
+
+# -- 1. hook cost ------------------------------------------------------------------------------------------------
+
+
+def hook_cost(rounds: int, flows_per_round: int) -> list[tuple]:
+    import header_augment
+    from mitmproxy.addons.modifyheaders import ModifyHeaders
+    from mitmproxy.test import taddons, tflow
+
+    from augment.snapshot import Snapshot
+
+    base = (
+        (b"Host", b"api.example.com"),
+        (b"User-Agent", b"curl/8.5"),
+        (b"Accept", b"*/*"),
+        (b"Accept-Encoding", b"gzip"),
+        (b"Connection", b"keep-alive"),
+        (b"X-Request-Id", b"4bf92f3577b34da6"),
+    )
+    flows = []
+    for _ in range(flows_per_round):
+        f = tflow.tflow()
+        f.request.host = "api.example.com"
+        flows.append(f)
+
+    def timed(hook) -> float:
+        for f in flows:
+            f.request.headers.fields = base
+        started = time.perf_counter()
+        for f in flows:
+            hook(f)
+        return (time.perf_counter() - started) / len(flows) * 1e6
+
+    rows = []
+    ours, theirs = header_augment.HeaderAugment(), ModifyHeaders()
+    with taddons.context(theirs, ours) as tctx:
+        for n in (1, 10, 50):
+            headers = bench_headers(n)
+            for scope in ("", SCOPE):
+                tctx.configure(ours, header_provider_url="http://127.0.0.1:9/never-started", header_scope=scope)
+                ours.bindings[0].refresher.snapshot = Snapshot.build(list(headers.items()), time.monotonic(), 0)
+                prefix = f"/{scope}" if scope else ""
+                tctx.configure(theirs, modify_headers=[f"{prefix}/{k}/{v}" for k, v in headers.items()])
+                samples = {"replace": [], "append": [], "keep": [], "modify_headers": []}
+                for _ in range(rounds):
+                    for key in random.sample(list(samples), len(samples)):
+                        if key == "modify_headers":
+                            samples[key].append(timed(theirs.requestheaders))
+                        else:
+                            tctx.configure(ours, header_merge=key)  # keeps the refresher and its snapshot
+                            samples[key].append(timed(ours.requestheaders))
+                theirs_us = median(samples.pop("modify_headers"))
+                for mode, values in samples.items():
+                    us = median(values)
+                    rows.append((n, mode, scope or "(all)", us, theirs_us, us / theirs_us))
+    return rows
+
+
+# -- 2. end to end -----------------------------------------------------------------------------------------------
+
+
+def end_to_end(confdir: Path, rounds: int, seconds: float, connections: int) -> dict:
+    headers = bench_headers(10)
+    provider = StaticProvider(headers)
+    upstream = start_upstream(confdir)
+    proxies = {
+        "plain": start_mitmdump(confdir),
+        "modify_headers": start_mitmdump(
+            confdir, *[a for k, v in headers.items() for a in ("--modify-headers", f"/{k}/{v}")]
+        ),
+        "header_augment": start_mitmdump(
+            confdir, "-s", str(ADDON), "--set", f"header_provider_url={provider.url}", "--set", f"header_scope={SCOPE}"
+        ),
+    }
+    try:
+        wait_for_header(proxies["header_augment"].port, upstream.port, "X-Bench-9")
+        for p in proxies.values():
+            loadgen(p.port, upstream.port, 0.5, connections)  # warm-up
+        rates = {name: [] for name in proxies}
+        ratios = {"modify_headers": [], "header_augment": []}
+        for _ in range(rounds):
+            order = list(proxies)
+            random.shuffle(order)
+            this_round = {}
+            for name in order:
+                result = loadgen(proxies[name].port, upstream.port, seconds, connections)
+                this_round[name] = result["requests"] / result["seconds"]
+                rates[name].append(this_round[name])
+            for name in ratios:
+                ratios[name].append(this_round[name] / this_round["plain"])
+        return {
+            "rates": {k: median(v) for k, v in rates.items()},
+            "ratios": {k: (median(v), min(v), max(v)) for k, v in ratios.items()},
+        }
+    finally:
+        for p in proxies.values():
+            p.close()
+        upstream.close()
+        provider.close()
+
+
+# -- 3. slow provider --------------------------------------------------------------------------------------------
+
+
+def slow_provider(confdir: Path, rounds: int, seconds: float) -> dict:
+    headers = bench_headers(10)
+    providers = {"fast": StaticProvider(headers), "slow": StaticProvider(headers, delay=3.0)}
+    upstream = start_upstream(confdir)
+    proxies = {
+        name: start_mitmdump(
+            confdir,
+            "-s",
+            str(ADDON),
+            "--set",
+            f"header_provider_url={p.url}",
+            "--set",
+            "header_refresh_interval=1s",
+            "--set",
+            "header_provider_timeout=10s",
+        )
+        for name, p in providers.items()
+    }
+    try:
+        for p in proxies.values():
+            wait_for_header(p.port, upstream.port, "X-Bench-9")
+        latencies = {name: [] for name in proxies}
+        for _ in range(rounds):
+            for name in random.sample(list(proxies), len(proxies)):
+                latencies[name] += loadgen(proxies[name].port, upstream.port, seconds, 1)["latencies"]
+        return {name: (percentile(v, 0.5) * 1e3, percentile(v, 0.99) * 1e3, len(v)) for name, v in latencies.items()}
+    finally:
+        for p in proxies.values():
+            p.close()
+        upstream.close()
+        for p in providers.values():
+            p.close()
+
+
+# -- 4. refresh to visible ---------------------------------------------------------------------------------------
+
+
+def refresh_to_visible(confdir: Path, changes: int) -> list[float]:
+    provider = StaticProvider({"X-Version": "v0"}, track=True)
+    upstream = start_upstream(confdir)
+    proxy = start_mitmdump(
+        confdir,
+        "-s",
+        str(ADDON),
+        "--set",
+        f"header_provider_url={provider.url}",
+        "--set",
+        "header_refresh_interval=100ms",
+    )
+    delays = []
+    try:
+        wait_for_header(proxy.port, upstream.port, "X-Version")
+        with socket.create_connection(("127.0.0.1", proxy.port), 5) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            stream = s.makefile("rb")
+            request = (f"GET http://127.0.0.1:{upstream.port}/ HTTP/1.1\r\nHost: api.example.com\r\n\r\n").encode()
+            for i in range(1, changes + 1):
+                value = f"v{i}"
+                provider.headers = {"X-Version": value}
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    s.sendall(request)
+                    length = 0
+                    while (line := stream.readline()) not in (b"\r\n", b""):
+                        if line.lower().startswith(b"content-length:"):
+                            length = int(line.split(b":")[1])
+                    seen = dict(json.loads(stream.read(length))["headers"]).get("X-Version")
+                    if seen == value:
+                        delays.append((time.monotonic() - provider.first_served[value]) * 1e3)
+                        break
+                else:
+                    raise RuntimeError(f"{value} never became visible")
+        return delays
+    finally:
+        proxy.close()
+        upstream.close()
+        provider.close()
+
+
+# -- 5. memory ---------------------------------------------------------------------------------------------------
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def memory(flows: int, refreshes: int) -> dict:
+    import gc
+
+    import header_augment
+    from mitmproxy.test import taddons, tflow
+
+    provider = StaticProvider(bench_headers(10))
+    addon = header_augment.HeaderAugment()
+    pool = [tflow.tflow() for _ in range(1000)]
+    base = ((b"Host", b"api.example.com"), (b"Accept", b"*/*"), (b"Connection", b"keep-alive"))
+    try:
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, header_provider_url=provider.url)
+            refresher = addon.bindings[0].refresher  # driven from here: each refresh() is a real fetch and swap
+
+            def run(n_flows, n_refreshes):
+                for i in range(n_flows):
+                    f = pool[i % len(pool)]
+                    f.request.headers.fields = base
+                    addon.requestheaders(f)
+                for i in range(n_refreshes):
+                    provider.headers = bench_headers(10, str(i))
+                    refresher.refresh()
+                    if i % 100 == 0:
+                        # mitmproxy delivers log records through its event loop: let it run, as in a live proxy.
+                        tctx.master.event_loop.run_until_complete(asyncio.sleep(0))
+
+            run(2000, 200)  # warm-up: imports, connection pool, caches
+            gc.collect()
+            before = rss_mib()
+            run(flows, refreshes)
+            gc.collect()
+            after = rss_mib()
+            assert refresher.fetches_ok == 200 + refreshes, refresher.fetches_failed
+            refresher.client.close()
+        return {"before": before, "after": after, "growth": after - before}
+    finally:
+        provider.close()
+
+
+# -- main --------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer and shorter rounds")
+    parser.add_argument("--loadgen", help=argparse.SUPPRESS)
+    parser.add_argument("--memory", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.loadgen:
+        print(json.dumps(asyncio.run(_load(*json.loads(args.loadgen)))))
+        return
+    if args.memory:
+        print(json.dumps(memory(*json.loads(args.memory))))
+        return
+
+    import tempfile
+
+    quick = args.quick
+    print(
+        f"header-augment benchmarks — {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}\n"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        confdir = Path(tmp)
+
+        print("1. Hook cost in-process: µs per flow, median of interleaved rounds (client sends 6 headers)")
+        print(f"   {'headers':>7} {'merge':>8} {'scope':>20} {'ours µs':>8} {'modify µs':>10} {'ratio':>6}")
+        for n, mode, scope, ours, theirs, ratio in hook_cost(5 if quick else 9, 2000 if quick else 4000):
+            print(f"   {n:>7} {mode:>8} {scope:>20} {ours:>8.2f} {theirs:>10.2f} {ratio:>6.3f}")
+
+        print("\n2. End to end: requests/s through mitmdump, 8 keep-alive connections, loopback upstream")
+        e2e = end_to_end(confdir, 3 if quick else 7, 1.5 if quick else 3.0, 8)
+        for name, rate in e2e["rates"].items():
+            ratio = e2e["ratios"].get(name)
+            shown = f"{ratio[0]:.3f} (min {ratio[1]:.3f}, max {ratio[2]:.3f})" if ratio else "1 (reference)"
+            print(f"   {name:>15}: {rate:8.0f} req/s   ratio to plain, median of interleaved pairs: {shown}")
+
+        print("\n3. Slow provider (3 s per answer, polled every 1 s) vs fast: request latency, 1 connection")
+        slow = slow_provider(confdir, 3 if quick else 5, 1.0 if quick else 2.0)
+        for name, (p50, p99, n) in slow.items():
+            print(f"   {name:>5}: p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   ({n} requests)")
+        print(
+            f"   p99 slow / fast: {slow['slow'][1] / slow['fast'][1]:.3f}   "
+            f"p50 slow / fast: {slow['slow'][0] / slow['fast'][0]:.3f}"
+        )
+
+        print("\n4. Refresh to visible: provider serves a new value → first response carrying it (interval 100ms)")
+        delays = refresh_to_visible(confdir, 10 if quick else 20)
+        print(f"   median {median(delays):.1f} ms   max {max(delays):.1f} ms   ({len(delays)} changes)")
+
+        print("\n5. Memory: RSS of an in-process proxy addon across flows and real refreshes (after warm-up)")
+        n_flows, n_refreshes = (20_000, 2_000) if quick else (100_000, 10_000)
+        # In a process of its own, so that nothing measured before weighs on its RSS.
+        mem = json.loads(
+            subprocess.run(
+                [sys.executable, __file__, "--memory", json.dumps([n_flows, n_refreshes])],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=600,
+            ).stdout
+        )
+        print(
+            f"   {n_flows} flows + {n_refreshes} refreshes: {mem['before']:.1f} MiB → {mem['after']:.1f} MiB "
+            f"(growth {mem['growth']:+.2f} MiB)"
+        )
+
+
+if __name__ == "__main__":
+    main()
