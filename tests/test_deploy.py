@@ -1,0 +1,175 @@
+"""Keeps docker-compose.yaml and the Kubernetes sample honest where no container runtime runs."""
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from servers import ROOT, clean_env, wait_until
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
+K8S = ROOT / "scripts" / "kubernetes"
+IMAGE_ROOT = "/srv/header-augment"  # WORKDIR of the compose image
+
+
+def test_compose_file_is_valid_against_the_compose_specification():
+    schema = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)  # the schema's own $schema: draft-07
+    errors = sorted(validator.iter_errors(COMPOSE), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+
+def test_compose_emulates_a_pod():
+    services = COMPOSE["services"]
+    assert set(services) == {"proxy", "provider", "upstream", "app"}
+    assert services["provider"]["network_mode"] == "service:proxy"
+    assert services["app"]["network_mode"] == "service:proxy"
+    assert "network_mode" not in services["upstream"]
+    assert services["app"]["environment"]["HTTP_PROXY"] == "http://127.0.0.1:8080"
+    for name in ("proxy", "provider", "upstream"):
+        assert services[name]["healthcheck"]["test"][0] == "CMD"
+    assert {d: c["condition"] for d, c in services["app"]["depends_on"].items()} == {
+        "proxy": "service_healthy",
+        "provider": "service_healthy",
+        "upstream": "service_healthy",
+    }
+    dockerfile = services["proxy"]["build"]["dockerfile_inline"]
+    assert dockerfile.startswith("FROM mitmproxy/mitmproxy:12.3.1\n")
+    assert "mitmproxy==12.3.1" in (ROOT / "requirements.txt").read_text()
+
+
+def test_every_file_the_stack_references_exists():
+    dockerfile = COMPOSE["services"]["proxy"]["build"]["dockerfile_inline"]
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (ROOT / source).exists(), source
+    for name, service in COMPOSE["services"].items():
+        for word in service["command"]:
+            for path in re.findall(r"(?:addon|scripts)/[\w./-]+\.py", word):
+                assert (ROOT / path).is_file(), f"{name}: {path}"
+
+
+def k8s_documents(name):
+    return [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+
+
+def test_configmap_matches_the_code_byte_for_byte():
+    assert subprocess.run([sys.executable, str(K8S / "generate_configmap.py"), "--check"]).returncode == 0
+    maps = {d["metadata"]["name"]: d["data"] for d in k8s_documents("configmap.yaml")}
+    expected = {
+        "header-augment-addon": [ROOT / "addon" / "header_augment.py"],
+        "header-augment-lib": sorted((ROOT / "addon" / "augment").glob("*.py")),
+        "header-augment-demo-provider": [ROOT / "scripts" / "demo_provider.py"],
+    }
+    for name, files in expected.items():
+        assert sorted(maps[name]) == sorted(f.name for f in files)
+        for path in files:
+            assert maps[name][path.name].encode() == path.read_bytes(), path
+
+
+def test_deployment_references_what_exists():
+    (deployment,) = k8s_documents("deployment.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    maps = {d["metadata"]["name"]: d["data"] for d in k8s_documents("configmap.yaml")}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    files_in_pod: dict[str, set[str]] = {}
+    for container in pod["containers"] + pod["initContainers"]:
+        for mount in container.get("volumeMounts", []):
+            volume = volumes[mount["name"]]  # every mount names a declared volume
+            if "configMap" in volume:
+                keys = maps[volume["configMap"]["name"]]  # ...and every ConfigMap is generated
+                files_in_pod.setdefault(container["name"], set()).update(f"{mount['mountPath']}/{k}" for k in keys)
+    containers = {c["name"]: c for c in pod["containers"]}
+    sidecar = containers["header-augment"]
+    assert sidecar["image"] == "mitmproxy/mitmproxy:12.3.1"
+    script = sidecar["command"][sidecar["command"].index("-s") + 1]
+    assert script in files_in_pod["header-augment"]
+    assert "/srv/header-augment/addon/augment/rules.py" in files_in_pod["header-augment"]
+    provider_script = containers["header-provider"]["command"][1]
+    assert provider_script in files_in_pod["header-provider"]
+    app_env = {e["name"]: e["value"] for e in containers["app"]["env"]}
+    assert app_env["HTTP_PROXY"] == app_env["HTTPS_PROXY"] == "http://127.0.0.1:8080"
+    assert app_env["CURL_CA_BUNDLE"].startswith("/mitmproxy/")
+    install = " ".join(pod["initContainers"][0]["command"])
+    assert "httpx==0.28.1" in install and "httpx==0.28.1" in (ROOT / "requirements.txt").read_text()
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def can_connect(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def local_command(service: str, ports: dict[int, int], confdir: Path) -> list[str]:
+    """The compose service's command, as a local process on loopback with ephemeral ports."""
+    words = []
+    for word in COMPOSE["services"][service]["command"]:
+        for fixed, ephemeral in ports.items():
+            word = re.sub(rf"(?<![\d]){fixed}(?![\d])", str(ephemeral), word)
+        word = re.sub(r"\bupstream\b", "127.0.0.1", word.replace("0.0.0.0", "127.0.0.1"))  # the host, not the file
+        words.append(word)
+    if words[0] == "python":
+        words[0] = sys.executable
+    elif words[0] == "mitmdump":
+        words = [str(Path(sys.executable).parent / "mitmdump"), "--set", f"confdir={confdir}", *words[1:]]
+    return words
+
+
+def test_the_stack_runs_locally(tmp_path):
+    ports = {9000: free_port(), 8000: free_port(), 8080: free_port()}
+    env = clean_env()
+    procs = {}
+    try:
+        for service in ("proxy", "provider", "upstream"):
+            procs[service] = subprocess.Popen(
+                local_command(service, ports, tmp_path),
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        for port in ports.values():  # what the compose health checks wait for before the app starts
+            wait_until(lambda port=port: can_connect(port), timeout=20, what=f"127.0.0.1:{port}")
+        app_env = env | {
+            k: re.sub(r"8080", str(ports[8080]), v) for k, v in COMPOSE["services"]["app"]["environment"].items()
+        }
+        app = subprocess.run(
+            local_command("app", ports, tmp_path), cwd=ROOT, env=app_env, capture_output=True, text=True, timeout=60
+        )
+        assert app.returncode == 0, app.stdout + app.stderr
+        seen = [line for line in app.stdout.splitlines() if line.startswith("app: upstream saw")]
+        assert len(seen) == 5, app.stdout
+        for line in seen:
+            assert "Authorization: Bearer demo." in line and "X-Tenant: demo" in line
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        outputs = {service: proc.communicate(timeout=10)[0] for service, proc in procs.items()}
+    assert "headers in use: Authorization, X-Tenant" in outputs["proxy"], outputs["proxy"]
+    assert not re.search(r"Bearer demo\.\w", outputs["proxy"]), "a token value reached the proxy's log"
+
+
+@pytest.mark.parametrize("service", ["provider", "upstream", "app"])
+def test_service_scripts_show_their_help(service):
+    command = COMPOSE["services"][service]["command"]
+    result = subprocess.run([sys.executable, str(ROOT / command[1]), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "usage" in result.stdout, shlex.join(command)
