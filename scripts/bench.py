@@ -178,10 +178,10 @@ async def _connection(proxy_port, request, deadline, limit, latencies):
         writer.close()
 
 
-async def _load(proxy_port, upstream_port, seconds, connections, limit):
+async def _load(proxy_port, upstream_port, seconds, connections, limit, path, extra_headers):
     request = (
-        f"GET http://127.0.0.1:{upstream_port}/bench HTTP/1.1\r\nHost: api.example.com\r\n"
-        "User-Agent: bench\r\nAccept: */*\r\n\r\n"
+        f"GET http://127.0.0.1:{upstream_port}{path} HTTP/1.1\r\nHost: api.example.com\r\n"
+        "User-Agent: bench\r\nAccept: */*\r\n" + "".join(f"{k}: {v}\r\n" for k, v in extra_headers.items()) + "\r\n"
     ).encode()
     latencies: list[float] = []
     deadline = time.monotonic() + seconds
@@ -190,10 +190,19 @@ async def _load(proxy_port, upstream_port, seconds, connections, limit):
     return {"requests": len(latencies), "seconds": time.monotonic() - started, "latencies": latencies}
 
 
-def loadgen(proxy_port: int, upstream_port: int, seconds: float, connections: int, limit: int = 200_000) -> dict:
+def loadgen(
+    proxy_port: int,
+    upstream_port: int,
+    seconds: float,
+    connections: int,
+    limit: int = 200_000,
+    path: str = "/bench",
+    extra_headers: dict[str, str] | None = None,
+) -> dict:
     """Run the load generator in a separate process, so it does not share a GIL with anything measured."""
+    spec = [proxy_port, upstream_port, seconds, connections, limit, path, extra_headers or {}]
     out = subprocess.run(
-        [sys.executable, __file__, "--loadgen", json.dumps([proxy_port, upstream_port, seconds, connections, limit])],
+        [sys.executable, __file__, "--loadgen", json.dumps(spec)],
         capture_output=True,
         text=True,
         check=True,
@@ -285,11 +294,19 @@ def hook_cost(rounds: int, flows_per_round: int) -> list[tuple]:
 
 
 def end_to_end(confdir: Path, rounds: int, seconds: float, connections: int) -> dict:
+    """Throughput and the proxy's CPU time per request, four ways, interleaved round by round.
+
+    "client sends them" is plain mitmdump with the client itself sending the same 10 headers: what carrying the
+    headers costs mitmproxy whoever adds them, so the floor for any way of adding them. The upstream answers
+    /noecho with a short body, so that the echo of the extra headers does not weigh on the figures.
+    """
     headers = bench_headers(10)
     provider = StaticProvider(headers)
     upstream = start_upstream(confdir)
+    plain = start_mitmdump(confdir)
     proxies = {
-        "plain": start_mitmdump(confdir),
+        "plain": plain,
+        "client sends them": plain,
         "modify_headers": start_mitmdump(
             confdir, *[a for k, v in headers.items() for a in ("--modify-headers", f"/{k}/{v}")]
         ),
@@ -297,33 +314,42 @@ def end_to_end(confdir: Path, rounds: int, seconds: float, connections: int) -> 
             confdir, "-s", str(ADDON), "--set", f"header_provider_url={provider.url}", "--set", f"header_scope={SCOPE}"
         ),
     }
+
+    def run(name: str, slice_seconds: float) -> dict:
+        extra = headers if name == "client sends them" else None
+        return loadgen(
+            proxies[name].port, upstream.port, slice_seconds, connections, path="/noecho", extra_headers=extra
+        )
+
     try:
         wait_for_header(proxies["header_augment"].port, upstream.port, "X-Bench-9")
-        for p in proxies.values():
-            loadgen(p.port, upstream.port, 0.5, connections)  # warm-up
+        for name in proxies:
+            run(name, 0.5)  # warm-up
         rates = {name: [] for name in proxies}
-        ratios = {"modify_headers": [], "header_augment": []}
-        cpu_ratios = {"modify_headers": [], "header_augment": []}
+        cpus = {name: [] for name in proxies}
         for _ in range(rounds):
-            order = list(proxies)
-            random.shuffle(order)
-            rate, cpu = {}, {}
-            for name in order:
+            for name in random.sample(list(proxies), len(proxies)):
                 before = proxies[name].cpu_seconds()
-                result = loadgen(proxies[name].port, upstream.port, seconds, connections)
-                cpu[name] = (proxies[name].cpu_seconds() - before) / result["requests"]
-                rate[name] = result["requests"] / result["seconds"]
-                rates[name].append(rate[name])
-            for name in ratios:
-                ratios[name].append(rate[name] / rate["plain"])
-                cpu_ratios[name].append(cpu[name] / cpu["plain"])
+                result = run(name, seconds)
+                cpus[name].append((proxies[name].cpu_seconds() - before) / result["requests"])
+                rates[name].append(result["requests"] / result["seconds"])
+
+        def paired(values, reference):
+            return median([a / b for a, b in zip(values, reference, strict=True)])
+
         return {
-            "rates": {k: median(v) for k, v in rates.items()},
-            "ratios": {k: (median(v), min(v), max(v)) for k, v in ratios.items()},
-            "cpu_ratios": {k: median(v) for k, v in cpu_ratios.items()},
+            name: {
+                "rate": median(rates[name]),
+                "cpu_us": median(cpus[name]) * 1e6,
+                "rate_vs_plain": paired(rates[name], rates["plain"]),
+                "cpu_vs_plain": paired(cpus[name], cpus["plain"]),
+                "rate_vs_floor": paired(rates[name], rates["client sends them"]),
+                "cpu_vs_floor": paired(cpus[name], cpus["client sends them"]),
+            }
+            for name in proxies
         }
     finally:
-        for p in proxies.values():
+        for p in {id(p): p for p in proxies.values()}.values():
             p.close()
         upstream.close()
         provider.close()
@@ -494,18 +520,16 @@ def main() -> None:
 
         print("\n2. End to end: requests/s through mitmdump, 8 keep-alive connections, loopback upstream")
         e2e = end_to_end(confdir, 3 if quick else 7, 1.5 if quick else 3.0, 8)
-        print("   (ratios to plain mitmdump: medians of per-round pairs; CPU = the proxy's CPU time per request)")
-        for name, rate in e2e["rates"].items():
-            ratio = e2e["ratios"].get(name)
-            shown = (
-                (
-                    f"throughput {ratio[0]:.3f} (min {ratio[1]:.3f}, max {ratio[2]:.3f})   "
-                    f"CPU/request {e2e['cpu_ratios'][name]:.3f}"
-                )
-                if ratio
-                else "reference"
+        print("   ratios: medians of per-round pairs; CPU = the proxy process's CPU time per request")
+        print(
+            f"   {'':>18} {'req/s':>6} {'CPU µs':>7} | {'vs plain: req/s':>15} {'CPU':>6} | "
+            f"{'vs client sends them: req/s':>27} {'CPU':>6}"
+        )
+        for name, row in e2e.items():
+            print(
+                f"   {name:>18} {row['rate']:6.0f} {row['cpu_us']:7.0f} | {row['rate_vs_plain']:15.3f} "
+                f"{row['cpu_vs_plain']:6.3f} | {row['rate_vs_floor']:27.3f} {row['cpu_vs_floor']:6.3f}"
             )
-            print(f"   {name:>15}: {rate:6.0f} req/s   {shown}")
 
         print("\n3. Slow provider (3 s per answer, polled every 1 s) vs fast: request latency, 1 connection")
         slow = slow_provider(confdir, 3 if quick else 5, 1.0 if quick else 2.0)

@@ -15,15 +15,19 @@ class EchoHandler(http.server.BaseHTTPRequestHandler):
 
     def _echo(self) -> None:
         body_bytes = self._read_body()
+        if self.path.startswith("/noecho"):  # for load tests: a short answer, whatever the request carried
+            return self._send(b"ok\n", "text/plain")
         payload = {
             "method": self.command,
             "path": self.path,
             "headers": [[name, value] for name, value in self.headers.items()],
             "body_bytes": body_bytes,
         }
-        body = json.dumps(payload).encode()
+        self._send(json.dumps(payload).encode(), "application/json")
+
+    def _send(self, body: bytes, content_type: str) -> None:
         self.send_response(200)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

@@ -50,8 +50,11 @@ class Provider:
             disable_nagle_algorithm = True
 
             def do_GET(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with provider._lock:
-                    provider.requests.append({"at": time.monotonic(), "path": self.path, "headers": dict(self.headers)})
+                    provider.requests.append(
+                        {"at": time.monotonic(), "path": self.path, "headers": dict(self.headers), "body": body}
+                    )
                     status, body, headers = provider.status, provider.body, dict(provider.headers)
                     delay, hanging = provider.delay, provider.hanging
                 if hanging:
@@ -65,6 +68,8 @@ class Provider:
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
+
+            do_POST = do_GET  # an OAuth2 token endpoint is asked with POST
 
             def log_message(self, format, *args) -> None:
                 pass
@@ -223,3 +228,65 @@ class Mitmdump:
         rc = self.proc.wait(timeout)
         self._reader.join(5)
         return rc
+
+
+class TokenEndpoint:
+    """An OAuth2 token endpoint on 127.0.0.1 (client-credentials grant) issuing tokens tok-1, tok-2, …"""
+
+    def __init__(self, client_id: str = "proxy", secret: str = "s3cret-client-secret", expires_in=2) -> None:
+        import base64
+        import urllib.parse
+
+        self.client_id, self.secret, self.expires_in = client_id, secret, expires_in
+        self.revoked = False
+        self.fail_status = 0
+        self.issued = 0
+        self.requests: list[dict] = []
+        endpoint = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def do_POST(self) -> None:
+                form = urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+                form = {k: v[0] for k, v in form.items()}
+                auth = self.headers.get("Authorization", "")
+                if auth.startswith("Basic "):
+                    user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+                    user, password = urllib.parse.unquote_plus(user), urllib.parse.unquote_plus(password)
+                else:
+                    user, password = form.get("client_id"), form.get("client_secret")
+                endpoint.requests.append({"at": time.monotonic(), "form": form, "basic": auth.startswith("Basic ")})
+                if endpoint.fail_status:
+                    self._send(endpoint.fail_status, {"error": "server_error"})
+                elif form.get("grant_type") != "client_credentials":
+                    self._send(400, {"error": "unsupported_grant_type"})
+                elif endpoint.revoked or (user, password) != (endpoint.client_id, endpoint.secret):
+                    self._send(401, {"error": "invalid_client", "error_description": f"bad secret {password}"})
+                else:
+                    endpoint.issued += 1
+                    body = {"access_token": f"tok-{endpoint.issued}", "token_type": "Bearer"}
+                    if endpoint.expires_in is not None:
+                        body["expires_in"] = endpoint.expires_in
+                    self._send(200, body)
+
+            def _send(self, status: int, payload: dict) -> None:
+                body = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

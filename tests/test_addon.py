@@ -1,5 +1,6 @@
 """The mitmproxy-facing layer, in-process, with mitmproxy's own taddons and tflow."""
 
+import asyncio
 import logging
 import threading
 
@@ -185,9 +186,8 @@ def test_unexpected_error_passes_the_flow_untouched(caplog):
         def broken_scope(flow):
             raise RuntimeError("boom")
 
-        addon.bindings = (
-            header_augment.Binding(addon.bindings[0].settings, addon.bindings[0].refresher, broken_scope),
-        )
+        old = addon.bindings[0]
+        addon.bindings = (header_augment.Binding(old.settings, old.refresher, broken_scope, old.counters),)
         f = make_flow()
         before = f.request.headers.fields
         addon.requestheaders(f)
@@ -255,6 +255,11 @@ def refresher_threads():
 
 
 def test_done_and_hot_reload_leave_no_thread(provider):
+    asyncio.run(hot_reload_scenario(provider))
+
+
+async def hot_reload_scenario(provider):
+    """In a running event loop, as in mitmproxy: `running()` starts a task on it."""
     provider.answer({"X-Token": "t"})
     with taddons.context() as tctx:
         sc = script.Script(str(ADDON), False)  # loads and registers the script's addons

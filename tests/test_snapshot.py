@@ -19,37 +19,47 @@ def test_build_encodes_once():
 
 def test_replace_removes_every_existing_value_case_insensitively():
     s = snap(("X-Token", "ours"))
-    fields = merge(REQUEST + ((b"X-TOKEN", b"again"),), s, Merge.REPLACE)
+    fields, had_one = merge(REQUEST + ((b"X-TOKEN", b"again"),), s, Merge.REPLACE)
     assert fields == ((b"Host", b"example.com"), (b"Accept", b"*/*"), (b"X-Token", b"ours"))
+    assert had_one
 
 
 def test_append_adds_after_the_clients():
     s = snap(("X-Token", "ours"))
-    assert merge(REQUEST, s, Merge.APPEND) == REQUEST + ((b"X-Token", b"ours"),)
+    assert merge(REQUEST, s, Merge.APPEND) == (REQUEST + ((b"X-Token", b"ours"),), True)
+    assert merge(REQUEST, snap(("X-New", "n")), Merge.APPEND) == (REQUEST + ((b"X-New", b"n"),), False)
 
 
 def test_keep_adds_only_missing_names():
     s = snap(("X-Token", "ours"), ("X-New", "n"))
-    assert merge(REQUEST, s, Merge.KEEP) == REQUEST + ((b"X-New", b"n"),)
-    assert merge(REQUEST, snap(("X-Token", "ours")), Merge.KEEP) is None
+    assert merge(REQUEST, s, Merge.KEEP) == (REQUEST + ((b"X-New", b"n"),), True)
+    assert merge(REQUEST, snap(("X-Token", "ours")), Merge.KEEP) == (None, True)
+    assert merge(REQUEST, snap(("X-New", "n")), Merge.KEEP) == (REQUEST + ((b"X-New", b"n"),), False)
 
 
 def test_empty_snapshot_changes_nothing():
     for mode in Merge:
-        assert merge(REQUEST, snap(), mode) is None
+        assert merge(REQUEST, snap(), mode) == (None, False)
 
 
 def test_connection_header_cannot_name_our_headers():
     s = snap(("Authorization", "Bearer a"))
     request = ((b"Host", b"h"), (b"Connection", b"keep-alive, Authorization"), (b"connection", b"authorization"))
-    fields = merge(request, s, Merge.APPEND)
+    fields, _ = merge(request, s, Merge.APPEND)
     assert fields == ((b"Host", b"h"), (b"Connection", b"keep-alive"), (b"Authorization", b"Bearer a"))
 
 
 def test_connection_header_without_our_names_is_untouched():
     s = snap(("Authorization", "Bearer a"))
     request = ((b"Connection", b"close, X-Other"),)
-    assert merge(request, s, Merge.REPLACE)[0] == (b"Connection", b"close, X-Other")
+    assert merge(request, s, Merge.REPLACE)[0][0] == (b"Connection", b"close, X-Other")
+
+
+def test_lifetime_bounds_usability_too():
+    token = Snapshot.build([("Authorization", "Bearer t")], 100, max_stale=0, lifetime=60)
+    assert token.usable(159.9) and not token.usable(160)
+    both = Snapshot.build([("A", "b")], 100, max_stale=30, lifetime=60)
+    assert not both.usable(130)
 
 
 def test_usability_and_max_stale():

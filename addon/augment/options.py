@@ -97,6 +97,14 @@ OPTIONS = (
         "Empty: every request.",
     ),
     Option(
+        "header_providers_file",
+        "",
+        str,
+        "",
+        "YAML or JSON file listing several providers, each with its own settings and scope (see the README). "
+        "Reloaded when it changes.",
+    ),
+    Option(
         "header_require",
         "require",
         bool,
@@ -105,7 +113,7 @@ OPTIONS = (
     ),
 )
 OPTION_NAMES = tuple(option.name for option in OPTIONS)
-_LABELS = {option.field: option.name for option in OPTIONS}
+_LABELS = {option.field: option.name for option in OPTIONS if option.field}
 
 
 def label(field: str) -> str:
@@ -117,7 +125,7 @@ def settings_from_options(options: optmanager.OptManager) -> ProviderSettings | 
     """Settings for the single provider the options describe, or None when no URL is set."""
     if not options.header_provider_url:
         return None
-    values = {option.field: getattr(options, option.name) for option in OPTIONS}
+    values = {option.field: getattr(options, option.name) for option in OPTIONS if option.field}
     return parse_settings(values, label)
 
 

@@ -2,12 +2,13 @@
 
 import collections
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 
 from .durations import format_duration
-from .provider import THREAD_PREFIX, FetchResult, ProviderClient
+from .provider import THREAD_PREFIX, FetchResult, ProviderClient, client_for
 from .schedule import Schedule
 from .snapshot import NOTHING, Snapshot
 
@@ -28,7 +29,7 @@ class Refresher(threading.Thread):
         schedule: Schedule | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(name=f"{THREAD_PREFIX} refresher {client.settings.display_url}", daemon=True)
+        super().__init__(name=f"{THREAD_PREFIX} refresher {client.settings.label}", daemon=True)
         self.client = client
         self.settings = client.settings
         self._schedule = schedule or Schedule(self.settings.interval)
@@ -39,8 +40,13 @@ class Refresher(threading.Thread):
         self.last_error = ""
         self.fetches_ok = 0
         self.fetches_failed: collections.Counter[str] = collections.Counter()
+        self.next_fetch_at = -math.inf
         self._dropped_logged = False
         self._rejected_logged: tuple = ()
+
+    @classmethod
+    def for_settings(cls, settings) -> "Refresher":
+        return cls(client_for(settings))
 
     # -- control, from any thread -------------------------------------------------------------------------------
 
@@ -59,21 +65,21 @@ class Refresher(threading.Thread):
 
     def run(self) -> None:
         try:
-            next_fetch = self._clock()
+            self.next_fetch_at = self._clock()
             while not self._stopping:
                 now = self._clock()
-                wake_at = next_fetch
+                wake_at = self.next_fetch_at
                 if not self._dropped_logged and self.snapshot.usable_until > now:
                     wake_at = min(wake_at, self.snapshot.usable_until)
                 woken = self._wake.wait(max(0.0, wake_at - now))
                 if self._stopping:
                     break
                 self._wake.clear()
-                if woken or self._clock() >= next_fetch:
-                    next_fetch = self._clock() + self.refresh()
+                if woken or self._clock() >= self.next_fetch_at:
+                    self.next_fetch_at = self._clock() + self.refresh()
                 self._note_staleness()
         except Exception:
-            logger.exception("header provider %s: refresher stopped by an unexpected error", self.settings.display_url)
+            logger.exception("header provider %s: refresher stopped by an unexpected error", self.settings.label)
         finally:
             self.client.close()
 
@@ -95,24 +101,24 @@ class Refresher(threading.Thread):
             for rejected in answer.rejected:
                 logger.warning(
                     "header provider %s: dropped header %s: %s",
-                    self.settings.display_url,
+                    self.settings.label,
                     rejected.name,
                     rejected.reason,
                 )
             self._rejected_logged = answer.rejected
         previous = self.snapshot
-        snapshot = Snapshot.build(answer.headers, self._clock(), self.settings.max_stale)
+        snapshot = Snapshot.build(answer.headers, self._clock(), self.settings.max_stale, result.expires_in)
         self.snapshot = snapshot
         self.fetches_ok += 1
         if self.last_error:
-            logger.info("header provider %s: answering again", self.settings.display_url)
+            logger.info("header provider %s: answering again", self.settings.label)
         self.last_error = ""
         self._dropped_logged = False
         if snapshot.display_names != previous.display_names or not previous.usable(snapshot.fetched_at):
             shown = ", ".join(snapshot.display_names) or "none"
-            logger.info("header provider %s: headers in use: %s", self.settings.display_url, shown)
+            logger.info("header provider %s: headers in use: %s", self.settings.label, shown)
         else:
-            logger.debug("header provider %s: refreshed %d headers", self.settings.display_url, len(snapshot.fields))
+            logger.debug("header provider %s: refreshed %d headers", self.settings.label, len(snapshot.fields))
 
     def _fail(self, reason: str) -> None:
         self.fetches_failed[reason] += 1
@@ -125,14 +131,16 @@ class Refresher(threading.Thread):
         else:
             consequence = "no usable headers"
         log = logger.warning if reason != self.last_error else logger.debug
-        log("header provider %s: refresh failed: %s; %s", self.settings.display_url, reason, consequence)
+        log("header provider %s: refresh failed: %s; %s", self.settings.label, reason, consequence)
         self.last_error = reason
 
     def _note_staleness(self) -> None:
         if not self._dropped_logged and self.snapshot is not NOTHING and not self.snapshot.usable(self._clock()):
+            age = format_duration(round(self._clock() - self.snapshot.fetched_at, 1))
             logger.warning(
-                "header provider %s: no valid answer for %s (header_max_stale); headers dropped",
-                self.settings.display_url,
-                format_duration(self.settings.max_stale),
+                "header provider %s: headers dropped: the last valid answer is %s old (past max_stale or the "
+                "token's lifetime)",
+                self.settings.label,
+                age,
             )
             self._dropped_logged = True

@@ -1,5 +1,6 @@
 """One provider's settings, parsed and checked before anything is started with them."""
 
+import math
 import ssl
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -24,6 +25,12 @@ class SettingsError(ValueError):
         self.field = field
 
 
+KINDS = ("headers", "oauth2")
+CLIENT_AUTH = ("basic", "post")
+# How headers are applied to flows: changing these needs no new fetch, so a running refresher is kept.
+_APPLY_FIELDS = frozenset({"name", "merge", "scope", "require"})
+
+
 @dataclass(frozen=True)
 class ProviderSettings:
     url: str
@@ -37,6 +44,25 @@ class ProviderSettings:
     merge: Merge = Merge.REPLACE
     scope: str = ""
     require: bool = False
+    name: str = ""
+    # kind "headers": `url` answers with a JSON object of headers. kind "oauth2": `url` is an OAuth2 token
+    # endpoint, asked for a client-credentials grant (RFC 6749 §4.4); the token becomes `Authorization: Bearer`.
+    kind: str = "headers"
+    client_id: str = ""
+    client_secret_file: str = ""
+    token_scope: str = ""
+    audience: str = ""
+    client_auth: str = "basic"
+
+    @property
+    def source(self) -> tuple:
+        """Everything that decides how the provider is fetched (two equal sources can share one refresher)."""
+        return tuple(v for k, v in self.__dict__.items() if k not in _APPLY_FIELDS)
+
+    @property
+    def label(self) -> str:
+        """How logs and the status report name this provider."""
+        return f"{self.name} ({self.display_url})" if self.name else self.display_url
 
     @property
     def display_url(self) -> str:
@@ -74,6 +100,8 @@ def _duration(value: object, minimum: float, allow_zero: bool = False) -> float:
     if isinstance(value, bool):
         raise SettingsError(f"{value!r} is not a duration")
     seconds = float(value) if isinstance(value, int | float) else parse_duration(str(value))
+    if not math.isfinite(seconds):
+        raise SettingsError(f"{value!r} is not a finite duration")
     if seconds == 0 and allow_zero:
         return 0.0
     if seconds < minimum or (minimum == 0 and seconds <= 0):
@@ -99,6 +127,14 @@ def parse_settings(values: Mapping[str, object], label: Callable[[str], str]) ->
         _ = parts.port  # urlsplit checks the port only when asked
     except ValueError as e:
         raise SettingsError(f"{label('url')}: {url!r} has a bad port ({e})") from None
+
+    def choice(accepted: tuple[str, ...]) -> Callable[[object], str]:
+        def parse(value: object) -> str:
+            if str(value) not in accepted:
+                raise SettingsError(f"{value!r} is not accepted (accepted: {', '.join(accepted)})")
+            return str(value)
+
+        return parse
 
     def merge(value: object) -> Merge:
         try:
@@ -130,9 +166,38 @@ def parse_settings(values: Mapping[str, object], label: Callable[[str], str]) ->
         "merge": merge,
         "scope": text,
         "require": boolean,
+        "name": text,
+        "kind": choice(KINDS),
+        "client_id": text,
+        "client_secret_file": text,
+        "token_scope": text,
+        "audience": text,
+        "client_auth": choice(CLIENT_AUTH),
     }
     given = {name: field(name, parse) for name, parse in parsers.items() if name in values}
     settings = ProviderSettings(**{**defaults.__dict__, **given})
     if settings.authority and ("/" in settings.authority or any(c.isspace() for c in settings.authority)):
         raise SettingsError(f"{label('authority')}: {settings.authority!r} is not a host[:port]")
+    if settings.kind == "oauth2":
+        if not settings.client_id:
+            raise SettingsError(f"{label('client_id')}: required for kind oauth2")
+        if not settings.client_secret_file:
+            raise SettingsError(f"{label('client_secret_file')}: required for kind oauth2")
+        try:
+            read_secret(settings.client_secret_file)
+        except OSError as e:
+            raise SettingsError(f"{label('client_secret_file')}: cannot read it ({e.strerror})") from None
+    else:
+        for field_name in ("client_id", "client_secret_file", "token_scope", "audience"):
+            if getattr(settings, field_name):
+                raise SettingsError(f"{label(field_name)}: only for kind oauth2")
     return settings
+
+
+FIELDS = tuple(ProviderSettings.__dataclass_fields__)
+
+
+def read_secret(path: str) -> str:
+    """A secret from a file, without its final newline. Read on every use, so a rotated secret is picked up."""
+    with open(path, encoding="utf-8") as f:
+        return f.read().rstrip("\r\n")

@@ -29,7 +29,13 @@ class Snapshot:
     display_names: tuple[str, ...] = field(default=())
 
     @classmethod
-    def build(cls, headers: Sequence[tuple[str, str]], fetched_at: float, max_stale: float) -> "Snapshot":
+    def build(
+        cls, headers: Sequence[tuple[str, str]], fetched_at: float, max_stale: float, lifetime: float | None = None
+    ) -> "Snapshot":
+        """`max_stale` (0: forever) and `lifetime` (an OAuth2 token's, if any) both bound how long it is usable."""
+        usable_until = fetched_at + max_stale if max_stale > 0 else math.inf
+        if lifetime is not None:
+            usable_until = min(usable_until, fetched_at + lifetime)
         fields = tuple((name.encode("ascii"), value.encode("ascii")) for name, value in headers)
         lowered = tuple(name.lower() for name, _ in fields)
         return cls(
@@ -37,7 +43,7 @@ class Snapshot:
             lowered=lowered,
             names=frozenset(lowered),
             fetched_at=fetched_at,
-            usable_until=fetched_at + max_stale if max_stale > 0 else math.inf,
+            usable_until=usable_until,
             display_names=tuple(name for name, _ in headers),
         )
 
@@ -49,18 +55,18 @@ class Snapshot:
 NOTHING = Snapshot(fields=(), lowered=(), names=frozenset(), fetched_at=-math.inf, usable_until=-math.inf)
 
 
-def merge(existing: Fields, snapshot: Snapshot, mode: Merge) -> Fields | None:
-    """The request's new header fields, or None when nothing changes.
+def merge(existing: Fields, snapshot: Snapshot, mode: Merge) -> tuple[Fields | None, bool]:
+    """The request's new header fields (None when nothing changes), and whether it had one of our names already.
 
     One pass over the request's fields and one tuple built: this runs for every request, so no per-header
     get/set on mitmproxy's `Headers` (each of which scans all fields again).
     """
     if not snapshot.fields:
-        return None
+        return None, False
     names = snapshot.names
     replace = mode is Merge.REPLACE
     keep = mode is Merge.KEEP
-    clashes: set[bytes] = set()  # our names the request already has (keep mode)
+    clashes: set[bytes] = set()  # our names the request already has
     kept = []
     for entry in existing:
         name = entry[0].lower()
@@ -69,17 +75,16 @@ def merge(existing: Fields, snapshot: Snapshot, mode: Merge) -> Fields | None:
             if entry is None:
                 continue
         elif name in names:
+            clashes.add(name)
             if replace:
                 continue
-            if keep:
-                clashes.add(name)
         kept.append(entry)
     added = snapshot.fields
-    if clashes:
+    if clashes and keep:
         added = tuple(f for f, name in zip(added, snapshot.lowered, strict=True) if name not in clashes)
         if not added:
-            return None
-    return (*kept, *added)
+            return None, True
+    return (*kept, *added), bool(clashes)
 
 
 def _unlisted(field: tuple[bytes, bytes], names: frozenset[bytes]) -> tuple[bytes, bytes] | None:

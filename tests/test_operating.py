@@ -1,0 +1,351 @@
+"""Operating it: status and refresh commands, counters, the providers file, OAuth2 client credentials."""
+
+import asyncio
+import json
+import logging
+import time
+import urllib.parse
+
+import header_augment
+import pytest
+from conftest import client_for, values_of
+from mitmproxy import exceptions
+from mitmproxy.test import taddons, tflow
+from servers import ROOT, Provider, TokenEndpoint, wait_until
+
+from augment.providers_file import load_providers_file
+from augment.refresher import Refresher
+from augment.settings import ProviderSettings, SettingsError
+
+SECRET = "s3cret-client-secret"
+
+
+@pytest.fixture
+def token_endpoint():
+    endpoint = TokenEndpoint(secret=SECRET)
+    yield endpoint
+    endpoint.close()
+
+
+@pytest.fixture
+def secret_file(tmp_path):
+    path = tmp_path / "client-secret"
+    path.write_text(SECRET + "\n")
+    return path
+
+
+def oauth2_settings(endpoint, secret_file, **kwargs):
+    return ProviderSettings(
+        url=endpoint.url, kind="oauth2", client_id="proxy", client_secret_file=str(secret_file), **kwargs
+    )
+
+
+def flow_to(host):
+    f = tflow.tflow()
+    f.request.host = host
+    f.request.headers["Host"] = host
+    return f
+
+
+# -- counters and commands, in-process -----------------------------------------------------------------------------
+
+
+def test_counters_and_status_report(provider):
+    provider.answer({"Authorization": "Bearer do-not-show", "X-Tenant": "acme"})
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        tctx.configure(
+            addon,
+            header_provider_url=provider.url,
+            header_scope="~d api.example.com",
+            header_merge="keep",
+            header_require=True,
+        )
+        binding = addon.bindings[0]
+        refused = flow_to("api.example.com")
+        addon.requestheaders(refused)  # nothing fetched yet: refused
+        binding.refresher.refresh()  # one real fetch, driven from here
+        addon.requestheaders(flow_to("api.example.com"))
+        present = flow_to("api.example.com")
+        present.request.headers["X-Tenant"] = "mine"
+        addon.requestheaders(present)
+        addon.requestheaders(flow_to("elsewhere.example.com"))
+        counters = binding.counters
+        assert (counters.given, counters.refused, counters.already_present, counters.out_of_scope) == (2, 1, 1, 1)
+        assert refused.response.status_code == 503
+        provider.answer(status=500)
+        binding.refresher.refresh()
+        text = tctx.command(addon.status)
+    assert "header-augment: 1 provider" in text
+    assert f"[1] {provider.url}  kind=headers merge=keep scope=~d api.example.com require" in text
+    assert "state: failing, keeping the last good headers" in text
+    assert "headers: Authorization, X-Tenant" in text
+    assert "last error: HTTP 500" in text
+    assert (
+        "requests: 2 given headers, 1 out of scope, 1 with a header already present, 1 refused (503), "
+        "0 passed without headers"
+    ) in text
+    assert "fetches: 1 ok, 1 failed (HTTP 500: 1)" in text
+    assert "do-not-show" not in text and "acme" not in text
+
+
+def test_status_when_idle():
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        assert "idle" in tctx.command(addon.status)
+
+
+def test_refresh_command_does_not_block(provider):
+    provider.answer({"X-A": "1"}, delay=0.5)
+    asyncio.run(refresh_scenario(provider))
+
+
+async def refresh_scenario(provider):
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, header_provider_url=provider.url, header_refresh_interval="1h")
+        addon.running()
+        try:
+            provider.wait_for_requests(1)
+            started = time.monotonic()
+            tctx.command(addon.refresh)
+            assert time.monotonic() - started < 0.1  # the provider takes 0.5 s; the command does not wait
+            provider.wait_for_requests(2, timeout=5)
+        finally:
+            addon.done()
+
+
+# -- the providers file ---------------------------------------------------------------------------------------------
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_providers_file_yaml_and_json(tmp_path, provider, token_endpoint, secret_file):
+    yaml_file = write(
+        tmp_path / "p.yaml",
+        f"""
+providers:
+  - name: internal
+    url: {provider.url}
+    scope: "~d internal.example"
+    interval: 30s
+    max_stale: 10m
+    merge: append
+  - name: partner
+    kind: oauth2
+    url: {token_endpoint.url}
+    client_id: proxy
+    client_secret_file: {secret_file}
+    token_scope: read write
+    audience: partner-api
+    require: true
+""",
+    )
+    (internal, _), (partner, _) = load_providers_file(yaml_file)
+    assert (internal.name, internal.interval, internal.max_stale, internal.merge.value) == (
+        "internal",
+        30,
+        600,
+        "append",
+    )
+    assert (partner.kind, partner.require, partner.token_scope, partner.audience) == (
+        "oauth2",
+        True,
+        "read write",
+        "partner-api",
+    )
+    json_file = write(tmp_path / "p.json", json.dumps([{"url": provider.url, "interval": 5, "require": "true"}]))
+    ((only, _),) = load_providers_file(json_file)
+    assert only.interval == 5 and only.require is True
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("providers: 3", "expected a list of providers"),
+        ("- url: http://a/\n- 5", "provider 2: expected a mapping"),
+        (
+            "- url: http://a/\n- name: b\n  url: http://b/\n  intervall: 5s",
+            "provider 2 (b): unknown field 'intervall'; did you mean interval?",
+        ),
+        ("- url: http://a/\n- name: b\n  url: http://b/\n  interval: 5x", "provider 2 (b): interval: '5x' is not a"),
+        ("- name: a\n  url: ftp://a/", "provider 1 (a): url:"),
+        ("- url: http://a/\n  merge: prepend", "provider 1: merge: 'prepend' is not a merge mode"),
+        ("- url: http://a/\n  kind: saml", "provider 1: kind: 'saml' is not accepted (accepted: headers, oauth2)"),
+        ("- url: http://a/\n  kind: oauth2", "provider 1: client_id: required for kind oauth2"),
+        (
+            "- url: http://a/\n  kind: oauth2\n  client_id: x\n  client_secret_file: /nonexistent",
+            "provider 1: client_secret_file: cannot read it",
+        ),
+        ("- url: http://a/\n  client_id: x", "provider 1: client_id: only for kind oauth2"),
+        ("- {name: a, url: 'http://a/'}\n- {name: a, url: 'http://b/'}", "provider 2 (a): name: 'a' is used"),
+        ("- url: http://a/\n  interval: .inf", "provider 1: interval: inf is not a finite duration"),
+        ("[unclosed", "not valid YAML"),
+    ],
+)
+def test_bad_providers_file_names_entry_and_field(tmp_path, text, message):
+    path = write(tmp_path / "p.yaml", text)
+    with pytest.raises(SettingsError) as e:
+        load_providers_file(path)
+    assert f"header_providers_file {path}: " in str(e.value)
+    assert message in str(e.value)
+
+
+def test_missing_providers_file_is_an_options_error(tmp_path):
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        with pytest.raises(exceptions.OptionsError, match="cannot read it"):
+            tctx.configure(addon, header_providers_file=str(tmp_path / "missing.yaml"))
+
+
+def test_file_reload_applies_changes_and_refuses_bad_files(tmp_path, provider, caplog):
+    provider.answer({"X-A": "1"})
+    path = tmp_path / "providers.yaml"
+    write(path, f"- name: one\n  url: {provider.url}\n  scope: '~d one.example'\n")
+    addon = header_augment.HeaderAugment()
+    with caplog.at_level(logging.INFO), taddons.context(addon) as tctx:
+        tctx.configure(addon, header_providers_file=str(path))
+        first = addon.bindings[0].refresher
+        write(path, f"- name: one\n  url: {provider.url}\n  scope: '~d two.example'\n- url: {provider.url}?second\n")
+        addon._reload_providers_file()
+        assert [b.settings.scope for b in addon.bindings] == ["~d two.example", ""]
+        assert addon.bindings[0].refresher is first  # same source: refresher and cache kept
+        before = addon.bindings
+        write(path, "- name: one\n  url: ftp://nope/\n")
+        addon._reload_providers_file()
+        assert addon.bindings == before
+        addon._reload_providers_file()  # unchanged bad file: reported once
+        addon.done()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "provider 1 (one): url: 'ftp://nope/'" in errors[0] and "keeping the previous configuration" in errors[0]
+
+
+# -- OAuth2 against a real token endpoint ------------------------------------------------------------------------
+
+
+def test_oauth2_token_becomes_bearer_and_refreshes_before_expiry(token_endpoint, secret_file, caplog):
+    token_endpoint.expires_in = 2
+    refresher = Refresher.for_settings(oauth2_settings(token_endpoint, secret_file, token_scope="read", audience="api"))
+    with caplog.at_level(logging.DEBUG):
+        refresher.start()
+        try:
+            wait_until(lambda: refresher.snapshot.fields == ((b"Authorization", b"Bearer tok-1"),), what="token 1")
+            wait_until(
+                lambda: refresher.snapshot.fields == ((b"Authorization", b"Bearer tok-2"),), timeout=5, what="token 2"
+            )
+        finally:
+            refresher.stop()
+    first, second = token_endpoint.requests[:2]
+    assert 1.4 <= second["at"] - first["at"] <= 1.9  # at 80% of expires_in (with up to 10% jitter, earlier)
+    assert first["form"] == {"grant_type": "client_credentials", "scope": "read", "audience": "api"}
+    assert first["basic"]
+    snapshot = refresher.snapshot
+    assert snapshot.usable_until - snapshot.fetched_at == pytest.approx(2)  # never past the token's lifetime
+    assert SECRET not in caplog.text and "tok-" not in caplog.text
+
+
+def test_oauth2_client_secret_post(token_endpoint, secret_file):
+    settings = oauth2_settings(token_endpoint, secret_file, client_auth="post")
+    result = Refresher.for_settings(settings).client.fetch()
+    assert result.ok
+    assert token_endpoint.requests[0]["form"]["client_secret"] == SECRET and not token_endpoint.requests[0]["basic"]
+
+
+def test_oauth2_revoked_client_drops_the_token_at_expiry(token_endpoint, secret_file, caplog):
+    token_endpoint.expires_in = 1
+    refresher = Refresher.for_settings(oauth2_settings(token_endpoint, secret_file))
+    with caplog.at_level(logging.DEBUG):
+        refresher.start()
+        try:
+            wait_until(lambda: refresher.fetches_ok == 1, what="first token")
+            token_endpoint.revoked = True
+            wait_until(
+                lambda: refresher.fetches_failed.get("HTTP 401: invalid_client"), timeout=5, what="revocation seen"
+            )
+            wait_until(lambda: not refresher.snapshot.usable(time.monotonic()), timeout=3, what="token expiry")
+        finally:
+            refresher.stop()
+    assert "headers dropped" in caplog.text
+    assert SECRET not in caplog.text  # not even from the endpoint's error_description
+
+
+def test_oauth2_server_error_keeps_the_token_until_it_expires(token_endpoint, secret_file):
+    token_endpoint.expires_in = 60
+    refresher = Refresher.for_settings(oauth2_settings(token_endpoint, secret_file))
+    refresher.refresh()
+    token_endpoint.fail_status = 500
+    refresher.refresh()
+    assert refresher.last_error == "HTTP 500: server_error"
+    assert refresher.snapshot.fields == ((b"Authorization", b"Bearer tok-1"),)
+    assert refresher.snapshot.usable(time.monotonic())
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"access_token": "t", "token_type": "mac"}, "token_type is not Bearer"),
+        ({"token_type": "Bearer"}, "no access_token"),
+        ({"access_token": "t\r\nX-Evil: 1", "token_type": "Bearer"}, "access_token unusable"),
+        ({"access_token": "t", "token_type": "Bearer", "expires_in": "soon"}, "expires_in is not a positive"),
+    ],
+)
+def test_oauth2_bad_token_responses(provider, secret_file, body, reason):
+    provider.answer(body)
+    settings = ProviderSettings(url=provider.url, kind="oauth2", client_id="c", client_secret_file=str(secret_file))
+    result = Refresher.for_settings(settings).client.fetch()
+    assert not result.ok and reason in result.reason
+
+
+# -- end to end ----------------------------------------------------------------------------------------------------
+
+
+def test_two_providers_each_host_gets_only_its_own(mitmdump, upstream, tmp_path, token_endpoint, secret_file):
+    provider = Provider()
+    try:
+        provider.answer({"X-Internal": "i-value"})
+        token_endpoint.expires_in = 3600
+        path = write(
+            tmp_path / "providers.yaml",
+            f"""
+providers:
+  - name: internal
+    url: {provider.url}
+    scope: "~d 127.0.0.1"
+  - name: partner
+    kind: oauth2
+    url: {token_endpoint.url}
+    client_id: proxy
+    client_secret_file: {secret_file}
+    scope: "~d localhost"
+""",
+        )
+        m = mitmdump("--set", f"header_providers_file={path}", "-s", str(ROOT / "tests" / "console_set.py"))
+        m.wait_for("internal .*headers in use: X-Internal")
+        m.wait_for("partner .*headers in use: Authorization")
+        with client_for(m.proxy) as client:
+            by_ip = client.get(f"http://127.0.0.1:{upstream.port}/")
+            by_name = client.get(f"http://localhost:{upstream.port}/")
+            assert values_of(by_ip, "X-Internal") == ["i-value"] and values_of(by_ip, "Authorization") == []
+            assert values_of(by_name, "Authorization") == ["Bearer tok-1"] and values_of(by_name, "X-Internal") == []
+            status = client.get("http://console.test/" + urllib.parse.quote("augment.status")).text
+            assert "header-augment: 2 providers" in status and "[2] partner" in status
+            # Each provider gave one request its headers; the other request, and this status request, were not theirs.
+            assert status.count("requests: 1 given headers, 2 out of scope") == 2, status
+            refreshed = client.get("http://console.test/augment.refresh")
+            assert refreshed.status_code == 200
+            wait_until(lambda: token_endpoint.issued == 2, what="refresh command reaching the token endpoint")
+        m.stop()
+        assert SECRET not in m.output and "tok-1" not in m.output and "i-value" not in m.output
+    finally:
+        provider.close()
+
+
+def test_bad_providers_file_stops_startup(mitmdump, tmp_path):
+    path = write(tmp_path / "providers.yaml", "- name: a\n  url: http://127.0.0.1:9/\n  interval: often\n")
+    m = mitmdump("--set", f"header_providers_file={path}", wait_listening=False)
+    assert m.wait_exit() != 0
+    assert "provider 1 (a): interval: 'often' is not a duration" in m.output
