@@ -335,7 +335,9 @@ def end_to_end(confdir: Path, rounds: int, seconds: float, connections: int) -> 
                 rates[name].append(result["requests"] / result["seconds"])
 
         def paired(values, reference):
-            return median([a / b for a, b in zip(values, reference, strict=True)])
+            """Median of the per-round ratios, with their quartiles (how far apart the rounds were)."""
+            q1, q2, q3 = statistics.quantiles([a / b for a, b in zip(values, reference, strict=True)], n=4)
+            return q2, q1, q3
 
         return {
             name: {
@@ -515,21 +517,36 @@ def main() -> None:
 
         print("1. Hook cost in-process: CPU µs per flow, median of interleaved rounds (client sends 6 headers)")
         print(f"   {'headers':>7} {'merge':>8} {'scope':>20} {'ours µs':>8} {'modify µs':>10} {'ratio':>6}")
-        for n, mode, scope, ours, theirs, ratio in hook_cost(5 if quick else 9, 2000 if quick else 4000):
+        hook_rows = hook_cost(5 if quick else 9, 2000 if quick else 4000)
+        for n, mode, scope, ours, theirs, ratio in hook_rows:
             print(f"   {n:>7} {mode:>8} {scope:>20} {ours:>8.2f} {theirs:>10.2f} {ratio:>6.3f}")
 
         print("\n2. End to end: requests/s through mitmdump, 8 keep-alive connections, loopback upstream")
-        e2e = end_to_end(confdir, 3 if quick else 7, 1.5 if quick else 3.0, 8)
-        print("   ratios: medians of per-round pairs; CPU = the proxy process's CPU time per request")
+        e2e = end_to_end(confdir, 3 if quick else 9, 1.5 if quick else 3.0, 8)
+        print("   ratios: median of per-round pairs [quartiles]; CPU = the proxy process's CPU time per request")
+        print("   'client sends them': plain mitmdump, the client itself sending the same 10 headers")
+
+        def shown(q):
+            return f"{q[0]:.3f} [{q[1]:.2f}–{q[2]:.2f}]"
+
         print(
-            f"   {'':>18} {'req/s':>6} {'CPU µs':>7} | {'vs plain: req/s':>15} {'CPU':>6} | "
-            f"{'vs client sends them: req/s':>27} {'CPU':>6}"
+            f"   {'':>18} {'req/s':>6} {'CPU µs':>7} | {'req/s vs plain':>20} {'CPU vs plain':>20} | "
+            f"{'req/s vs client-sent':>20} {'CPU vs client-sent':>20}"
         )
         for name, row in e2e.items():
             print(
-                f"   {name:>18} {row['rate']:6.0f} {row['cpu_us']:7.0f} | {row['rate_vs_plain']:15.3f} "
-                f"{row['cpu_vs_plain']:6.3f} | {row['rate_vs_floor']:27.3f} {row['cpu_vs_floor']:6.3f}"
+                f"   {name:>18} {row['rate']:6.0f} {row['cpu_us']:7.0f} | {shown(row['rate_vs_plain']):>20} "
+                f"{shown(row['cpu_vs_plain']):>20} | {shown(row['rate_vs_floor']):>20} {shown(row['cpu_vs_floor']):>20}"
             )
+        # The spread between rounds on a shared machine is wider than the addon's whole cost, so also derive the
+        # ratio from what was measured precisely: the hook's CPU time against the proxy's CPU time per request.
+        hook_us = next(ours for n, mode, scope, ours, *_ in hook_rows if (n, mode, scope) == (10, "replace", SCOPE))
+        floor_us = e2e["client sends them"]["cpu_us"]
+        bound = floor_us / (floor_us + hook_us)
+        print(
+            f"   hook share: {hook_us:.2f} µs (10 headers, scope set) of {floor_us:.0f} µs CPU per request "
+            f"= {hook_us / floor_us:.2%}; throughput bound vs plain with the headers: {bound:.4f}"
+        )
 
         print("\n3. Slow provider (3 s per answer, polled every 1 s) vs fast: request latency, 1 connection")
         slow = slow_provider(confdir, 3 if quick else 5, 1.0 if quick else 2.0)

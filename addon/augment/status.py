@@ -1,6 +1,6 @@
 """Counters and the human-readable status report: header names, ages, reasons and counts — never a value."""
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from .durations import format_duration
 from .refresher import Refresher
@@ -23,9 +23,6 @@ class RequestCounters:
             f"{self.given} given headers, {self.out_of_scope} out of scope, {self.already_present} with a header "
             f"already present, {self.refused} refused (503), {self.without} passed without headers"
         )
-
-    def snapshot(self) -> tuple[int, ...]:
-        return tuple(getattr(self, f.name) for f in fields(self))
 
 
 def _ago(seconds: float) -> str:
