@@ -58,7 +58,9 @@ class Refresher(threading.Thread):
         self._stopping = True
         self._wake.set()
         self.client.abort()
-        if self.is_alive() and threading.current_thread() is not self:
+        if self.ident is None:
+            self.client.close()  # never started: the thread that would close it never will
+        elif self.is_alive() and threading.current_thread() is not self:
             self.join(wait)
 
     # -- the thread ---------------------------------------------------------------------------------------------
