@@ -125,7 +125,17 @@ class HeaderAugment:
         stamp = _file_stamp(path) if path else None
         if path:
             wanted += load_providers_file(path)
-        return tuple(self._bind(settings, label_of) for settings, label_of in wanted), stamp
+        bindings: list[Binding] = []
+        try:
+            for settings, label_of in wanted:
+                bindings.append(self._bind(settings, label_of))
+        except SettingsError:
+            current = {b.refresher for b in self.bindings}
+            for binding in bindings:
+                if binding.refresher not in current:
+                    binding.refresher.stop()  # made for this attempt only: close its client
+            raise
+        return tuple(bindings), stamp
 
     def _bind(self, settings: ProviderSettings, label_of: Label) -> Binding:
         """A binding for `settings`, reusing a running refresher (and its cache) when the source is unchanged."""

@@ -244,9 +244,10 @@ def test_deferred_good_boolean_spellings_still_work(spec, caplog):
 
 def test_config_file_values_are_checked_too(caplog):
     with caplog.at_level(logging.ERROR), taddons.context() as tctx:
-        tctx.options.update_defer(header_require="yes please", header_merge="append")
+        tctx.options.update_defer(header_require="yes please", header_merge="append", header_refresh_interval=30)
         tctx.master.addons.register(header_augment.HeaderAugment())
         assert tctx.options.header_merge == "append"
+        assert tctx.options.header_refresh_interval == "30"  # a YAML number is a number of seconds
     assert "header_require: 'yes please' is not accepted" in caplog.text
 
 

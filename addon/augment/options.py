@@ -23,7 +23,7 @@ logger = logging.getLogger("header_augment")
 @dataclass(frozen=True)
 class Option:
     name: str
-    field: str
+    field: str | None  # the ProviderSettings field it sets, if any
     typespec: type
     default: object
     help: str
@@ -98,7 +98,7 @@ OPTIONS = (
     ),
     Option(
         "header_providers_file",
-        "",
+        None,
         str,
         "",
         "YAML or JSON file listing several providers, each with its own settings and scope (see the README). "
@@ -147,6 +147,8 @@ def check_deferred(options: optmanager.OptManager) -> None:
             problem = f"unknown option {name}{hint}"
         else:
             known = options._options[name]
+            if known.typespec is str and isinstance(value, int | float) and not isinstance(value, bool):
+                options.deferred[name] = value = str(value)  # `header_refresh_interval: 30` in config.yaml
             try:
                 if isinstance(value, optmanager._UnconvertedStrings):  # from --set
                     options._parse_setval(known, value.val)
