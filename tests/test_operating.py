@@ -349,3 +349,48 @@ def test_bad_providers_file_stops_startup(mitmdump, tmp_path):
     m = mitmdump("--set", f"header_providers_file={path}", wait_listening=False)
     assert m.wait_exit() != 0
     assert "provider 1 (a): interval: 'often' is not a duration" in m.output
+
+
+def test_counters_are_logged_periodically(provider, caplog, monkeypatch):
+    monkeypatch.setattr(header_augment, "COUNTERS_LOG_INTERVAL", 0.05)
+    monkeypatch.setattr(header_augment, "FILE_CHECK_INTERVAL", 0.01)
+    provider.answer({"X-A": "1"})
+
+    async def scenario():
+        addon = header_augment.HeaderAugment()
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, header_provider_url=provider.url)
+            addon.running()
+            try:
+                for _ in range(100):
+                    await asyncio.sleep(0.02)
+                    if "requests: 0 given headers" in caplog.text:
+                        break
+            finally:
+                addon.done()
+
+    with caplog.at_level(logging.DEBUG, logger="header_augment"):
+        asyncio.run(scenario())
+    assert "requests: 0 given headers, 0 out of scope" in caplog.text and "fetches: " in caplog.text
+
+
+def test_providers_file_reload_in_a_running_proxy(mitmdump, upstream, tmp_path):
+    provider = Provider()
+    try:
+        provider.answer({"X-Reloaded": "yes"})
+        path = tmp_path / "providers.yaml"
+        write(path, f"- name: first\n  url: {provider.url}\n  scope: '~d localhost'\n")
+        m = mitmdump("--set", f"header_providers_file={path}")
+        m.wait_for("first .*headers in use: X-Reloaded")
+        with client_for(m.proxy) as client:
+            assert values_of(client.get(f"http://127.0.0.1:{upstream.port}/"), "X-Reloaded") == []
+            mark = m.mark()
+            write(path, f"- name: first\n  url: {provider.url}\n  scope: '~d 127.0.0.1'\n")
+            m.wait_for("changed: 1 provider", start=mark)
+            assert values_of(client.get(f"http://127.0.0.1:{upstream.port}/"), "X-Reloaded") == ["yes"]
+            mark = m.mark()
+            write(path, "- name: first\n  url: http://127.0.0.1:9/\n  merge: sideways\n")
+            m.wait_for(r"provider 1 \(first\): merge: 'sideways' is not a merge mode.*keeping the previous", start=mark)
+            assert values_of(client.get(f"http://127.0.0.1:{upstream.port}/"), "X-Reloaded") == ["yes"]
+    finally:
+        provider.close()
