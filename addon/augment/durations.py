@@ -24,3 +24,8 @@ def format_duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds / size:.0f}{unit}"
     return f"{seconds:.3g}s" if seconds < 60 else f"{seconds:.0f}s"
+
+
+def format_age(seconds: float) -> str:
+    """How long ago, for logs and the status report: tenths under 10 s, whole seconds above."""
+    return format_duration(max(0.0, round(seconds, 1 if seconds < 10 else 0)))

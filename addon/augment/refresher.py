@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .durations import format_duration
+from .durations import format_age
 from .provider import THREAD_PREFIX, FetchResult, ProviderClient, client_for
 from .schedule import Schedule
 from .snapshot import NOTHING, Snapshot
@@ -128,7 +128,7 @@ class Refresher(threading.Thread):
         if kept is NOTHING:
             consequence = "no headers yet"
         elif kept.usable(self._clock()):
-            age = format_duration(round(self._clock() - kept.fetched_at, 1))
+            age = format_age(self._clock() - kept.fetched_at)
             consequence = f"keeping the headers from {age} ago"
         else:
             consequence = "no usable headers"
@@ -138,7 +138,7 @@ class Refresher(threading.Thread):
 
     def _note_staleness(self) -> None:
         if not self._dropped_logged and self.snapshot is not NOTHING and not self.snapshot.usable(self._clock()):
-            age = format_duration(round(self._clock() - self.snapshot.fetched_at, 1))
+            age = format_age(self._clock() - self.snapshot.fetched_at)
             logger.warning(
                 "header provider %s: headers dropped: the last valid answer is %s old (past max_stale or the "
                 "token's lifetime)",

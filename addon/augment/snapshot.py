@@ -95,8 +95,8 @@ def _unlisted(field: tuple[bytes, bytes], names: frozenset[bytes]) -> tuple[byte
     """
     if b"," not in field[1] and field[1].strip().lower() not in names:
         return field  # the usual `keep-alive` or `close`
-    tokens = field[1].split(b",")
-    if names.isdisjoint(t.strip().lower() for t in tokens):
+    tokens = [t.strip() for t in field[1].split(b",")]
+    if names.isdisjoint(t.lower() for t in tokens):
         return field
-    keep = [t.strip() for t in tokens if t.strip() and t.strip().lower() not in names]
+    keep = [t for t in tokens if t and t.lower() not in names]
     return (field[0], b", ".join(keep)) if keep else None

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from .durations import format_duration
+from .durations import format_age
 from .refresher import Refresher
 from .settings import ProviderSettings
 from .snapshot import NOTHING
@@ -14,7 +14,7 @@ class RequestCounters:
 
     given: int = 0  # requests that left with this provider's headers
     out_of_scope: int = 0
-    already_present: int = 0  # keep mode: the request had at least one of the names already
+    already_present: int = 0  # the request had at least one of the names already (any merge mode)
     refused: int = 0  # answered 503 (header_require)
     without: int = 0  # in scope, but no usable headers to give
 
@@ -23,10 +23,6 @@ class RequestCounters:
             f"{self.given} given headers, {self.out_of_scope} out of scope, {self.already_present} with a header "
             f"already present, {self.refused} refused (503), {self.without} passed without headers"
         )
-
-
-def _ago(seconds: float) -> str:
-    return format_duration(max(0.0, round(seconds, 1 if seconds < 10 else 0)))
 
 
 def state(refresher: Refresher, now: float) -> str:
@@ -60,9 +56,9 @@ def report(entries: list[tuple[ProviderSettings, Refresher, RequestCounters]], n
         )
         lines.append(f"    state: {state(refresher, now)}")
         if snapshot is not NOTHING:
-            age = f"last good answer {_ago(now - snapshot.fetched_at)} ago"
+            age = f"last good answer {format_age(now - snapshot.fetched_at)} ago"
             if refresher.next_fetch_at > now:
-                age += f", next refresh in {_ago(refresher.next_fetch_at - now)}"
+                age += f", next refresh in {format_age(refresher.next_fetch_at - now)}"
             lines.append(f"    {age}")
         lines.append(f"    headers: {', '.join(snapshot.display_names) or 'none'}")
         lines.append(f"    last error: {refresher.last_error or 'none'}")
