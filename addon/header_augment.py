@@ -14,17 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 # Scripts are reloaded when this file changes: drop our modules too, so the reload picks up edits to them.
-for _name in [m for m in sys.modules if m == "augment" or m.startswith("augment.")]:
+for _name in [m for m in sys.modules if m == "header_augment_core" or m.startswith("header_augment_core.")]:
     del sys.modules[_name]
 
 from mitmproxy import command, ctx, exceptions, flowfilter, http  # noqa: E402
 
-from augment.options import OPTIONS, check_deferred, label, settings_from_options  # noqa: E402
-from augment.providers_file import load_providers_file  # noqa: E402
-from augment.refresher import Refresher  # noqa: E402
-from augment.settings import ProviderSettings, SettingsError  # noqa: E402
-from augment.snapshot import NOTHING, merge  # noqa: E402
-from augment.status import RequestCounters, fetch_summary, report  # noqa: E402
+from header_augment_core.options import OPTIONS, check_deferred, label, settings_from_options  # noqa: E402
+from header_augment_core.providers_file import load_providers_file  # noqa: E402
+from header_augment_core.refresher import Refresher  # noqa: E402
+from header_augment_core.settings import ProviderSettings, SettingsError  # noqa: E402
+from header_augment_core.snapshot import NOTHING, merge  # noqa: E402
+from header_augment_core.status import RequestCounters, fetch_summary, report  # noqa: E402
 
 logger = logging.getLogger("header_augment")
 

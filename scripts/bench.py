@@ -240,7 +240,7 @@ def hook_cost(rounds: int, flows_per_round: int) -> list[tuple]:
     from mitmproxy.addons.modifyheaders import ModifyHeaders
     from mitmproxy.test import taddons, tflow
 
-    from augment.snapshot import Snapshot
+    from header_augment_core.snapshot import Snapshot
 
     base = (
         (b"Host", b"api.example.com"),

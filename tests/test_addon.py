@@ -12,8 +12,8 @@ from mitmproxy.http import Headers
 from mitmproxy.test import taddons, tflow
 from servers import ADDON, wait_until
 
-from augment.options import OPTION_NAMES
-from augment.snapshot import NOTHING, Snapshot
+from header_augment_core.options import OPTION_NAMES
+from header_augment_core.snapshot import NOTHING, Snapshot
 
 VALID = {"header_provider_url": "http://127.0.0.1:9/headers"}  # never started in these tests
 

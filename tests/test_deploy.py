@@ -64,7 +64,7 @@ def test_configmap_matches_the_code_byte_for_byte():
     maps = {d["metadata"]["name"]: d["data"] for d in k8s_documents("configmap.yaml")}
     expected = {
         "header-augment-addon": [ROOT / "addon" / "header_augment.py"],
-        "header-augment-lib": sorted((ROOT / "addon" / "augment").glob("*.py")),
+        "header-augment-lib": sorted((ROOT / "addon" / "header_augment_core").glob("*.py")),
         "header-augment-demo-provider": [ROOT / "scripts" / "demo_provider.py"],
     }
     for name, files in expected.items():
@@ -90,7 +90,7 @@ def test_deployment_references_what_exists():
     assert sidecar["image"] == "mitmproxy/mitmproxy:12.3.1"
     script = sidecar["command"][sidecar["command"].index("-s") + 1]
     assert script in files_in_pod["header-augment"]
-    assert "/srv/header-augment/addon/augment/rules.py" in files_in_pod["header-augment"]
+    assert "/srv/header-augment/addon/header_augment_core/rules.py" in files_in_pod["header-augment"]
     provider_script = containers["header-provider"]["command"][1]
     assert provider_script in files_in_pod["header-provider"]
     app_env = {e["name"]: e["value"] for e in containers["app"]["env"]}

@@ -2,8 +2,8 @@ import random
 
 import pytest
 
-from augment.durations import format_duration, parse_duration
-from augment.schedule import Schedule
+from header_augment_core.durations import format_duration, parse_duration
+from header_augment_core.schedule import Schedule
 
 
 @pytest.mark.parametrize(

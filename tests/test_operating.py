@@ -13,9 +13,9 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
 from servers import ROOT, Provider, TokenEndpoint, wait_until
 
-from augment.providers_file import load_providers_file
-from augment.refresher import Refresher
-from augment.settings import ProviderSettings, SettingsError
+from header_augment_core.providers_file import load_providers_file
+from header_augment_core.refresher import Refresher
+from header_augment_core.settings import ProviderSettings, SettingsError
 
 SECRET = "s3cret-client-secret"
 

@@ -13,9 +13,9 @@ import time
 import pytest
 from servers import wait_until
 
-from augment.provider import ProviderClient
-from augment.refresher import Refresher
-from augment.settings import ProviderSettings, SettingsError
+from header_augment_core.provider import ProviderClient
+from header_augment_core.refresher import Refresher
+from header_augment_core.settings import ProviderSettings, SettingsError
 
 
 def client(url, **kwargs):

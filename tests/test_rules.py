@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from augment.rules import MAX_BODY_BYTES, InvalidAnswer, parse_answer, validate_entries
+from header_augment_core.rules import MAX_BODY_BYTES, InvalidAnswer, parse_answer, validate_entries
 
 
 def names(validated):

@@ -1,6 +1,6 @@
 import math
 
-from augment.snapshot import NOTHING, Merge, Snapshot, merge
+from header_augment_core.snapshot import NOTHING, Merge, Snapshot, merge
 
 
 def snap(*headers, max_stale=0.0, at=100.0):

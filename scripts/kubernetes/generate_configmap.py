@@ -16,7 +16,7 @@ OUTPUT = HERE / "configmap.yaml"
 # ConfigMap name → the files it carries (keys are file names; Kubernetes keys cannot hold a '/').
 CONFIGMAPS = {
     "header-augment-addon": [ROOT / "addon" / "header_augment.py"],
-    "header-augment-lib": sorted((ROOT / "addon" / "augment").glob("*.py")),
+    "header-augment-lib": sorted((ROOT / "addon" / "header_augment_core").glob("*.py")),
     "header-augment-demo-provider": [ROOT / "scripts" / "demo_provider.py"],
 }
 
