@@ -1,17 +1,18 @@
-"""header-augment: add headers from a header provider to every proxied request in scope.
+"""header-augment: add headers from a header provider to the requests that go to the hosts you name.
 
-    mitmdump -s addon/header_augment.py --set header_provider_url=http://127.0.0.1:9000/headers
+    mitmdump -s addon/header_augment.py --set header_provider_url=http://127.0.0.1:9000/headers \\
+        --set header_hosts=api.example.com
 
 Providers are polled on background threads; the request hook only reads the last valid answer.
 """
 
 import asyncio
 import logging
-import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 # Scripts are reloaded when this file changes: drop our modules too, so the reload picks up edits to them.
 for _name in [m for m in sys.modules if m == "header_augment_core" or m.startswith("header_augment_core.")]:
@@ -19,49 +20,92 @@ for _name in [m for m in sys.modules if m == "header_augment_core" or m.startswi
 
 from mitmproxy import command, ctx, exceptions, flowfilter, http  # noqa: E402
 
+from header_augment_core.counters import RequestCounters, request_summary  # noqa: E402
+from header_augment_core.fields import SettingsError  # noqa: E402
+from header_augment_core.files import SettledChange, stamp  # noqa: E402
+from header_augment_core.hosts import Hosts  # noqa: E402
 from header_augment_core.options import OPTIONS, check_deferred, label, settings_from_options  # noqa: E402
 from header_augment_core.providers_file import load_providers_file  # noqa: E402
 from header_augment_core.refresher import Refresher  # noqa: E402
-from header_augment_core.settings import ProviderSettings, SettingsError  # noqa: E402
-from header_augment_core.snapshot import NOTHING, merge  # noqa: E402
-from header_augment_core.status import RequestCounters, fetch_summary, report  # noqa: E402
+from header_augment_core.settings import ProviderSettings  # noqa: E402
+from header_augment_core.snapshot import NOTHING, Merge, merge  # noqa: E402
+from header_augment_core.status import report  # noqa: E402
 
 logger = logging.getLogger("header_augment")
 
 COUNTERS_LOG_INTERVAL = 60.0
 FILE_CHECK_INTERVAL = 1.0
+# A request held for a provider's first answer waits at most the fetch's own timeout plus this.
+FIRST_FETCH_GRACE = 1.0
+HOOK_ERROR_LOG_INTERVAL = 60.0
+# Filters that search the request's host (or its Host header) with a regex: not a way to pick hosts.
+_HOST_SEARCHING_FILTERS = {"d", "h", "hq", "u"}
+_LOWER_CASE_NAMES = (b"HTTP/2.0", b"HTTP/3")  # versions whose header names must be lower-case
 
 Label = Callable[[str], str]
+WAIT = object()  # from Binding.apply: hold the request until the provider's first fetch has finished
 
 
 @dataclass(frozen=True)
 class Binding:
-    """One provider's refresher and the rules for applying its headers to a flow."""
+    """One provider entry: its refresher (maybe shared with an entry that fetches the same), the rules for applying
+    its headers to a flow, and its own counters."""
 
     settings: ProviderSettings
     refresher: Refresher
+    hosts: Hosts | None
     scope: flowfilter.TFilter | None
-    counters: RequestCounters
+    counters: Any  # RequestCounters
+    comment: str  # how a flow's comment names this provider
 
-    def apply(self, flow: http.HTTPFlow) -> None:
+    def apply(self, flow: http.HTTPFlow, may_wait: bool = True) -> object:
+        """Add the headers to `flow` if it is in scope. Returns WAIT (having done nothing) when the flow should be
+        held until the provider's first fetch has finished."""
         counters = self.counters
+        request = flow.request
+        if self.hosts is not None and not self.hosts.matches(request.host, request.port):
+            counters.out_of_scope += 1
+            return None
         if self.scope is not None and not self.scope(flow):
             counters.out_of_scope += 1
-            return
-        snapshot = self.refresher.snapshot  # read once: a request never mixes two answers
+            return None
+        refresher = self.refresher
+        snapshot = refresher.snapshot  # read once: a request never mixes two answers
         if not snapshot.usable(time.monotonic()):
+            if may_wait and snapshot is NOTHING and not refresher.first_attempt_done:
+                return WAIT
+            never = snapshot is NOTHING
             if self.settings.require:
-                flow.response = _refusal(snapshot is NOTHING)
+                flow.response = _refusal(never)
                 counters.refused += 1
+                _note(flow, f"{self.comment}refused: {'no valid answer yet' if never else 'headers expired'}")
             else:
                 counters.without += 1
-            return
-        fields, had_one = merge(flow.request.headers.fields, snapshot, self.settings.merge)
-        if had_one:
+                _note(flow, f"{self.comment}no usable headers, passed without")
+            return None
+        h2 = request.data.http_version in _LOWER_CASE_NAMES
+        fields, clashes = merge(request.headers.fields, snapshot, self.settings.merge, h2)
+        if clashes:
             counters.already_present += 1
+            _note(flow, self.comment + _clash_note(snapshot, clashes, self.settings.merge))
+        elif fields is not None:
+            _note(flow, self.comment + snapshot.summary)
         if fields is not None:
-            flow.request.headers.fields = fields
+            request.headers.fields = fields
             counters.given += 1
+        return None
+
+
+def _note(flow: http.HTTPFlow, text: str) -> None:
+    """Say what was done where a mitmweb or console user looks: the flow's comment (names only, never values)."""
+    flow.comment = f"{flow.comment}\n{text}" if flow.comment else text
+
+
+def _clash_note(snapshot, clashes: set[bytes], mode: Merge) -> str:
+    added = [n for n, low in zip(snapshot.display_names, snapshot.lowered, strict=True) if low not in clashes]
+    present = [n for n, low in zip(snapshot.display_names, snapshot.lowered, strict=True) if low in clashes]
+    verb = {Merge.REPLACE: "replaced", Merge.APPEND: "appended to", Merge.KEEP: "kept the request's"}[mode]
+    return "; ".join(([f"added {', '.join(added)}"] if added else []) + [f"{verb} {', '.join(present)}"])
 
 
 def _refusal(never_answered: bool) -> http.Response:
@@ -82,12 +126,17 @@ def _compile_scope(settings: ProviderSettings, label_of: Label) -> flowfilter.TF
         ) from None
 
 
-def _file_stamp(path: str) -> tuple | None:
-    try:
-        st = os.stat(os.path.expanduser(path))
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
+def _searches_hosts(node: object) -> bool:
+    """Whether a compiled filter uses ~d, ~h, ~hq or ~u (a bare word is ~u too)."""
+    if getattr(node, "code", None) in _HOST_SEARCHING_FILTERS:
+        return True
+    children = getattr(node, "lst", None) or ([node.itm] if hasattr(node, "itm") else [])
+    return any(_searches_hosts(child) for child in children)
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class HeaderAugment:
@@ -95,8 +144,10 @@ class HeaderAugment:
         self.bindings: tuple[Binding, ...] = ()
         self._running = False
         self._configured = False
-        self._file_stamp: tuple | None = None
+        self._file: SettledChange | None = None
         self._ticker: asyncio.Task | None = None
+        self._hook_errors = 0
+        self._hook_error_logged_at = -HOOK_ERROR_LOG_INTERVAL
 
     # -- configuration ------------------------------------------------------------------------------------------
 
@@ -109,45 +160,72 @@ class HeaderAugment:
         if not any(name.startswith("header_") for name in updated):
             return
         try:
-            bindings, stamp = self._build()
+            bindings, file_stamp = self._build()
         except SettingsError as e:
             raise exceptions.OptionsError(str(e)) from None
-        self._file_stamp = stamp
+        path = ctx.options.header_providers_file
+        self._file = SettledChange(path, file_stamp) if path else None
         self._install(bindings)
 
-    def _build(self) -> tuple[tuple[Binding, ...], tuple | None]:
+    def _build(self) -> tuple[tuple[Binding, ...], object]:
         """Bindings for the current options and providers file (and the file's stamp); nothing is changed yet."""
         wanted: list[tuple[ProviderSettings, Label]] = []
         single = settings_from_options(ctx.options)
         if single is not None:
             wanted.append((single, label))
         path = ctx.options.header_providers_file
-        stamp = _file_stamp(path) if path else None
+        file_stamp = None
         if path:
-            wanted += load_providers_file(path)
-        bindings: list[Binding] = []
+            entries, file_stamp = load_providers_file(path)
+            wanted += entries
+        made: dict[tuple, Refresher] = {}  # refreshers made for this attempt, by fetch key
         try:
-            for settings, label_of in wanted:
-                bindings.append(self._bind(settings, label_of))
+            bindings = self._bind_all(wanted, made)
         except SettingsError:
-            current = {b.refresher for b in self.bindings}
-            for binding in bindings:
-                if binding.refresher not in current:
-                    binding.refresher.stop()  # made for this attempt only: close its client
+            for refresher in made.values():
+                refresher.stop()  # made for this attempt only: close its client
             raise
-        return tuple(bindings), stamp
+        return bindings, file_stamp
 
-    def _bind(self, settings: ProviderSettings, label_of: Label) -> Binding:
-        """A binding for `settings`, reusing a running refresher (and its cache) when the source is unchanged."""
-        scope = _compile_scope(settings, label_of)
-        for old in self.bindings:
-            if old.settings.source == settings.source:
-                return Binding(settings, old.refresher, scope, old.counters)
-        try:
-            refresher = Refresher.for_settings(settings)
-        except SettingsError as e:
-            raise SettingsError(f"{label_of(e.field or 'url')}: {e}") from None
-        return Binding(settings, refresher, scope, RequestCounters())
+    def _bind_all(self, wanted: list[tuple[ProviderSettings, Label]], made: dict) -> tuple[Binding, ...]:
+        """Entries with equal fetch settings share one refresher, kept from the running configuration when it is
+        there; an entry keeps its counters across reloads (found by its name, or its source and position)."""
+        running = {b.settings.fetch_key: b.refresher for b in self.bindings}
+        counters = {self._entry_key(b.settings, i): b.counters for i, b in enumerate(self.bindings)}
+        bindings = []
+        for index, (settings, label_of) in enumerate(wanted):
+            key = settings.fetch_key
+            refresher = running.get(key) or made.get(key)
+            if refresher is None:
+                try:
+                    refresher = Refresher.for_settings(settings, seed=self._cached_for(settings))
+                except SettingsError as e:
+                    raise SettingsError(f"{label_of(e.field or 'url')}: {e}") from None
+                made[key] = refresher
+            hosts = settings.hosts if settings.hosts else None
+            name = f"header-augment ({settings.name}): " if settings.name else "header-augment: "
+            bindings.append(
+                Binding(
+                    settings=settings,
+                    refresher=refresher,
+                    hosts=hosts,
+                    scope=_compile_scope(settings, label_of),
+                    counters=counters.get(self._entry_key(settings, index)) or RequestCounters(),
+                    comment=name,
+                )
+            )
+        return tuple(bindings)
+
+    @staticmethod
+    def _entry_key(settings: ProviderSettings, index: int) -> tuple:
+        return (settings.name,) if settings.name else (settings.source.display, index)
+
+    def _cached_for(self, settings: ProviderSettings):
+        """The headers a running refresher holds for the same credentials (only a transport setting changed)."""
+        for binding in self.bindings:
+            if binding.settings.credential_key == settings.credential_key:
+                return binding.refresher.snapshot
+        return NOTHING
 
     def _install(self, bindings: tuple[Binding, ...]) -> None:
         previous, self.bindings = self.bindings, bindings
@@ -155,15 +233,23 @@ class HeaderAugment:
             refresher.stop()
         if not bindings and (previous or not self._configured):
             logger.warning(
-                "no header provider configured (header_provider_url, header_providers_file): "
-                "header-augment is idle and adds no headers"
+                "no header provider configured (header_provider_url, header_provider_file, header_provider_command, "
+                "header_providers_file): header-augment is idle and adds no headers"
             )
         self._configured = True
-        warned = {(b.settings.source, b.settings.scope) for b in previous}
+        warned = {(b.settings.source, b.settings.hosts, b.settings.scope) for b in previous}
         for binding in bindings:
-            if not binding.settings.scope and (binding.settings.source, "") not in warned:
+            settings = binding.settings
+            if (settings.source, settings.hosts, settings.scope) in warned:
+                continue
+            if settings.hosts.everything and not settings.scope:
+                logger.warning("header_hosts is *: headers from %s go to every host this proxy sees", settings.label)
+            if binding.scope is not None and _searches_hosts(binding.scope):
                 logger.warning(
-                    "header_scope is empty: headers from %s go to every host this proxy sees", binding.settings.label
+                    "header_scope %r of %s uses ~d, ~h, ~u or a bare word: these are regex searches that also see "
+                    "the Host header a client chose and match look-alike names; name the hosts with header_hosts",
+                    settings.scope,
+                    settings.label,
                 )
         if self._running:
             self._start()
@@ -194,43 +280,99 @@ class HeaderAugment:
         last_log = time.monotonic()
         while True:
             await asyncio.sleep(FILE_CHECK_INTERVAL)
-            self._reload_providers_file()
-            if time.monotonic() - last_log >= COUNTERS_LOG_INTERVAL:
-                last_log = time.monotonic()
-                for binding in self.bindings:
-                    logger.debug(
-                        "header provider %s: requests: %s; fetches: %s",
-                        binding.settings.label,
-                        binding.counters.summary(),
-                        fetch_summary(binding.refresher),
-                    )
+            try:
+                self._reload_providers_file()
+                if time.monotonic() - last_log >= COUNTERS_LOG_INTERVAL:
+                    last_log = time.monotonic()
+                    self._log_counters()
+            except Exception:
+                logger.exception("header-augment: unexpected error in the periodic check; it goes on")
+
+    def _log_counters(self) -> None:
+        for binding in self.bindings:
+            logger.debug(
+                "header provider %s: requests: %s; fetches: %s",
+                binding.settings.label,
+                request_summary(binding.counters),
+                binding.refresher.counts.summary(),
+            )
 
     def _reload_providers_file(self) -> None:
-        path = ctx.options.header_providers_file
-        if not path or _file_stamp(path) == self._file_stamp:
+        if self._file is None or self._file.check() is None:
             return
+        path = self._file.path
         try:
-            bindings, self._file_stamp = self._build()
+            bindings, file_stamp = self._build()
         except SettingsError as e:
-            self._file_stamp = _file_stamp(path)  # report a bad file once, not every second
+            self._file.current = stamp(path)  # report a bad file once, not every second
             logger.error("%s; keeping the previous configuration", e)
             return
+        self._file.current = file_stamp
         logger.info("header_providers_file %s changed: %d provider(s) configured", path, len(bindings))
         self._install(bindings)
 
     # -- the request path ---------------------------------------------------------------------------------------
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine | None:
+        if flow.response or flow.error or not flow.live:
+            return None
+        return self._apply(flow, self.bindings, set())
+
+    def _apply(self, flow: http.HTTPFlow, bindings: tuple[Binding, ...], waited: set) -> Coroutine | None:
+        """Apply `bindings` in order; a coroutine (for mitmproxy to await) if one must wait for a first fetch."""
+        for index, binding in enumerate(bindings):
+            try:
+                outcome = binding.apply(flow, may_wait=binding.refresher not in waited)
+            except Exception:
+                self._hook_error(flow, binding)
+                return None
+            if outcome is WAIT:
+                return self._after_first_fetch(flow, bindings[index:], waited)
+            if flow.response:
+                return None
+        return None
+
+    async def _after_first_fetch(self, flow: http.HTTPFlow, bindings: tuple[Binding, ...], waited: set) -> None:
+        """Hold `flow` until the provider's first fetch has finished (bounded by its timeout), then go on. Only this
+        flow waits: the event loop and every other request carry on."""
+        binding = bindings[0]
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def finished() -> None:
+            try:
+                loop.call_soon_threadsafe(_resolve, done)
+            except RuntimeError:
+                pass  # the loop has closed: nobody is waiting any more
+
+        if binding.refresher.when_first_attempt_done(finished):
+            try:
+                await asyncio.wait_for(done, binding.settings.timeout + FIRST_FETCH_GRACE)
+            except TimeoutError:
+                pass
+        binding.counters.waited += 1
+        waited.add(binding.refresher)
         if flow.response or flow.error or not flow.live:
             return
-        try:
-            for binding in self.bindings:
-                binding.apply(flow)
-                if flow.response:
-                    return
-        except Exception:
-            # The flow goes on untouched: `apply` assigns the new header fields in one step, at its very end.
-            logger.exception("header-augment: unexpected error; request passed on unchanged")
+        if (more := self._apply(flow, bindings, waited)) is not None:
+            await more
+
+    def _hook_error(self, flow: http.HTTPFlow, binding: Binding) -> None:
+        """An unexpected error (a scope filter that raises, say): fail closed where the provider requires it."""
+        self._hook_errors += 1
+        now = time.monotonic()
+        if now - self._hook_error_logged_at >= HOOK_ERROR_LOG_INTERVAL:
+            self._hook_error_logged_at = now
+            logger.exception(
+                "header-augment: unexpected error applying %s (%d so far; logged at most once a minute)",
+                binding.settings.label,
+                self._hook_errors,
+            )
+        if binding.settings.require:
+            flow.response = http.Response.make(
+                503, "header-augment: internal error (header_require is set)\n", {"Content-Type": "text/plain"}
+            )
+            binding.counters.refused += 1
 
     # -- commands -----------------------------------------------------------------------------------------------
 
@@ -244,7 +386,7 @@ class HeaderAugment:
     @command.command("augment.status")
     def status(self) -> str:
         """Per provider: state, age of the last good answer, last error, header names in use and counters."""
-        return report([(b.settings, b.refresher, b.counters) for b in self.bindings], time.monotonic())
+        return report(self.bindings, time.monotonic())
 
 
 addons = [HeaderAugment()]

@@ -1,7 +1,9 @@
 """The mitmproxy-facing layer, in-process, with mitmproxy's own taddons and tflow."""
 
 import asyncio
+import dataclasses
 import logging
+import re
 import threading
 
 import header_augment
@@ -15,7 +17,8 @@ from servers import ADDON, wait_until
 from header_augment_core.options import OPTION_NAMES
 from header_augment_core.snapshot import NOTHING, Snapshot
 
-VALID = {"header_provider_url": "http://127.0.0.1:9/headers"}  # never started in these tests
+# Never started in these tests; a fetch driven by a test finds nothing listening on port 9.
+VALID = {"header_provider_url": "http://127.0.0.1:9/headers", "header_hosts": ["api.example.com"]}
 
 
 def make_flow(headers=(), host="api.example.com"):
@@ -39,7 +42,7 @@ def test_options_are_declared_with_help():
             assert name in tctx.options
             assert tctx.options._options[name].help
         assert tctx.options.header_refresh_interval == "360s"
-        assert tctx.options.header_provider_timeout == "5s"
+        assert tctx.options.header_provider_timeout == ""  # the kind's default: 5s, 30s for commands
         assert tctx.options.header_merge == "replace"
         assert tctx.options.header_require is False
     assert header_augment.addons and isinstance(header_augment.addons[0], header_augment.HeaderAugment)
@@ -60,6 +63,12 @@ def test_options_are_declared_with_help():
         ("header_provider_ca", "/nonexistent/ca.pem", "header_provider_ca"),
         ("header_provider_cert", "/nonexistent/cert.pem", "header_provider_cert"),
         ("header_provider_authority", "a/b", "header_provider_authority"),
+        ("header_refresh_interval", "3000000h", "header_refresh_interval: '3000000h' is too long"),
+        ("header_provider_timeout", "3000000h", "header_provider_timeout: '3000000h' is too long"),
+        ("header_max_stale", "999999h", "header_max_stale: '999999h' is too long"),
+        ("header_hosts", ["api.example.com/path"], "header_hosts: 'api.example.com/path' is not a host"),
+        ("header_hosts", ["*", "a.example"], "header_hosts: '*' (every host) cannot be combined"),
+        ("header_hosts", [], "header_hosts: required"),
     ],
 )
 def test_bad_values_raise_options_error_naming_the_option(option, value, message):
@@ -70,8 +79,8 @@ def test_bad_values_raise_options_error_naming_the_option(option, value, message
             if option in ("header_provider_ca", "header_provider_cert")
             else VALID["header_provider_url"]
         )
-        with pytest.raises(exceptions.OptionsError, match=message.replace("(", r"\(")):
-            tctx.configure(addon, **{"header_provider_url": url, option: value})
+        with pytest.raises(exceptions.OptionsError, match=re.escape(message)):
+            tctx.configure(addon, **{**VALID, "header_provider_url": url, option: value})
 
 
 def test_no_url_is_idle_with_one_warning(caplog):
@@ -84,12 +93,25 @@ def test_no_url_is_idle_with_one_warning(caplog):
     assert sum("header-augment is idle" in r.message for r in caplog.records) == 1
 
 
-def test_empty_scope_warns_once(caplog):
+def test_every_host_is_explicit_and_warned_once(caplog):
     addon = header_augment.HeaderAugment()
     with caplog.at_level(logging.WARNING), taddons.context(addon) as tctx:
-        tctx.configure(addon, **VALID)
+        tctx.configure(addon, **{**VALID, "header_hosts": ["*"]})
         tctx.configure(addon, header_merge="append")
-    assert sum("go to every host" in r.message for r in caplog.records) == 1
+        addon.done()
+    assert sum("header_hosts is *" in r.message and "every host" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize(
+    ("scope", "warned"),
+    [("~d api.example.com", True), ("!~h x", True), ("~u /v1/", True), ("api", True), ("~m POST & ~q", False)],
+)
+def test_scope_that_searches_hosts_is_warned_about(caplog, scope, warned):
+    addon = header_augment.HeaderAugment()
+    with caplog.at_level(logging.WARNING), taddons.context(addon) as tctx:
+        tctx.configure(addon, header_provider_url=VALID["header_provider_url"], header_scope=scope)
+        addon.done()
+    assert any("header_hosts" in r.message and "Host header" in r.message for r in caplog.records) is warned
 
 
 @pytest.mark.parametrize(
@@ -106,22 +128,36 @@ def test_merge_modes(mode, expected):
         assert [v for k, v in f.request.headers.fields if k.lower() == b"x-token"] == expected
 
 
-def test_scope():
+def test_hosts_and_scope_must_both_match():
     addon = header_augment.HeaderAugment()
     with taddons.context(addon) as tctx:
-        tctx.configure(addon, header_scope="~d api.example.com", **VALID)
+        tctx.configure(addon, header_scope="~m GET", **VALID)
         give(addon, ("X-Token", "t"))
-        inside, outside = make_flow(), make_flow(host="other.example.com")
-        addon.requestheaders(inside)
-        addon.requestheaders(outside)
+        inside, other_host, other_method = make_flow(), make_flow(host="other.example.com"), make_flow()
+        other_method.request.method = "POST"
+        for f in (inside, other_host, other_method):
+            addon.requestheaders(f)
         assert inside.request.headers["X-Token"] == "t"
-        assert "X-Token" not in outside.request.headers
+        assert "X-Token" not in other_host.request.headers and "X-Token" not in other_method.request.headers
+        assert addon.bindings[0].counters.out_of_scope == 2
+
+
+def test_hosts_match_the_routed_destination_never_the_host_header():
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, **VALID)
+        give(addon, ("X-Token", "t"))
+        spoofed = make_flow(host="127.0.0.1")
+        spoofed.request.headers["Host"] = "api.example.com"
+        addon.requestheaders(spoofed)
+        assert "X-Token" not in spoofed.request.headers
 
 
 def test_require_refuses_until_an_answer_and_after_max_stale():
     addon = header_augment.HeaderAugment()
     with taddons.context(addon) as tctx:
         tctx.configure(addon, header_require=True, header_max_stale="1s", **VALID)
+        addon.bindings[0].refresher.refresh()  # a real first fetch: nothing listens, so it fails
         f = make_flow()
         addon.requestheaders(f)
         assert f.response.status_code == 503
@@ -140,7 +176,7 @@ def test_require_refuses_until_an_answer_and_after_max_stale():
 def test_out_of_scope_requests_are_not_refused():
     addon = header_augment.HeaderAugment()
     with taddons.context(addon) as tctx:
-        tctx.configure(addon, header_require=True, header_scope="~d api.example.com", **VALID)
+        tctx.configure(addon, header_require=True, **VALID)
         f = make_flow(host="elsewhere.example.com")
         addon.requestheaders(f)
         assert f.response is None
@@ -164,6 +200,7 @@ def test_snapshot_swap_is_seen_by_the_next_request():
     addon = header_augment.HeaderAugment()
     with taddons.context(addon) as tctx:
         tctx.configure(addon, **VALID)
+        addon.bindings[0].refresher.refresh()
         f = make_flow()
         addon.requestheaders(f)
         assert "X-Token" not in f.request.headers
@@ -186,14 +223,27 @@ def test_unexpected_error_passes_the_flow_untouched(caplog):
         def broken_scope(flow):
             raise RuntimeError("boom")
 
-        old = addon.bindings[0]
-        addon.bindings = (header_augment.Binding(old.settings, old.refresher, broken_scope, old.counters),)
+        addon.bindings = (dataclasses.replace(addon.bindings[0], scope=broken_scope),)
         f = make_flow()
         before = f.request.headers.fields
         addon.requestheaders(f)
         assert f.request.headers.fields == before and f.response is None
-    assert "request passed on unchanged" in caplog.text
+    assert "unexpected error applying" in caplog.text
     assert "secret-value" not in caplog.text
+
+
+def test_unexpected_error_refuses_when_require_is_set(caplog):
+    """A scope that raises on every request (`!!!…~q`, too deep to evaluate) made the hook fail open."""
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, header_require=True, header_scope="!" * 2000 + "~q", **VALID)
+        give(addon, ("X-Token", "secret-value"))
+        flows = [make_flow() for _ in range(50)]
+        for f in flows:
+            addon.requestheaders(f)
+        assert all(f.response.status_code == 503 and "X-Token" not in f.request.headers for f in flows)
+        assert addon.bindings[0].counters.refused == 50
+    assert sum("unexpected error applying" in r.message for r in caplog.records) == 1  # not one per request
 
 
 def test_runtime_changes_keep_or_replace_the_refresher():
@@ -201,10 +251,47 @@ def test_runtime_changes_keep_or_replace_the_refresher():
     with taddons.context(addon) as tctx:
         tctx.configure(addon, **VALID)
         first = addon.bindings[0].refresher
-        tctx.configure(addon, header_merge="keep", header_scope="~d x", header_require=True)
+        tctx.configure(addon, header_merge="keep", header_scope="~m GET", header_require=True)
         assert addon.bindings[0].refresher is first  # applying differently needs no new fetch
         tctx.configure(addon, header_refresh_interval="10s")
         assert addon.bindings[0].refresher is not first
+        addon.done()
+
+
+def test_transport_change_keeps_serving_the_cached_headers():
+    """Changing only the timeout of a header_require provider dropped its headers: 503s until the next answer."""
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, header_require=True, **VALID)
+        give(addon, ("X-Token", "cached"))
+        tctx.configure(addon, header_provider_timeout="2s", header_refresh_interval="1m", header_max_stale="1h")
+        assert addon.bindings[0].settings.timeout == 2
+        f = make_flow()
+        addon.requestheaders(f)
+        assert f.response is None and f.request.headers["X-Token"] == "cached"
+        tctx.configure(addon, header_provider_url="http://127.0.0.1:9/other")  # other credentials: not kept
+        assert addon.bindings[0].refresher.snapshot is NOTHING
+        addon.done()
+
+
+def test_flow_comments_name_what_was_done():
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, **VALID)
+        give(addon, ("Authorization", "Bearer secret-value"), ("X-Tenant", "acme"))
+        plain, mine = make_flow(), make_flow((("authorization", "mine"),))
+        mine.comment = "earlier note"
+        for f in (plain, mine):
+            addon.requestheaders(f)
+        assert plain.comment == "header-augment: added Authorization, X-Tenant"
+        assert mine.comment == "earlier note\nheader-augment: added X-Tenant; replaced Authorization"
+        tctx.configure(addon, header_require=True)
+        addon.bindings[0].refresher.snapshot = NOTHING
+        addon.bindings[0].refresher.refresh()
+        refused = make_flow()
+        addon.requestheaders(refused)
+        assert refused.comment == "header-augment: refused: no valid answer yet"
+        assert "secret-value" not in plain.comment + mine.comment + refused.comment
 
 
 def test_bad_runtime_value_keeps_the_previous_configuration():
@@ -264,9 +351,9 @@ async def hot_reload_scenario(provider):
     provider.answer({"X-Token": "t"})
     with taddons.context() as tctx:
         sc = script.Script(str(ADDON), False)  # loads and registers the script's addons
-        tctx.options.update(header_provider_url=provider.url)
+        tctx.options.update(header_provider_url=provider.url, header_hosts=["*"])
         # The Script is not in the addon chain here, so hooks reach the script's addons only when sent to them.
-        tctx.master.addons.invoke_addon_sync(sc.ns, hooks.ConfigureHook({"header_provider_url"}))
+        tctx.master.addons.invoke_addon_sync(sc.ns, hooks.ConfigureHook({"header_provider_url", "header_hosts"}))
         sc.running()
         tctx.master.addons.invoke_addon_sync(sc.ns, hooks.RunningHook())
         wait_until(lambda: len(refresher_threads()) == 1, what="refresher thread")

@@ -6,7 +6,6 @@ import re
 import signal
 import ssl
 import subprocess
-import time
 import urllib.parse
 
 import httpx
@@ -17,8 +16,11 @@ from servers import ROOT, Provider, clean_env, wait_until
 TOKEN = "Bearer tok-e2e-5ecr3t-value"
 
 
+HOSTS = ("--set", "header_hosts=127.0.0.1")  # where the tests' upstreams listen
+
+
 def start_with(mitmdump, provider, *args):
-    m = mitmdump("--set", f"header_provider_url={provider.url}", *args)
+    m = mitmdump("--set", f"header_provider_url={provider.url}", *HOSTS, *args)
     m.wait_for("headers in use")
     return m
 
@@ -63,7 +65,7 @@ def test_provider_down_at_start_then_up(mitmdump, upstream):
     provider = Provider()
     port = provider.port
     provider.close()  # nothing listens on that port now
-    m = mitmdump("--set", f"header_provider_url={provider.url}")
+    m = mitmdump("--set", f"header_provider_url={provider.url}", *HOSTS)
     m.wait_for("refresh failed: ConnectError")
     with client_for(m.proxy) as client:
         assert values_of(client.get(upstream.url), "X-Late") == []  # requests pass untouched meanwhile
@@ -78,13 +80,20 @@ def test_provider_down_at_start_then_up(mitmdump, upstream):
 
 def test_stale_kept_on_bad_answers(mitmdump, provider, upstream):
     provider.answer({"X-Token": "good"})
-    m = start_with(mitmdump, provider, "--set", "header_refresh_interval=100ms")
+    # At debug, every failed refresh is logged (at warning they are rate-limited).
+    m = start_with(mitmdump, provider, "--set", "header_refresh_interval=100ms", "--set", "termlog_verbosity=debug")
     with client_for(m.proxy) as client:
-        for status, body in [(500, b"{}"), (200, b""), (200, b"[1]"), (200, b"not json"), (302, b"")]:
+        for status, body, reason in [
+            (500, b"{}", "HTTP 500"),
+            (200, b"", "not JSON"),
+            (200, b"[1]", "not an object"),
+            (200, b"not json", "not JSON"),
+            (302, b"", "redirect"),
+        ]:
             mark = m.mark()
             headers = {"Location": "/elsewhere"} if status == 302 else None
             provider.answer(body=body, status=status, response_headers=headers)
-            m.wait_for("refresh failed", start=mark)
+            m.wait_for(f"refresh failed: .*{reason}", start=mark)
             assert values_of(client.get(upstream.url), "X-Token") == ["good"]
 
 
@@ -102,7 +111,7 @@ def test_max_stale_drops_headers(mitmdump, provider, upstream):
 
 def test_require_refuses_without_touching_upstream(mitmdump, provider, upstream):
     provider.answer(status=500)
-    m = mitmdump("--set", f"header_provider_url={provider.url}", "--set", "header_require")
+    m = mitmdump("--set", f"header_provider_url={provider.url}", *HOSTS, "--set", "header_require")
     m.wait_for("refresh failed")
     with client_for(m.proxy) as client:
         response = client.get(upstream.url + "/never")
@@ -111,7 +120,7 @@ def test_require_refuses_without_touching_upstream(mitmdump, provider, upstream)
     assert "server connect" not in m.output
 
 
-def test_scope_limits_hosts(mitmdump, provider, upstream):
+def test_scope_narrows_hosts(mitmdump, provider, upstream):
     provider.answer({"X-Token": "scoped"})
     m = start_with(mitmdump, provider, "--set", "header_scope=~u /in/")
     with client_for(m.proxy) as client:
@@ -145,6 +154,8 @@ def test_hostile_provider_leaves_requests_intact(mitmdump, provider, upstream):
         "X-Huge": "v" * 9000,
         "Bad Name": "x",
         "X-Nul": "a\x00b",
+        "Expect": "100-continue",
+        "Content-Encoding": "gzip",
     }
     provider.answer(hostile)
     m = start_with(mitmdump, provider)
@@ -154,13 +165,12 @@ def test_hostile_provider_leaves_requests_intact(mitmdump, provider, upstream):
     assert body["body_bytes"] == 10
     names = [n.lower() for n, _ in seen_headers(response)]
     assert "x-good" in names
-    for bad in ("x-split", "x-injected", "transfer-encoding", "x-number", "x-object", "x-huge", "x-nul"):
+    for bad in ("x-split", "x-injected", "transfer-encoding", "x-number", "x-object", "x-huge", "x-nul", "expect"):
         assert bad not in names
     assert values_of(response, "Connection") == ["keep-alive"]  # the client's own, not the provider's "close"
     assert values_of(response, "Host") == [f"127.0.0.1:{upstream.port}"]
     assert values_of(response, "Content-Length") == ["10"]
-    for reason in ("framing or hop-by-hop", "not a string", "longer than 8192", "not an HTTP token", "visible ASCII"):
-        assert reason in m.output
+    assert "dropped 12 entries" in m.output  # one line for all of them
 
 
 def test_no_header_value_in_debug_output(mitmdump, provider, upstream):
@@ -178,17 +188,16 @@ def test_no_header_value_in_debug_output(mitmdump, provider, upstream):
 
 
 def test_hanging_provider_delays_neither_requests_nor_shutdown(mitmdump, provider, upstream):
+    provider.answer({"X-Token": "t"})
+    m = start_with(mitmdump, provider, "--set", "header_provider_timeout=60s", "--set", "header_refresh_interval=100ms")
     provider.answer(hang=True)
-    m = mitmdump("--set", f"header_provider_url={provider.url}", "--set", "header_provider_timeout=60s")
-    provider.wait_for_requests(1)
+    hung = provider.count + 1
+    provider.wait_for_requests(hung)  # a fetch is in flight, and stays so until the provider is closed
     with client_for(m.proxy) as client:
-        started = time.monotonic()
         for _ in range(5):
-            assert client.get(upstream.url).status_code == 200
-        assert time.monotonic() - started < 2.0
-    started = time.monotonic()
-    assert m.stop(timeout=10) == 0
-    assert time.monotonic() - started < 4.0
+            assert values_of(client.get(upstream.url), "X-Token") == ["t"]
+    assert provider.count == hung  # the fetch is still hanging: the requests did not wait for it
+    assert m.stop(timeout=10) == 0  # nor does shutdown, which aborts the call (its timeout is 60 s)
 
 
 @pytest.mark.parametrize(
@@ -202,12 +211,20 @@ def test_hanging_provider_delays_neither_requests_nor_shutdown(mitmdump, provide
         (["--set", "header_provider_url=ftp://x/y"], "header_provider_url"),
         (["--set", "header_provider_timeout=0s"], "header_provider_timeout"),
         (["--set", "header_refresh_interval=50ms"], "header_refresh_interval"),
+        (["--set", "header_refresh_interval=3000000h"], "header_refresh_interval: '3000000h' is too long"),
+        (["--set", "header_hosts=https://api.example.com/"], "header_hosts: 'https://api.example.com/' is not a host"),
     ],
 )
 def test_bad_options_exit_naming_the_option(mitmdump, provider, args, message):
-    m = mitmdump("--set", f"header_provider_url={provider.url}", *args, wait_listening=False)
+    m = mitmdump("--set", f"header_provider_url={provider.url}", *HOSTS, *args, wait_listening=False)
     assert m.wait_exit() != 0
     assert message in m.output
+
+
+def test_a_provider_without_hosts_is_refused_at_start_up(mitmdump, provider):
+    m = mitmdump("--set", f"header_provider_url={provider.url}", wait_listening=False)
+    assert m.wait_exit() != 0
+    assert "header_hosts: required" in m.output
 
 
 def test_streamed_upload_gets_headers(mitmdump, provider, upstream):

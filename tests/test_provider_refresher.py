@@ -4,6 +4,7 @@ import http.server
 import json
 import logging
 import os
+import random
 import socket
 import socketserver
 import ssl
@@ -13,13 +14,19 @@ import time
 import pytest
 from servers import wait_until
 
-from header_augment_core.provider import ProviderClient
+from header_augment_core.fields import SettingsError
 from header_augment_core.refresher import Refresher
-from header_augment_core.settings import ProviderSettings, SettingsError
+from header_augment_core.schedule import Schedule
+from header_augment_core.settings import parse_settings
 
 
-def client(url, **kwargs):
-    return ProviderClient(ProviderSettings(url=url, **kwargs))
+def http_settings(url, **fields):
+    return parse_settings({"url": url, "hosts": "*", **fields}, str)
+
+
+def client(url, **fields):
+    settings = http_settings(url, **fields)
+    return settings.source.client(settings.timeout)
 
 
 def test_fetch_success(provider):
@@ -37,7 +44,7 @@ def test_fetch_success(provider):
         (dict(status=302, response_headers={"Location": "/other"}), "HTTP 302 redirect (not followed)"),
         (dict(body=b""), "not JSON"),
         (dict(body=b"<html>"), "not JSON"),
-        (dict(body=b"[]"), "JSON array, not an object"),
+        (dict(body=b"[]"), "a JSON array, not an object"),
         (dict(body=b" " * (1024 * 1024 + 1)), "body larger than 1048576 bytes"),
     ],
 )
@@ -173,8 +180,9 @@ def test_bad_ca_or_cert_is_a_settings_error(tmp_path):
 # -- refresher ----------------------------------------------------------------------------------------------------
 
 
-def refresher(url, **kwargs):
-    return Refresher(client(url, **kwargs))
+def refresher(url, clock=time.monotonic, schedule=None, **fields):
+    settings = http_settings(url, **fields)
+    return Refresher(settings.source.client(settings.timeout), settings, schedule=schedule, clock=clock)
 
 
 def test_refresher_publishes_and_refreshes(provider):
@@ -190,37 +198,41 @@ def test_refresher_publishes_and_refreshes(provider):
     assert not r.is_alive()
 
 
+class FakeClock:
+    """The refresher's injected clock: time moves only when the test says so."""
+
+    def __init__(self, now=1000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
 def test_failure_keeps_last_good_and_backs_off(provider, caplog):
     provider.answer({"X-Token": "good"})
-    r = refresher(provider.url, interval=30)
+    clock = FakeClock()
+    r = refresher(provider.url, clock=clock, schedule=Schedule(30, random.Random(1)), interval=30)
     with caplog.at_level(logging.DEBUG, logger="header_augment"):
-        r.start()
-        try:
-            wait_until(lambda: r.fetches_ok >= 1, what="first answer")
-            good = r.snapshot
-            provider.answer(status=500)
-            r.refresh_now()
-            wait_until(lambda: r.fetches_failed["HTTP 500"] >= 2, timeout=10, what="two failures")
-            assert r.snapshot is good
-        finally:
-            r.stop()
-    # Backoff starts at 1 s (with up to 10% jitter), well before the 30 s interval.
-    times = [req["at"] for req in provider.requests]
-    assert 0.85 <= times[-1] - times[-2] < 2
+        r.refresh()
+        good = r.snapshot
+        provider.answer(status=500)
+        delays = []
+        for _ in range(3):
+            clock.now += 1
+            delays.append(r.refresh())
+    assert r.snapshot is good and r.counts.failed_by_reason == {"HTTP 500": 3}
+    # Backoff from 1 s (with up to 10% jitter, earlier), doubling; well before the 30 s interval.
+    assert 0.9 <= delays[0] <= 1 and 1.8 <= delays[1] <= 2 and 3.6 <= delays[2] <= 4
     warnings = [rec for rec in caplog.records if "refresh failed" in rec.message and rec.levelno == logging.WARNING]
     assert len(warnings) == 1  # not repeated while the state is unchanged
 
 
 def test_max_age_drives_the_next_refresh(provider):
-    provider.answer({"A": "b"}, response_headers={"Cache-Control": "max-age=1"})
-    r = refresher(provider.url, interval=3600)
-    r.start()
-    try:
-        provider.wait_for_requests(2, timeout=5)
-    finally:
-        r.stop()
-    gap = provider.requests[1]["at"] - provider.requests[0]["at"]
-    assert 0.9 <= gap < 2
+    provider.answer({"A": "b"}, response_headers={"Cache-Control": "max-age=2"})
+    r = refresher(provider.url, schedule=Schedule(3600, random.Random(2)), interval=3600)
+    assert 1 <= r.refresh() <= 2  # the first after a start: 5-100% of the period, but never under a second
+    assert 1.8 <= r.refresh() <= 2  # then max-age, with up to 10% jitter (earlier)
+    assert len(provider.requests) == 2
 
 
 def test_refresh_now(provider):
@@ -244,7 +256,7 @@ def test_stop_does_not_wait_for_a_hanging_provider(provider):
     r.stop()
     assert time.monotonic() - started < 1.2
     assert not r.is_alive()
-    assert r.snapshot.fields == () and r.fetches_failed == {}  # an aborted call is not counted as a failure
+    assert r.snapshot.fields == () and r.counts.failed == 0  # an aborted call is not counted as a failure
 
 
 def test_stop_before_start_and_twice(provider):

@@ -19,27 +19,27 @@ def test_build_encodes_once():
 
 def test_replace_removes_every_existing_value_case_insensitively():
     s = snap(("X-Token", "ours"))
-    fields, had_one = merge(REQUEST + ((b"X-TOKEN", b"again"),), s, Merge.REPLACE)
+    fields, clashes = merge(REQUEST + ((b"X-TOKEN", b"again"),), s, Merge.REPLACE)
     assert fields == ((b"Host", b"example.com"), (b"Accept", b"*/*"), (b"X-Token", b"ours"))
-    assert had_one
+    assert clashes == {b"x-token"}
 
 
 def test_append_adds_after_the_clients():
     s = snap(("X-Token", "ours"))
-    assert merge(REQUEST, s, Merge.APPEND) == (REQUEST + ((b"X-Token", b"ours"),), True)
-    assert merge(REQUEST, snap(("X-New", "n")), Merge.APPEND) == (REQUEST + ((b"X-New", b"n"),), False)
+    assert merge(REQUEST, s, Merge.APPEND) == (REQUEST + ((b"X-Token", b"ours"),), {b"x-token"})
+    assert merge(REQUEST, snap(("X-New", "n")), Merge.APPEND) == (REQUEST + ((b"X-New", b"n"),), set())
 
 
 def test_keep_adds_only_missing_names():
     s = snap(("X-Token", "ours"), ("X-New", "n"))
-    assert merge(REQUEST, s, Merge.KEEP) == (REQUEST + ((b"X-New", b"n"),), True)
-    assert merge(REQUEST, snap(("X-Token", "ours")), Merge.KEEP) == (None, True)
-    assert merge(REQUEST, snap(("X-New", "n")), Merge.KEEP) == (REQUEST + ((b"X-New", b"n"),), False)
+    assert merge(REQUEST, s, Merge.KEEP) == (REQUEST + ((b"X-New", b"n"),), {b"x-token"})
+    assert merge(REQUEST, snap(("X-Token", "ours")), Merge.KEEP) == (None, {b"x-token"})
+    assert merge(REQUEST, snap(("X-New", "n")), Merge.KEEP) == (REQUEST + ((b"X-New", b"n"),), set())
 
 
 def test_empty_snapshot_changes_nothing():
     for mode in Merge:
-        assert merge(REQUEST, snap(), mode) == (None, False)
+        assert merge(REQUEST, snap(), mode) == (None, set())
 
 
 def test_connection_header_cannot_name_our_headers():
@@ -60,6 +60,20 @@ def test_lifetime_bounds_usability_too():
     assert token.usable(159.9) and not token.usable(160)
     both = Snapshot.build([("A", "b")], 100, max_stale=30, lifetime=60)
     assert not both.usable(130)
+
+
+def test_http2_requests_get_lower_case_names():
+    """mitmproxy lower-cased our names for HTTP/2 and logged a line per header, on every request."""
+    s = snap(("Authorization", "Bearer a"), ("X-Tenant", "t"))
+    fields, _ = merge(((b"x-tenant", b"client"),), s, Merge.REPLACE, h2=True)
+    assert fields == ((b"authorization", b"Bearer a"), (b"x-tenant", b"t"))
+    assert s.display_names == ("Authorization", "X-Tenant") and s.summary == "added Authorization, X-Tenant"
+
+
+def test_restamping_keeps_the_credentials_lifetime():
+    token = Snapshot.build([("Authorization", "Bearer t")], 100, max_stale=0, lifetime=60)
+    assert token.restamped(10).usable_until == 110
+    assert token.restamped(0).usable_until == 160
 
 
 def test_usability_and_max_stale():

@@ -10,122 +10,69 @@ start-up) while taking the bad values out of mitmproxy's way.
 
 import difflib
 import logging
-from dataclasses import dataclass
 
 from mitmproxy import exceptions, optmanager
 from mitmproxy.utils import typecheck
 
-from .settings import ProviderSettings, parse_settings
+from .fields import Option, SettingsError, options_of
+from .http_exchange import redact_urls
+from .kinds import KINDS
+from .settings import ProviderSettings, fields_of, parse_settings
 
 logger = logging.getLogger("header_augment")
 
 
-@dataclass(frozen=True)
-class Option:
-    name: str
-    field: str | None  # the ProviderSettings field it sets, if any
-    typespec: type
-    default: object
-    help: str
+def _table() -> tuple[tuple[Option, str | None], ...]:
+    """Every option with the settings field it sets: the shared settings', then each kind's, then the others."""
+    by_name: dict[str, tuple[Option, str | None]] = {}
+    for cls in (ProviderSettings, *KINDS.values()):
+        for field, option in options_of(cls).items():
+            known = by_name.setdefault(option.name, (option, field))
+            assert known == (option, field), f"{option.name} is declared twice"
+    for option in OTHER_OPTIONS:
+        by_name[option.name] = (option, None)
+    return tuple(by_name.values())
 
 
-OPTIONS = (
-    Option(
-        "header_provider_url",
-        "url",
-        str,
-        "",
-        "http(s) URL of the header provider, which answers with a JSON object of header names to values. "
-        "Empty: header-augment stays idle.",
-    ),
-    Option(
-        "header_provider_authority",
-        "authority",
-        str,
-        "",
-        "Host (authority) presented to the provider instead of the URL's; for https also the TLS server name.",
-    ),
-    Option(
-        "header_provider_socket",
-        "socket",
-        str,
-        "",
-        "Unix socket to reach the provider through; the URL then only gives the path and the authority.",
-    ),
-    Option("header_provider_timeout", "timeout", str, "5s", "Timeout for one provider call, e.g. 250ms, 5s, 1m."),
-    Option(
-        "header_provider_ca",
-        "ca",
-        str,
-        "",
-        "CA bundle (PEM) to verify an https provider with, instead of the default trust store.",
-    ),
-    Option(
-        "header_provider_cert",
-        "cert",
-        str,
-        "",
-        "Client certificate for mTLS to the provider: a PEM file holding the certificate and its key.",
-    ),
-    Option(
-        "header_refresh_interval",
-        "interval",
-        str,
-        "360s",
-        "How often the provider is polled, e.g. 30s, 6m; at least 100ms. A shorter Cache-Control max-age wins.",
-    ),
-    Option(
-        "header_max_stale",
-        "max_stale",
-        str,
-        "0s",
-        "Drop the cached headers once the last valid answer is older than this; 0s keeps them forever.",
-    ),
-    Option(
-        "header_merge",
-        "merge",
-        str,
-        "replace",
-        "How provider headers meet the request's own: replace (ours win), append (both), keep (the request's win).",
-    ),
-    Option(
-        "header_scope",
-        "scope",
-        str,
-        "",
-        "mitmproxy filter expression selecting the requests that get the headers, e.g. '~d api.example.com'. "
-        "Empty: every request.",
-    ),
+OTHER_OPTIONS = (
     Option(
         "header_providers_file",
-        None,
         str,
         "",
-        "YAML or JSON file listing several providers, each with its own settings and scope (see the README). "
-        "Reloaded when it changes.",
-    ),
-    Option(
-        "header_require",
-        "require",
-        bool,
-        False,
-        "Answer in-scope requests with 503 while no valid headers are available, instead of forwarding them.",
+        "YAML or JSON file listing several providers, each with its own hosts and settings (see the README). "
+        "Reloaded when it changes and stops changing.",
     ),
 )
+TABLE = _table()
+OPTIONS = tuple(option for option, _ in TABLE)
 OPTION_NAMES = tuple(option.name for option in OPTIONS)
-_LABELS = {option.field: option.name for option in OPTIONS if option.field}
+_LABELS = {field: option.name for option, field in TABLE if field}
+# The options that say where the single provider's credentials come from, each picking its kind.
+LOCATORS = {_LABELS[kind.LOCATOR]: kind for kind in KINDS.values() if kind.LOCATOR}
 
 
 def label(field: str) -> str:
-    """The option that sets a settings field."""
-    return _LABELS[field]
+    """The option that sets a settings field (the field's own name if none does)."""
+    return _LABELS.get(field, field)
 
 
 def settings_from_options(options: optmanager.OptManager) -> ProviderSettings | None:
-    """Settings for the single provider the options describe, or None when no URL is set."""
-    if not options.header_provider_url:
+    """Settings for the single provider the options describe, or None when none of its sources is set."""
+    given = [name for name in LOCATORS if getattr(options, name)]
+    if not given:
         return None
-    values = {option.field: getattr(options, option.name) for option in OPTIONS if option.field}
+    if len(given) > 1:
+        raise SettingsError(f"{' and '.join(given)} are both set: give one of {', '.join(LOCATORS)}")
+    kind = LOCATORS[given[0]]
+    values: dict[str, object] = {}
+    for option, field in TABLE:
+        if field is None or getattr(options, option.name) == options.default(option.name):
+            continue
+        if option.name in LOCATORS and option.name != given[0]:
+            continue
+        if field not in fields_of(kind):
+            raise SettingsError(f"{option.name}: not used with {given[0]}")
+        values[field] = getattr(options, option.name)
     return parse_settings(values, label)
 
 
@@ -158,7 +105,7 @@ def check_deferred(options: optmanager.OptManager) -> None:
                 problem = f"{name}: {_shown(value)} is not accepted ({_why(known, e)})"
         if problem:
             del options.deferred[name]
-            logger.error("header-augment: %s", problem)
+            logger.error("header-augment: %s", redact_urls(problem))
 
 
 def _shown(value: object) -> str:

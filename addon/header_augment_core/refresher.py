@@ -1,52 +1,68 @@
 """The background thread that keeps one provider's snapshot fresh. Request handling never waits on it."""
 
-import collections
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable
 
+from .counters import FetchCounters
 from .durations import format_age
-from .provider import THREAD_PREFIX, FetchResult, ProviderClient, client_for
+from .fetch import Client, FetchResult
+from .http_exchange import THREAD_PREFIX
 from .schedule import Schedule
+from .settings import ProviderSettings
 from .snapshot import NOTHING, Snapshot
 
 logger = logging.getLogger("header_augment")
 
 STOP_WAIT = 1.0
+# Refresh a credential with a known lifetime at 80% of it: early enough to ride out a failed attempt or two.
+TOKEN_REFRESH_AT = 0.8
+# A failure with a new reason is logged at warning at most this often; the same reason again, this often.
+FAILURE_LOG_GAP = 10.0
+FAILURE_REMINDER = 300.0
 
 
 class Refresher(threading.Thread):
-    """Polls the provider and publishes each valid answer as a new immutable `snapshot`, swapped by reference.
-
-    Everything it logs names headers and reasons, never a value.
+    """Asks the provider on schedule and publishes each valid answer as a new immutable `snapshot`, swapped by
+    reference. Everything it logs names headers and reasons, never a value; it logs a bounded number of lines per
+    fetch, whatever the answer holds.
     """
 
     def __init__(
         self,
-        client: ProviderClient,
+        client: Client,
+        settings: ProviderSettings,
         schedule: Schedule | None = None,
         clock: Callable[[], float] = time.monotonic,
+        seed: Snapshot = NOTHING,
     ) -> None:
-        super().__init__(name=f"{THREAD_PREFIX} refresher {client.settings.label}", daemon=True)
+        super().__init__(name=f"{THREAD_PREFIX} refresher {settings.label}", daemon=True)
         self.client = client
-        self.settings = client.settings
-        self._schedule = schedule or Schedule(self.settings.interval)
+        self.settings = settings
+        self._schedule = schedule or Schedule(settings.interval)
         self._clock = clock
         self._wake = threading.Event()
         self._stopping = False
-        self.snapshot = NOTHING
+        self.snapshot = seed.restamped(settings.max_stale) if seed is not NOTHING else NOTHING
+        self.counts = FetchCounters()
         self.last_error = ""
-        self.fetches_ok = 0
-        self.fetches_failed: collections.Counter[str] = collections.Counter()
         self.next_fetch_at = -math.inf
+        self.in_flight_since: float | None = None
         self._dropped_logged = False
-        self._rejected_logged: tuple = ()
+        self._rejections_logged = ""
+        self._warned_at = -math.inf
+        self._suppressed = 0
+        self._watched_at = -math.inf
+        self._first_lock = threading.Lock()
+        self._first_attempt_done = False
+        self._first_attempt_callbacks: list[Callable[[], None]] = []
 
     @classmethod
-    def for_settings(cls, settings) -> "Refresher":
-        return cls(client_for(settings))
+    def for_settings(cls, settings: ProviderSettings, seed: Snapshot = NOTHING) -> "Refresher":
+        """Raises SettingsError (with `field`) when the client cannot be made, e.g. for an unreadable CA file."""
+        return cls(settings.source.client(settings.timeout), settings, seed=seed)
 
     # -- control, from any thread -------------------------------------------------------------------------------
 
@@ -60,8 +76,31 @@ class Refresher(threading.Thread):
         self.client.abort()
         if self.ident is None:
             self.client.close()  # never started: the thread that would close it never will
+            self._finish_first_attempt()
         elif self.is_alive() and threading.current_thread() is not self:
             self.join(wait)
+
+    @property
+    def first_attempt_done(self) -> bool:
+        return self._first_attempt_done
+
+    def when_first_attempt_done(self, callback: Callable[[], None]) -> bool:
+        """Call `callback` (from the refresher's thread) once the first fetch has finished, failed or not, or the
+        refresher has stopped. Returns False, without calling it, if that has already happened."""
+        with self._first_lock:
+            if self._first_attempt_done:
+                return False
+            self._first_attempt_callbacks.append(callback)
+            return True
+
+    def _finish_first_attempt(self) -> None:
+        with self._first_lock:
+            if self._first_attempt_done:
+                return
+            self._first_attempt_done = True
+            callbacks, self._first_attempt_callbacks = self._first_attempt_callbacks, []
+        for callback in callbacks:
+            callback()
 
     # -- the thread ---------------------------------------------------------------------------------------------
 
@@ -69,79 +108,118 @@ class Refresher(threading.Thread):
         try:
             self.next_fetch_at = self._clock()
             while not self._stopping:
-                now = self._clock()
-                wake_at = self.next_fetch_at
-                if not self._dropped_logged and self.snapshot.usable_until > now:
-                    wake_at = min(wake_at, self.snapshot.usable_until)
-                woken = self._wake.wait(max(0.0, wake_at - now))
+                woken = self._wake.wait(max(0.0, self.wake_at() - self._clock()))
                 if self._stopping:
                     break
                 self._wake.clear()
-                if woken or self._clock() >= self.next_fetch_at:
-                    self.next_fetch_at = self._clock() + self.refresh()
-                self._note_staleness()
+                self.step(forced=woken)
         except Exception:
             logger.exception("header provider %s: refresher stopped by an unexpected error", self.settings.label)
         finally:
+            self._finish_first_attempt()
             self.client.close()
+
+    def wake_at(self) -> float:
+        """When the loop has something to do next: a fetch, a change to look for, or headers to drop."""
+        at = self.next_fetch_at
+        if not self._dropped_logged and self.snapshot.usable_until > self._clock():
+            at = min(at, self.snapshot.usable_until)
+        if self.client.watch_interval is not None:
+            at = min(at, self._watched_at + self.client.watch_interval)
+        return at
+
+    def step(self, forced: bool = False) -> None:
+        """One turn of the loop, at `wake_at()` or when woken by `refresh_now()`."""
+        now = self._clock()
+        due = forced or now >= self.next_fetch_at
+        if not due and self.client.watch_interval is not None and now >= self._watched_at + self.client.watch_interval:
+            self._watched_at = now
+            due = self.client.changed()
+        if due:
+            self.next_fetch_at = self._clock() + self.refresh()
+        self._note_staleness()
 
     def refresh(self) -> float:
         """One fetch; returns the delay until the next one."""
-        result = self.client.fetch()
+        self.in_flight_since = self._clock()
+        try:
+            result = self.client.fetch()
+        finally:
+            self.in_flight_since = None
         if self._stopping:
             return 0.0  # an aborted call is not the provider's fault, and nothing may be published after stop()
         if result.ok:
             self._accept(result)
-            return self._schedule.after_success(result.max_age)
-        self._fail(result.reason)
-        return self._schedule.after_failure()
+            delay = self._schedule.after_success(self._max_age(result))
+        else:
+            self._fail(result)
+            delay = self._schedule.after_failure()
+        self._finish_first_attempt()
+        return delay
+
+    @staticmethod
+    def _max_age(result: FetchResult) -> float | None:
+        by_lifetime = None if result.lifetime is None else result.lifetime * TOKEN_REFRESH_AT
+        ages = [age for age in (result.max_age, by_lifetime) if age is not None]
+        return min(ages) if ages else None
 
     def _accept(self, result: FetchResult) -> None:
         answer = result.answer
         assert answer is not None
-        if answer.rejected != self._rejected_logged:
-            for rejected in answer.rejected:
-                logger.warning(
-                    "header provider %s: dropped header %s: %s",
-                    self.settings.label,
-                    rejected.name,
-                    rejected.reason,
-                )
-            self._rejected_logged = answer.rejected
+        label = self.settings.label
+        rejections = answer.rejections() if answer.rejected_count else ""
+        if rejections and rejections != self._rejections_logged:
+            logger.warning("header provider %s: %s", label, rejections)
+        self._rejections_logged = rejections
         previous = self.snapshot
-        snapshot = Snapshot.build(answer.headers, self._clock(), self.settings.max_stale, result.expires_in)
+        snapshot = Snapshot.build(answer.headers, self._clock(), self.settings.max_stale, result.lifetime)
         self.snapshot = snapshot
-        self.fetches_ok += 1
+        self.counts.ok += 1
         if self.last_error:
-            logger.info("header provider %s: answering again", self.settings.label)
+            logger.info("header provider %s: answering again", label)
         self.last_error = ""
         self._dropped_logged = False
         if snapshot.display_names != previous.display_names or not previous.usable(snapshot.fetched_at):
-            shown = ", ".join(snapshot.display_names) or "none"
-            logger.info("header provider %s: headers in use: %s", self.settings.label, shown)
+            logger.info("header provider %s: headers in use: %s", label, ", ".join(snapshot.display_names) or "none")
+        elif snapshot.fields != previous.fields:
+            changed = [
+                n
+                for n, new, old in zip(snapshot.display_names, snapshot.fields, previous.fields, strict=True)
+                if new != old
+            ]
+            logger.info("header provider %s: new values for %s", label, ", ".join(changed))
         else:
-            logger.debug("header provider %s: refreshed %d headers", self.settings.label, len(snapshot.fields))
+            logger.debug("header provider %s: refreshed %d headers", label, len(snapshot.fields))
 
-    def _fail(self, reason: str) -> None:
-        self.fetches_failed[reason] += 1
+    def _fail(self, result: FetchResult) -> None:
+        self.counts.count_failure(result.reason, result.reason_class)
+        now = self._clock()
+        repeated = result.reason == self.last_error
+        self.last_error = result.reason
+        if now - self._warned_at < (FAILURE_REMINDER if repeated else FAILURE_LOG_GAP):
+            self._suppressed += not repeated
+            logger.debug("header provider %s: refresh failed: %s", self.settings.label, result.reason)
+            return
         kept = self.snapshot
         if kept is NOTHING:
             consequence = "no headers yet"
-        elif kept.usable(self._clock()):
-            age = format_age(self._clock() - kept.fetched_at)
-            consequence = f"keeping the headers from {age} ago"
+        elif kept.usable(now):
+            consequence = f"keeping the headers from {format_age(now - kept.fetched_at)} ago"
         else:
             consequence = "no usable headers"
-        log = logger.warning if reason != self.last_error else logger.debug
-        log("header provider %s: refresh failed: %s; %s", self.settings.label, reason, consequence)
-        self.last_error = reason
+        more = f" ({self._suppressed} other failures since the last such line)" if self._suppressed else ""
+        logger.warning(
+            "header provider %s: refresh failed: %s; %s%s", self.settings.label, result.reason, consequence, more
+        )
+        self._warned_at = now
+        self._suppressed = 0
 
     def _note_staleness(self) -> None:
         if not self._dropped_logged and self.snapshot is not NOTHING and not self.snapshot.usable(self._clock()):
             age = format_age(self._clock() - self.snapshot.fetched_at)
             logger.warning(
                 "header provider %s: headers dropped: the last valid answer is %s old (past max_stale or the "
-                "token's lifetime)",
+                "credential's lifetime)",
                 self.settings.label,
                 age,
             )

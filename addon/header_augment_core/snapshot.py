@@ -2,7 +2,7 @@
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 Fields = tuple[tuple[bytes, bytes], ...]
@@ -18,51 +18,67 @@ class Merge(Enum):
 class Snapshot:
     """Headers from one valid answer, encoded once the way mitmproxy's `Headers.fields` stores them.
 
-    `usable_until` is a `time.monotonic()` deadline (`header_max_stale`); past it the headers are never added.
+    `usable_until` is a `time.monotonic()` deadline: the earlier of `expires_at` (the credential's own lifetime) and
+    `header_max_stale` after `fetched_at`. Past it the headers are never added.
     """
 
     fields: Fields
+    fields_h2: Fields  # the same with lower-case names, as HTTP/2 and HTTP/3 require
     lowered: tuple[bytes, ...]  # the names of `fields`, lower-cased, in order
     names: frozenset[bytes]  # the same as a set, for case-insensitive lookups on the request path
     fetched_at: float
     usable_until: float = math.inf
+    expires_at: float = math.inf
     display_names: tuple[str, ...] = field(default=())
+    summary: str = ""  # for a flow's comment: "added A, B"
 
     @classmethod
     def build(
         cls, headers: Sequence[tuple[str, str]], fetched_at: float, max_stale: float, lifetime: float | None = None
     ) -> "Snapshot":
-        """`max_stale` (0: forever) and `lifetime` (an OAuth2 token's, if any) both bound how long it is usable."""
-        usable_until = fetched_at + max_stale if max_stale > 0 else math.inf
-        if lifetime is not None:
-            usable_until = min(usable_until, fetched_at + lifetime)
+        """`max_stale` (0: forever) and `lifetime` (the credential's, if known) both bound how long it is usable."""
         fields = tuple((name.encode("ascii"), value.encode("ascii")) for name, value in headers)
         lowered = tuple(name.lower() for name, _ in fields)
+        expires_at = math.inf if lifetime is None else fetched_at + lifetime
         return cls(
             fields=fields,
+            fields_h2=tuple(zip(lowered, (value for _, value in fields), strict=True)),
             lowered=lowered,
             names=frozenset(lowered),
             fetched_at=fetched_at,
-            usable_until=usable_until,
+            usable_until=_usable_until(fetched_at, max_stale, expires_at),
+            expires_at=expires_at,
             display_names=tuple(name for name, _ in headers),
+            summary=f"added {', '.join(name for name, _ in headers)}",
         )
+
+    def restamped(self, max_stale: float) -> "Snapshot":
+        """The same headers, usable for as long as `max_stale` (and their own lifetime) allows."""
+        return replace(self, usable_until=_usable_until(self.fetched_at, max_stale, self.expires_at))
 
     def usable(self, now: float) -> bool:
         return now < self.usable_until
 
 
+def _usable_until(fetched_at: float, max_stale: float, expires_at: float) -> float:
+    return min(expires_at, fetched_at + max_stale if max_stale > 0 else math.inf)
+
+
 # Before the first valid answer: nothing to add, and never usable (so `header_require` refuses).
-NOTHING = Snapshot(fields=(), lowered=(), names=frozenset(), fetched_at=-math.inf, usable_until=-math.inf)
+NOTHING = Snapshot(fields=(), fields_h2=(), lowered=(), names=frozenset(), fetched_at=-math.inf, usable_until=-math.inf)
 
 
-def merge(existing: Fields, snapshot: Snapshot, mode: Merge) -> tuple[Fields | None, bool]:
-    """The request's new header fields (None when nothing changes), and whether it had one of our names already.
+def merge(existing: Fields, snapshot: Snapshot, mode: Merge, h2: bool = False) -> tuple[Fields | None, set[bytes]]:
+    """The request's new header fields (None when nothing changes), and our (lower-cased) names it had already.
+
+    `h2`: the request is HTTP/2 or HTTP/3, whose header names are lower-case (mitmproxy would lower-case ours and
+    log a line for each, on every request).
 
     One pass over the request's fields and one tuple built: this runs for every request, so no per-header
     get/set on mitmproxy's `Headers` (each of which scans all fields again).
     """
     if not snapshot.fields:
-        return None, False
+        return None, set()
     names = snapshot.names
     replace = mode is Merge.REPLACE
     keep = mode is Merge.KEEP
@@ -79,12 +95,12 @@ def merge(existing: Fields, snapshot: Snapshot, mode: Merge) -> tuple[Fields | N
             if replace:
                 continue
         kept.append(entry)
-    added = snapshot.fields
+    added = snapshot.fields_h2 if h2 else snapshot.fields
     if clashes and keep:
         added = tuple(f for f, name in zip(added, snapshot.lowered, strict=True) if name not in clashes)
         if not added:
-            return None, True
-    return (*kept, *added), bool(clashes)
+            return None, clashes
+    return (*kept, *added), clashes
 
 
 def _unlisted(field: tuple[bytes, bytes], names: frozenset[bytes]) -> tuple[bytes, bytes] | None:

@@ -1,67 +1,106 @@
-"""Counters and the human-readable status report: header names, ages, reasons and counts — never a value."""
+"""The status of every provider as data (for `augment.status`, the admin endpoint's /status and the tests), and the
+same rendered for people: header names, ages, reasons and counts, never a value."""
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Any, Protocol
 
+from .counters import REQUEST_COUNTERS, request_summary
 from .durations import format_age
 from .refresher import Refresher
 from .settings import ProviderSettings
 from .snapshot import NOTHING
 
+STATES = {
+    "ok": "ok",
+    "waiting": "waiting for the first valid answer",
+    "waiting-failing": "waiting for the first valid answer (failing)",
+    "failing": "failing, keeping the last good headers",
+    "stale": "stale: headers dropped",
+    "stopped": "stopped",
+}
 
-@dataclass(slots=True)
-class RequestCounters:
-    """What the request hook did, per provider. Only the event loop's thread writes them."""
 
-    given: int = 0  # requests that left with this provider's headers
-    out_of_scope: int = 0
-    already_present: int = 0  # the request had at least one of the names already (any merge mode)
-    refused: int = 0  # answered 503 (header_require)
-    without: int = 0  # in scope, but no usable headers to give
-
-    def summary(self) -> str:
-        return (
-            f"{self.given} given headers, {self.out_of_scope} out of scope, {self.already_present} with a header "
-            f"already present, {self.refused} refused (503), {self.without} passed without headers"
-        )
+class Entry(Protocol):
+    settings: ProviderSettings
+    refresher: Refresher
+    counters: Any
 
 
 def state(refresher: Refresher, now: float) -> str:
-    snapshot = refresher.snapshot
-    if not refresher.is_alive() and refresher.ident is not None:
+    """One of STATES."""
+    if refresher.ident is not None and not refresher.is_alive():
         return "stopped"
+    snapshot = refresher.snapshot
     if snapshot is NOTHING:
-        return "waiting for the first valid answer" + (" (failing)" if refresher.last_error else "")
+        return "waiting-failing" if refresher.last_error else "waiting"
     if not snapshot.usable(now):
-        return "stale: headers dropped"
-    return "failing, keeping the last good headers" if refresher.last_error else "ok"
+        return "stale"
+    return "failing" if refresher.last_error else "ok"
 
 
-def fetch_summary(refresher: Refresher) -> str:
-    failed = sum(refresher.fetches_failed.values())
-    text = f"{refresher.fetches_ok} ok, {failed} failed"
-    if failed:
-        text += " (" + ", ".join(f"{reason}: {n}" for reason, n in refresher.fetches_failed.most_common()) + ")"
-    return text
+def _seconds(value: float) -> float:
+    return round(value, 3)
 
 
-def report(entries: list[tuple[ProviderSettings, Refresher, RequestCounters]], now: float) -> str:
+def provider_status(entry: Entry, now: float) -> dict[str, Any]:
+    settings, refresher, counts = entry.settings, entry.refresher, entry.refresher.counts
+    snapshot = refresher.snapshot
+    in_flight = refresher.in_flight_since
+    return {
+        "name": settings.name,
+        "label": settings.label,
+        "kind": settings.kind,
+        "source": settings.source.display,
+        "hosts": list(settings.hosts.patterns),
+        "scope": settings.scope,
+        "merge": settings.merge.value,
+        "require": settings.require,
+        "state": state(refresher, now),
+        "usable": snapshot.usable(now),
+        "headers": list(snapshot.display_names),
+        "last_success_age": None if snapshot is NOTHING else _seconds(now - snapshot.fetched_at),
+        "next_fetch_in": _seconds(refresher.next_fetch_at - now) if refresher.next_fetch_at > now else None,
+        "in_flight_for": None if in_flight is None else _seconds(now - in_flight),
+        "last_error": refresher.last_error or None,
+        "requests": {c.attribute: getattr(entry.counters, c.attribute) for c in REQUEST_COUNTERS},
+        "fetches": {
+            "ok": counts.ok,
+            "failed": counts.failed,
+            "failed_by_reason": dict(counts.failed_by_reason),
+            "failed_by_class": dict(counts.failed_by_class),
+        },
+    }
+
+
+def status(entries: Sequence[Entry], now: float) -> dict[str, Any]:
+    return {"providers": [provider_status(entry, now) for entry in entries]}
+
+
+def report(entries: Sequence[Entry], now: float) -> str:
     if not entries:
-        return "header-augment: idle (no provider configured: set header_provider_url or header_providers_file)"
-    lines = [f"header-augment: {len(entries)} provider{'s' if len(entries) > 1 else ''}"]
-    for number, (settings, refresher, counters) in enumerate(entries, 1):
-        snapshot = refresher.snapshot
-        lines.append(
-            f"[{number}] {settings.label}  kind={settings.kind} merge={settings.merge.value} "
-            f"scope={settings.scope or '(every request)'}{' require' if settings.require else ''}"
+        return (
+            "header-augment: idle (no provider configured: set header_provider_url, header_provider_file, "
+            "header_provider_command or header_providers_file)"
         )
-        lines.append(f"    state: {state(refresher, now)}")
-        if snapshot is not NOTHING:
-            age = f"last good answer {format_age(now - snapshot.fetched_at)} ago"
-            if refresher.next_fetch_at > now:
-                age += f", next refresh in {format_age(refresher.next_fetch_at - now)}"
+    lines = [f"header-augment: {len(entries)} provider{'s' if len(entries) > 1 else ''}"]
+    for number, entry in enumerate(entries, 1):
+        data = provider_status(entry, now)
+        hosts = ",".join(data["hosts"]) or "(any)"
+        scope = f" scope={data['scope']}" if data["scope"] else ""
+        lines.append(
+            f"[{number}] {data['label']}  kind={data['kind']} hosts={hosts}{scope} merge={data['merge']}"
+            + (" require" if data["require"] else "")
+        )
+        lines.append(f"    state: {STATES[data['state']]}")
+        if data["last_success_age"] is not None:
+            age = f"last good answer {format_age(data['last_success_age'])} ago"
+            if data["next_fetch_in"] is not None:
+                age += f", next refresh in {format_age(data['next_fetch_in'])}"
             lines.append(f"    {age}")
-        lines.append(f"    headers: {', '.join(snapshot.display_names) or 'none'}")
-        lines.append(f"    last error: {refresher.last_error or 'none'}")
-        lines.append(f"    requests: {counters.summary()}")
-        lines.append(f"    fetches: {fetch_summary(refresher)}")
+        if data["in_flight_for"] is not None:
+            lines.append(f"    fetch in flight for {format_age(data['in_flight_for'])}")
+        lines.append(f"    headers: {', '.join(data['headers']) or 'none'}")
+        lines.append(f"    last error: {data['last_error'] or 'none'}")
+        lines.append(f"    requests: {request_summary(entry.counters)}")
+        lines.append(f"    fetches: {entry.refresher.counts.summary()}")
     return "\n".join(lines)

@@ -1,0 +1,66 @@
+"""Every counter the addon keeps, defined once. The status report, the periodic log line and /metrics are all
+generated from these definitions, so they can never disagree about what a counter means."""
+
+import collections
+from dataclasses import dataclass, field, make_dataclass
+
+
+@dataclass(frozen=True)
+class CounterDef:
+    attribute: str
+    text: str  # in the report and the log line: "<n> <text>"
+    help: str  # for /metrics
+
+
+# What the request hook did with a flow, per provider entry. The first four are exclusive outcomes of a flow
+# (header_augment_requests_total{outcome=...}); the others count alongside them.
+REQUEST_OUTCOMES = (
+    CounterDef("given", "given headers", "left with this provider's headers"),
+    CounterDef("out_of_scope", "out of scope", "not for this provider (hosts or scope did not match)"),
+    CounterDef("refused", "refused (503)", "answered 503 because no usable headers were there (require)"),
+    CounterDef("without", "passed without headers", "in scope, but passed on without headers (none usable)"),
+)
+REQUEST_EXTRAS = (
+    CounterDef("already_present", "with a header already present", "in scope and already had one of the names"),
+    CounterDef("waited", "waited for the first answer", "in scope and held until the first fetch had finished"),
+)
+REQUEST_COUNTERS = REQUEST_OUTCOMES + REQUEST_EXTRAS
+
+# Only the event loop's thread writes these.
+RequestCounters = make_dataclass(
+    "RequestCounters", [(c.attribute, int, field(default=0)) for c in REQUEST_COUNTERS], slots=True
+)
+
+
+def request_summary(counters) -> str:
+    return ", ".join(f"{getattr(counters, c.attribute)} {c.text}" for c in REQUEST_COUNTERS)
+
+
+# Distinct failure reasons kept by text; the rest are counted together (a command's stderr could vary forever).
+MAX_REASONS = 16
+OTHER_REASONS = "(other reasons)"
+
+
+@dataclass
+class FetchCounters:
+    """What the refresher's fetches came to. Only its thread writes them."""
+
+    ok: int = 0
+    failed_by_reason: collections.Counter = field(default_factory=collections.Counter)
+    failed_by_class: collections.Counter = field(default_factory=collections.Counter)  # failures.REASON_CLASSES
+
+    @property
+    def failed(self) -> int:
+        return self.failed_by_class.total()
+
+    def count_failure(self, reason: str, reason_class: str) -> None:
+        if reason not in self.failed_by_reason and len(self.failed_by_reason) >= MAX_REASONS:
+            reason = OTHER_REASONS
+        self.failed_by_reason[reason] += 1
+        self.failed_by_class[reason_class] += 1
+
+    def summary(self) -> str:
+        text = f"{self.ok} ok, {self.failed} failed"
+        if self.failed:
+            text += " (" + ", ".join(f"{reason}: {n}" for reason, n in self.failed_by_reason.most_common()) + ")"
+        return text

@@ -1,0 +1,166 @@
+"""Which hosts a provider's headers may go to: a security boundary, so exact names and nothing a client chooses.
+
+Patterns (option `header_hosts`, field `hosts`):
+    api.example.com        that name exactly (case-insensitively, trailing dot ignored, IDNA names in ASCII form)
+    *.example.com          any name below example.com, not example.com itself
+    api.example.com:8443   a pattern with a port matches that port only; without one, any port
+    10.0.0.7, [2001:db8::1]:443   IPv4 and bracketed IPv6 literals (compared as addresses)
+    *                      every host (logged as a warning at start-up)
+
+They are matched against the destination mitmproxy routes the request to (`flow.request.host` and `.port`: the
+CONNECT target or absolute URL in regular and upstream mode, the backend in reverse mode, the SOCKS target in socks5
+mode), never against the Host header or :authority the client wrote. No name is ever resolved: an IP address
+matches only an IP pattern.
+"""
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .fields import SettingsError
+
+# Letters, digits, hyphen and underscore (seen in real internal names); each label 1-63 characters.
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+_PORTED = re.compile(r"(?P<host>.*?)(?::(?P<port>\d{1,5}))?")
+_ANY_PORT = None
+
+
+def _ascii_name(name: str) -> str:
+    """A host name in the form it is compared in; raises ValueError if it is not one."""
+    name = name.lower().removesuffix(".")
+    if not name.isascii():
+        name = name.encode("idna").decode("ascii")
+    if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        raise ValueError(name)
+    return name
+
+
+@dataclass(frozen=True)
+class Hosts:
+    """A parsed `hosts` list, ready for `matches` on every request. Equal lists compare equal."""
+
+    patterns: tuple[str, ...] = ()  # as written, for the status report
+    everything: bool = False
+    exact: tuple[tuple[str, frozenset[int] | None], ...] = ()
+    below: tuple[tuple[str, frozenset[int] | None], ...] = ()
+
+    def __post_init__(self) -> None:
+        # Lookup tables, derived: the hot path does one dict lookup per name suffix.
+        object.__setattr__(self, "_exact", dict(self.exact))
+        object.__setattr__(self, "_below", dict(self.below))
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def matches(self, host: str, port: int) -> bool:
+        if self.everything:
+            return True
+        key = host.lower()
+        if key.endswith("."):
+            key = key[:-1]
+        if not key.isascii():
+            try:
+                key = key.encode("idna").decode("ascii")
+            except UnicodeError:
+                return False
+        elif ":" in key:
+            try:
+                key = ipaddress.IPv6Address(key.strip("[]")).compressed
+            except ValueError:
+                return False
+        ports = self._exact.get(key, False)
+        if ports is None or (ports and port in ports):
+            return True
+        below = self._below
+        if below:
+            dot = key.find(".")
+            while dot != -1:
+                ports = below.get(key[dot + 1 :], False)
+                if ports is None or (ports and port in ports):
+                    return True
+                dot = key.find(".", dot + 1)
+        return False
+
+
+NO_HOSTS = Hosts()
+
+
+def _split(value: object) -> list[str]:
+    if isinstance(value, str):
+        items = [value]
+    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        items = list(value)
+    else:
+        raise SettingsError(f"{value!r} is not a list of hosts or a comma-separated string")
+    return [part.strip() for item in items for part in item.split(",") if part.strip()]
+
+
+def _one(pattern: str) -> tuple[str, str, frozenset[int] | None]:
+    """(table, host, ports) for one pattern; table is "exact" or "below". Raises SettingsError."""
+    if "/" in pattern or "@" in pattern or any(c.isspace() for c in pattern):
+        raise SettingsError(f"{pattern!r} is not a host[:port] (no scheme, path or user)")
+    if pattern.startswith("["):
+        address, _, rest = pattern[1:].partition("]")
+        if rest and not re.fullmatch(r":\d{1,5}", rest):
+            raise SettingsError(f"{pattern!r} is not a [IPv6 address] with an optional :port")
+        host, port = address, rest[1:] or None
+        try:
+            host = ipaddress.IPv6Address(host).compressed
+        except ValueError:
+            raise SettingsError(f"{pattern!r} is not a [IPv6 address] with an optional :port") from None
+        table = "exact"
+    else:
+        if pattern.count(":") > 1:
+            raise SettingsError(f"{pattern!r}: write an IPv6 address in brackets, e.g. [{pattern}]")
+        match = _PORTED.fullmatch(pattern)
+        assert match is not None  # the pattern matches any text
+        host, port = match["host"], match["port"]
+        table = "exact"
+        if host.startswith("*."):
+            table, host = "below", host[2:]
+        try:
+            host = str(ipaddress.IPv4Address(host)) if table == "exact" and _looks_ipv4(host) else _ascii_name(host)
+        except (ValueError, UnicodeError):
+            raise SettingsError(
+                f"{pattern!r} is not a host name, *.name, IPv4 address or [IPv6 address], with an optional :port"
+            ) from None
+    ports = None
+    if port is not None:
+        number = int(port)
+        if not 0 < number < 65536:
+            raise SettingsError(f"{pattern!r}: port {number} is out of range")
+        ports = frozenset({number})
+    return table, host, ports
+
+
+def _looks_ipv4(host: str) -> bool:
+    return bool(re.fullmatch(r"[\d.]+", host))
+
+
+def _merge(entries: Iterable[tuple[str, frozenset[int] | None]]) -> tuple[tuple[str, frozenset[int] | None], ...]:
+    """One entry per host; a pattern without a port (any port) absorbs the same host's ported ones."""
+    table: dict[str, frozenset[int] | None] = {}
+    for host, ports in entries:
+        if host in table:
+            known = table[host]
+            table[host] = None if known is None or ports is None else known | ports
+        else:
+            table[host] = ports
+    return tuple(sorted(table.items()))
+
+
+def parse_hosts(value: object) -> Hosts:
+    """`hosts` from a list or a comma-separated string; raises SettingsError naming the first bad pattern."""
+    patterns = _split(value)
+    if not patterns:
+        return NO_HOSTS
+    if "*" in patterns:
+        if len(patterns) > 1:
+            raise SettingsError("'*' (every host) cannot be combined with other hosts")
+        return Hosts(patterns=("*",), everything=True)
+    exact, below = [], []
+    for pattern in patterns:
+        table, host, ports = _one(pattern)
+        (exact if table == "exact" else below).append((host, ports))
+    return Hosts(patterns=tuple(patterns), exact=_merge(exact), below=_merge(below))

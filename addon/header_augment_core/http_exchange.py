@@ -1,0 +1,320 @@
+"""One HTTP exchange with a provider's endpoint (httpx), for the kinds that speak HTTP (http, oauth2): the endpoint's
+settings, and a client that fails every way a call can fail with a short, value-free reason.
+"""
+
+import logging
+import re
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+import weakref
+from dataclasses import dataclass
+
+import certifi  # httpx's own default trust store
+import httpcore
+import httpx
+
+from .failures import Failed
+from .fields import Option, SettingsError, setting, text
+from .rules import MAX_BODY_BYTES
+
+THREAD_PREFIX = "header-augment"
+
+
+class _NotFromRefreshers(logging.Filter):
+    """httpx logs every request URL at INFO; ours may carry a token in its query, and we log our own lines."""
+
+    marker = "header-augment"  # survives script reloads, where this class is a new object
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.threadName.startswith(THREAD_PREFIX)
+
+
+_httpx_logger = logging.getLogger("httpx")
+if not any(getattr(f, "marker", None) == _NotFromRefreshers.marker for f in _httpx_logger.filters):
+    _httpx_logger.addFilter(_NotFromRefreshers())
+
+
+def redact_url(url: str) -> str:
+    """`url` without userinfo, query or fragment (which may carry secrets): safe in any message."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "(a URL that cannot be parsed)"
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None:
+        host += f":{port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\",\]\)]+")
+
+
+def redact_urls(text: str) -> str:
+    """`text` with every URL in it redacted (see `redact_url`)."""
+    return _URL.sub(lambda m: redact_url(m[0]), text)
+
+
+def _url(value: object) -> str:
+    url = text(value)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port  # urlsplit checks the port only when asked
+    except ValueError as e:
+        raise SettingsError(f"{redact_url(url)!r} has a bad port ({e})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{redact_url(url)!r} is not an http:// or https:// URL with a host")
+    return url
+
+
+def _authority(value: object) -> str:
+    authority = text(value)
+    if "/" in authority or any(c.isspace() for c in authority):
+        raise SettingsError(f"{authority!r} is not a host[:port]")
+    return authority
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where an HTTP provider is reached and how (mixed into the settings of the kinds that speak HTTP)."""
+
+    url: str = setting(
+        "",
+        _url,
+        Option(
+            "header_provider_url",
+            str,
+            "",
+            "http(s) URL of the header provider (by default it answers with a JSON object of header names to "
+            "values). One of header_provider_url, header_provider_file, header_provider_command.",
+        ),
+    )
+    authority: str = setting(
+        "",
+        _authority,
+        Option(
+            "header_provider_authority",
+            str,
+            "",
+            "Host (authority) presented to the provider instead of the URL's; for https also the TLS server name.",
+        ),
+    )
+    socket: str = setting(
+        "",
+        text,
+        Option(
+            "header_provider_socket",
+            str,
+            "",
+            "Unix socket to reach the provider through; the URL then only gives the path and the authority.",
+        ),
+    )
+    ca: str = setting(
+        "",
+        text,
+        Option(
+            "header_provider_ca",
+            str,
+            "",
+            "CA bundle (PEM) to verify an https provider with, instead of the default trust store.",
+        ),
+        transport=True,
+    )
+    cert: str = setting(
+        "",
+        text,
+        Option(
+            "header_provider_cert",
+            str,
+            "",
+            "Client certificate for mTLS to the provider: a PEM file holding the certificate and its key.",
+        ),
+        transport=True,
+    )
+
+    @property
+    def display(self) -> str:
+        """The URL without credentials, query or fragment: safe to log and to show in a status report."""
+        shown = redact_url(self.url)
+        return f"{shown} via {self.socket}" if self.socket else shown
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS settings for an https provider; raises SettingsError if the CA or certificate is unusable."""
+        context = ssl.create_default_context()
+        try:
+            context.load_verify_locations(cafile=self.ca or certifi.where())
+        except (OSError, ssl.SSLError) as e:
+            raise SettingsError(f"cannot load CA bundle {self.ca!r}: {e}", field="ca") from None
+        if self.cert:
+            try:
+                context.load_cert_chain(self.cert)
+            except (OSError, ssl.SSLError) as e:
+                raise SettingsError(
+                    f"cannot load client certificate {self.cert!r} (PEM with key): {e}", field="cert"
+                ) from None
+        return context
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+    @property
+    def is_redirect(self) -> bool:
+        return self.status in (301, 302, 303, 307, 308) and "Location" in self.headers
+
+    def status_reason(self) -> str:
+        if self.is_redirect:
+            return f"HTTP {self.status} redirect (not followed)"
+        return f"HTTP {self.status}"
+
+
+class _AbortableBackend(httpcore.NetworkBackend):
+    """httpcore's blocking backend, plus `abort()`: wake and fail every call in flight, from any thread.
+
+    A socket closed by another thread does not wake a recv() blocked on it; shutdown() does. That is what lets
+    the refresher stop within a moment even while a provider hangs mid-answer.
+    """
+
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+        self._lock = threading.Lock()
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._aborted = False
+
+    def track(self, stream: httpcore.NetworkStream) -> httpcore.NetworkStream:
+        sock = stream.get_extra_info("socket")
+        with self._lock:
+            if self._aborted:
+                stream.close()
+                raise httpcore.ConnectError("provider client stopped")
+            self._sockets.add(sock)
+        return _TrackedStream(stream, self)
+
+    def abort(self) -> None:
+        with self._lock:
+            self._aborted = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        return self.track(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        return self.track(self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _TrackedStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream, backend: _AbortableBackend) -> None:
+        self._inner = inner
+        self._backend = backend
+
+    def read(self, max_bytes, timeout=None):
+        return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer, timeout=None):
+        self._inner.write(buffer, timeout)
+
+    def close(self):
+        self._inner.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+        # The TLS socket takes over the descriptor under a new object: track that one too.
+        return self._backend.track(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info):
+        return self._inner.get_extra_info(info)
+
+
+def _failure(error: httpx.HTTPError) -> Failed:
+    """A reason for the log. httpx messages carry no header values; the URL is never part of them here."""
+    if isinstance(error, httpx.TimeoutException):
+        return Failed("timed out", "timeout")
+    cause = error.__context__ or error
+    text = str(error) or type(error).__name__
+    if isinstance(error, httpx.ConnectError) and isinstance(cause, httpcore.ConnectError):
+        text = str(cause) or text
+    reason_class = "tls" if "SSL" in text or "CERTIFICATE" in text else "connect"
+    if not isinstance(error, httpx.ConnectError):
+        reason_class = "body"
+    return Failed(f"{type(error).__name__}: {text}", reason_class)
+
+
+class HttpExchange:
+    """An httpx client for one endpoint. Thread-affine: used by the one refresher thread that owns it."""
+
+    def __init__(self, endpoint: Endpoint, timeout: float, accept: str) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._backend = _AbortableBackend()
+        transport = httpx.HTTPTransport(
+            verify=endpoint.ssl_context() if endpoint.url.startswith("https:") else False,
+            uds=endpoint.socket or None,
+        )
+        # httpx offers no hook for the network backend; the pool's own attribute is the one seam (httpx 0.28).
+        transport._pool._network_backend = self._backend
+        self._client = httpx.Client(
+            transport=transport,
+            trust_env=False,  # never through HTTP(S)_PROXY: the proxy must not call itself
+            follow_redirects=False,
+            timeout=timeout,
+            headers={"Accept": accept, "User-Agent": "header-augment"},
+        )
+        self._extensions = {}
+        self._headers = {}
+        if endpoint.authority:
+            self._headers["Host"] = endpoint.authority
+            self._extensions["sni_hostname"] = httpx.URL(f"//{endpoint.authority}").host
+
+    def send(self, method: str, headers: dict[str, str] | None = None, data: dict[str, str] | None = None) -> Answer:
+        """One call to the endpoint's URL; its status, headers and body, read within the limits. Raises Failed."""
+        request = self._client.build_request(
+            method,
+            self.endpoint.url,
+            headers={**self._headers, **(headers or {})},
+            data=data,
+            extensions=self._extensions,
+        )
+        try:
+            return self._exchange(request)
+        except httpx.HTTPError as e:
+            raise _failure(e) from None
+
+    def _exchange(self, request: httpx.Request) -> Answer:
+        deadline = time.monotonic() + self.timeout
+        response = self._client.send(request, stream=True)
+        try:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+                raise Failed(f"body larger than {MAX_BODY_BYTES} bytes", "size")
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise Failed(f"body larger than {MAX_BODY_BYTES} bytes", "size")
+                if time.monotonic() > deadline:
+                    raise Failed("timed out", "timeout")
+            return Answer(response.status_code, response.headers, bytes(body))
+        finally:
+            response.close()
+
+    def abort(self) -> None:
+        """Fail the call in flight (if any) and every later one. Safe from any thread."""
+        self._backend.abort()
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,7 @@
+"""The provider kinds, picked by `kind:`. A kind is one module: its settings, their checks and its client."""
+
+from .base import Source
+from .http import HttpSource
+from .oauth2 import OAuth2Source
+
+KINDS: dict[str, type[Source]] = {cls.KIND: cls for cls in (HttpSource, OAuth2Source)}
