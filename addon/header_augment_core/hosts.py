@@ -56,6 +56,9 @@ class Hosts:
     def matches(self, host: str, port: int) -> bool:
         if self.everything:
             return True
+        ports = self._exact.get(host, False)  # as given: most hosts are already in the form patterns are kept in
+        if ports is None or (ports and port in ports):
+            return True
         key = host.lower()
         if key.endswith("."):
             key = key[:-1]
