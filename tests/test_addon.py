@@ -370,3 +370,25 @@ def test_nothing_is_the_initial_snapshot():
     with taddons.context(addon) as tctx:
         tctx.configure(addon, **VALID)
         assert addon.bindings[0].refresher.snapshot is NOTHING
+
+
+def test_start_up_errors_never_show_a_url_query_or_userinfo(caplog):
+    """A URL's query (which can carry a token) was echoed in errors."""
+    with caplog.at_level(logging.ERROR), taddons.context() as tctx:
+        tctx.options.set(
+            "header_provider_url=http://a/?token=SECRET-1",
+            "header_provider_url=http://user:SECRET-2@b:99/x?token=SECRET-3",
+            defer=True,
+        )
+        tctx.master.addons.register(header_augment.HeaderAugment())
+    assert "header_provider_url" in caplog.text
+    assert "SECRET" not in caplog.text
+
+
+def test_runtime_errors_never_show_a_url_query_or_userinfo():
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        for url in ("http://a:99999/?token=SECRET-4", "ftp://user:SECRET-5@a/?token=SECRET-6"):
+            with pytest.raises(exceptions.OptionsError) as e:
+                tctx.configure(addon, header_provider_url=url, header_hosts=["a"])
+            assert "header_provider_url" in str(e.value) and "SECRET" not in str(e.value)

@@ -522,3 +522,41 @@ def test_providers_file_reload_in_a_running_proxy(mitmdump, upstream, tmp_path):
             assert values_of(client.get(f"http://127.0.0.1:{upstream.port}/"), "X-Reloaded") == ["yes"]
     finally:
         provider.close()
+
+
+def test_the_periodic_check_survives_an_unexpected_error(provider, tmp_path, caplog, monkeypatch):
+    """An unexpected error in the providers-file ticker ended file reloading, silently."""
+    monkeypatch.setattr(header_augment, "FILE_CHECK_INTERVAL", 0.01)
+    provider.answer({"X-A": "1"})
+    path = tmp_path / "providers.yaml"
+    write(path, f"- {{name: one, url: '{provider.url}', hosts: one.example}}\n")
+
+    async def scenario():
+        addon = header_augment.HeaderAugment()
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, header_providers_file=str(path))
+            check = addon._file.check
+            calls = []
+
+            def broken_once():
+                calls.append(1)
+                if len(calls) == 1:
+                    raise RuntimeError("a bug")
+                return check()
+
+            monkeypatch.setattr(addon._file, "check", broken_once)
+            addon.running()
+            try:
+                write(path, f"- {{name: one, url: '{provider.url}', hosts: two.example}}\n")
+                for _ in range(1000):
+                    await asyncio.sleep(0.01)
+                    if addon.bindings[0].settings.hosts.patterns == ("two.example",):
+                        break
+                return addon.bindings[0].settings.hosts.patterns, len(calls)
+            finally:
+                addon.done()
+
+    with caplog.at_level(logging.ERROR, logger="header_augment"):
+        hosts, calls = asyncio.run(scenario())
+    assert hosts == ("two.example",) and calls >= 3
+    assert "unexpected error in the periodic check" in caplog.text
