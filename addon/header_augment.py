@@ -190,7 +190,12 @@ class HeaderAugment:
     def _bind_all(self, wanted: list[tuple[ProviderSettings, Label]], made: dict) -> tuple[Binding, ...]:
         """Entries with equal fetch settings share one refresher, kept from the running configuration when it is
         there; an entry keeps its counters across reloads (found by its name, or its source and position)."""
-        running = {b.settings.fetch_key: b.refresher for b in self.bindings}
+        # A refresher that died (an unexpected error, logged) is replaced, not kept: reconfiguring revives it.
+        running = {
+            b.settings.fetch_key: b.refresher
+            for b in self.bindings
+            if b.refresher.ident is None or b.refresher.is_alive()
+        }
         counters = {self._entry_key(b.settings, i): b.counters for i, b in enumerate(self.bindings)}
         bindings = []
         for index, (settings, label_of) in enumerate(wanted):

@@ -392,3 +392,32 @@ def test_runtime_errors_never_show_a_url_query_or_userinfo():
             with pytest.raises(exceptions.OptionsError) as e:
                 tctx.configure(addon, header_provider_url=url, header_hosts=["a"])
             assert "header_provider_url" in str(e.value) and "SECRET" not in str(e.value)
+
+
+def test_a_refresher_that_died_is_replaced_on_reconfiguration(provider, caplog):
+    provider.answer({"X-Token": "t"})
+
+    async def scenario():
+        addon = header_augment.HeaderAugment()
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, header_provider_url=provider.url, header_hosts=["api.example.com"])
+            dying = addon.bindings[0].refresher
+
+            def bug():
+                raise RuntimeError("a bug in a client")
+
+            dying.client.fetch = bug  # an unexpected error inside the thread, as a bug would raise
+            addon.running()
+            try:
+                await asyncio.to_thread(dying.join, 5)
+                assert not dying.is_alive()
+                tctx.configure(addon, header_merge="keep")  # any change: a new refresher takes over
+                fresh = addon.bindings[0].refresher
+                assert fresh is not dying and fresh.is_alive()
+                await asyncio.to_thread(wait_until, lambda: fresh.counts.ok, 5)
+            finally:
+                addon.done()
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(scenario())
+    assert "refresher stopped by an unexpected error" in caplog.text
