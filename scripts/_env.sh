@@ -1,5 +1,5 @@
 # Sourced by scripts/run, scripts/test and scripts/bench: finds a Python >= 3.12, creates .venv on first use and
-# keeps it in step with requirements.txt.
+# keeps it in step with requirements.txt (and requirements/runtime.txt, which it includes).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -21,7 +21,8 @@ find_python() {
 
 ensure_venv() {
     local stamp="$VENV/.requirements.sha256" want
-    want="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
+    # requirements.txt includes requirements/runtime.txt: a change to either reinstalls.
+    want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements/runtime.txt" | sha256sum | cut -d' ' -f1)"
     if [ ! -x "$VENV/bin/python" ] || ! _is_py312 "$VENV/bin/python"; then
         rm -rf "$VENV"
         "$(find_python)" -m venv "$VENV"
