@@ -24,8 +24,11 @@ ensure_venv() {
     # requirements.txt includes requirements/runtime.txt: a change to either reinstalls.
     want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements/runtime.txt" | sha256sum | cut -d' ' -f1)"
     if [ ! -x "$VENV/bin/python" ] || ! _is_py312 "$VENV/bin/python"; then
+        echo "header-augment: first run: creating .venv and installing requirements.txt (about 20 s)…" >&2
         rm -rf "$VENV"
         "$(find_python)" -m venv "$VENV"
+    elif [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        echo "header-augment: requirements changed: updating .venv from requirements.txt…" >&2
     fi
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements.txt"
