@@ -120,7 +120,7 @@ def test_deployment_references_what_exists():
     assert {"name": "PYTHONPATH", "value": "/deps"} in sidecar["env"]
 
 
-def test_init_container_installs_every_runtime_pin_but_mitmproxy(tmp_path):
+def test_init_container_installs_every_runtime_pin_but_mitmproxy():
     """The init container's own shell command, run here against requirements/runtime.txt with `pip` printing its
     arguments instead of installing: the image has mitmproxy, and `pip --target` would install it a second time."""
     (deployment,) = k8s_documents("deployment.yaml")
