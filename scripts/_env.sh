@@ -1,5 +1,5 @@
 # Sourced by scripts/run, scripts/test and scripts/bench: finds a Python >= 3.12, creates .venv on first use and
-# keeps it in step with requirements.txt.
+# keeps it in step with requirements.txt (and requirements/runtime.txt, which it includes).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -21,10 +21,14 @@ find_python() {
 
 ensure_venv() {
     local stamp="$VENV/.requirements.sha256" want
-    want="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
+    # requirements.txt includes requirements/runtime.txt: a change to either reinstalls.
+    want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements/runtime.txt" | sha256sum | cut -d' ' -f1)"
     if [ ! -x "$VENV/bin/python" ] || ! _is_py312 "$VENV/bin/python"; then
+        echo "header-augment: first run: creating .venv and installing requirements.txt (about 20 s)…" >&2
         rm -rf "$VENV"
         "$(find_python)" -m venv "$VENV"
+    elif [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        echo "header-augment: requirements changed: updating .venv from requirements.txt…" >&2
     fi
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements.txt"

@@ -15,6 +15,18 @@ from servers import ROOT, clean_env, wait_until
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
 K8S = ROOT / "scripts" / "kubernetes"
 IMAGE_ROOT = "/srv/header-augment"  # WORKDIR of the compose image
+RUNTIME = ROOT / "requirements" / "runtime.txt"
+RUNTIME_PINS = [line for line in RUNTIME.read_text().splitlines() if line and not line.startswith("#")]
+MITMPROXY_PIN = next(pin for pin in RUNTIME_PINS if pin.startswith("mitmproxy=="))
+
+
+def test_runtime_pins_are_exact_and_in_requirements_txt():
+    assert {re.fullmatch(r"([\w.-]+)==[\w.]+", pin).group(1) for pin in RUNTIME_PINS} == {
+        "mitmproxy",
+        "httpx",
+        "prometheus_client",
+    }
+    assert "-r requirements/runtime.txt" in (ROOT / "requirements.txt").read_text().splitlines()
 
 
 def test_compose_file_is_valid_against_the_compose_specification():
@@ -38,9 +50,12 @@ def test_compose_emulates_a_pod():
         "provider": "service_healthy",
         "upstream": "service_healthy",
     }
-    dockerfile = services["proxy"]["build"]["dockerfile_inline"]
-    assert dockerfile.startswith("FROM mitmproxy/mitmproxy:12.3.1\n")
-    assert "mitmproxy==12.3.1" in (ROOT / "requirements.txt").read_text()
+    dockerfile = services["proxy"]["build"]["dockerfile_inline"].splitlines()
+    assert dockerfile[0] == "FROM mitmproxy/mitmproxy:" + MITMPROXY_PIN.split("==")[1]  # the image is the pin
+    # every runtime pin is installed, from the one file that holds them
+    assert dockerfile.index("COPY requirements/runtime.txt ./requirements/") < dockerfile.index(
+        "RUN pip install --no-cache-dir -r requirements/runtime.txt"
+    )
 
 
 def test_every_file_the_stack_references_exists():
@@ -66,7 +81,9 @@ def test_configmap_matches_the_code_byte_for_byte():
         "header-augment-addon": [ROOT / "addon" / "header_augment.py"],
         "header-augment-lib": sorted((ROOT / "addon" / "header_augment_core").glob("*.py")),
         "header-augment-demo-provider": [ROOT / "scripts" / "demo_provider.py"],
+        "header-augment-requirements": [RUNTIME],
     }
+    assert sorted(maps) == sorted(expected)
     for name, files in expected.items():
         assert sorted(maps[name]) == sorted(f.name for f in files)
         for path in files:
@@ -87,7 +104,7 @@ def test_deployment_references_what_exists():
                 files_in_pod.setdefault(container["name"], set()).update(f"{mount['mountPath']}/{k}" for k in keys)
     containers = {c["name"]: c for c in pod["containers"]}
     sidecar = containers["header-augment"]
-    assert sidecar["image"] == "mitmproxy/mitmproxy:12.3.1"
+    assert sidecar["image"] == "mitmproxy/mitmproxy:" + MITMPROXY_PIN.split("==")[1]
     script = sidecar["command"][sidecar["command"].index("-s") + 1]
     assert script in files_in_pod["header-augment"]
     assert "/srv/header-augment/addon/header_augment_core/rules.py" in files_in_pod["header-augment"]
@@ -96,8 +113,25 @@ def test_deployment_references_what_exists():
     app_env = {e["name"]: e["value"] for e in containers["app"]["env"]}
     assert app_env["HTTP_PROXY"] == app_env["HTTPS_PROXY"] == "http://127.0.0.1:8080"
     assert app_env["CURL_CA_BUNDLE"].startswith("/mitmproxy/")
-    install = " ".join(pod["initContainers"][0]["command"])
-    assert "httpx==0.28.1" in install and "httpx==0.28.1" in (ROOT / "requirements.txt").read_text()
+    (init,) = pod["initContainers"]
+    assert init["image"] == sidecar["image"]
+    assert "/srv/requirements/runtime.txt" in files_in_pod[init["name"]]  # from the generated ConfigMap
+    assert {"name": "deps", "mountPath": "/deps"} in init["volumeMounts"]
+    assert {"name": "PYTHONPATH", "value": "/deps"} in sidecar["env"]
+
+
+def test_init_container_installs_every_runtime_pin_but_mitmproxy():
+    """The init container's own shell command, run here against requirements/runtime.txt with `pip` printing its
+    arguments instead of installing: the image has mitmproxy, and `pip --target` would install it a second time."""
+    (deployment,) = k8s_documents("deployment.yaml")
+    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    sh, dash_c, command = init["command"]
+    assert (sh, dash_c) == ("sh", "-c") and command.startswith("pip install --no-cache-dir --target=/deps ")
+    command = command.replace("/srv/requirements/runtime.txt", str(RUNTIME))
+    printed = subprocess.run(
+        ["sh", "-c", 'pip() { printf "%s\\n" "$@"; }; ' + command], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert printed == ["install", "--no-cache-dir", "--target=/deps", *(p for p in RUNTIME_PINS if p != MITMPROXY_PIN)]
 
 
 def free_port():

@@ -1,9 +1,6 @@
 """End to end: a real mitmdump with the addon, a real provider and upstream on loopback, real clients."""
 
 import json
-import os
-import re
-import signal
 import ssl
 import subprocess
 import urllib.parse
@@ -316,31 +313,3 @@ def test_runtime_bad_value_is_refused_and_previous_configuration_stays(mitmdump,
         assert console(client, "set header_merge keep").status_code == 200
         response = client.get(upstream.url, headers={"X-Token": "client"})
         assert values_of(response, "X-Token") == ["client"]
-
-
-def test_scripts_run_uses_the_demo_provider(tmp_path, upstream):
-    env = clean_env() | {"HEADER_AUGMENT_PORT": "0"}
-    proc = subprocess.Popen(
-        [str(ROOT / "scripts" / "run"), "--set", f"confdir={tmp_path}"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        port = None
-        for line in proc.stdout:
-            if match := re.search(r"proxy listening at 127\.0\.0\.1:(\d+)", line):
-                port = int(match.group(1))
-            if "headers in use: Authorization, X-Tenant" in line:
-                break
-        assert port
-        with client_for(f"http://127.0.0.1:{port}") as client:
-            response = client.get(upstream.url)
-        assert values_of(response, "Authorization")[0].startswith("Bearer demo.")
-        assert values_of(response, "X-Tenant") == ["demo"]
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(10)

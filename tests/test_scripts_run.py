@@ -1,0 +1,127 @@
+"""scripts/run: the proxy with the addon against the demo provider; every way of stopping it leaves nothing behind."""
+
+import os
+import signal
+import socket
+
+import pytest
+from conftest import client_for, values_of
+from processes import Running, port_is_free, processes_in_group, wait_all_gone
+from servers import ROOT, clean_env, wait_until
+
+RUN = ROOT / "scripts" / "run"
+
+
+def start_run(tmp_path, *args: str) -> Running:
+    env = clean_env() | {"HEADER_AUGMENT_PORT": "0"}
+    return Running([str(RUN), "--set", f"confdir={tmp_path / 'confdir'}", *args], cwd=tmp_path, env=env)
+
+
+class Started:
+    """What a running scripts/run consists of, read from its output and /proc once the provider's headers are in use."""
+
+    def __init__(self, run: Running, tool: str = "mitmdump") -> None:
+        self.run = run
+        self.provider_port = int(run.wait_for(r"demo provider listening on http://127\.0\.0\.1:(\d+)/").group(1))
+        self.proxy_port = int(run.wait_for(r"proxy listening at 127\.0\.0\.1:(\d+)").group(1))
+        run.wait_for("headers in use: Authorization, X-Tenant")
+        group = processes_in_group(run.pgid)
+        self.pids = {
+            "script": run.proc.pid,
+            "provider": only(pid for pid, cmd in group.items() if "demo_provider.py" in cmd),
+            tool: only(pid for pid, cmd in group.items() if f"bin/{tool} " in cmd),
+        }
+
+    def assert_all_gone(self, *ports: int) -> None:
+        wait_all_gone(self.pids.values())
+        assert processes_in_group(self.run.pgid) == {}
+        for port in (self.proxy_port, self.provider_port, *ports):
+            wait_until(lambda port=port: port_is_free(port), 10, 0.05, f"port {port} to be free")
+
+
+def only(pids) -> int:
+    (pid,) = pids
+    return pid
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_scripts_run_uses_the_demo_provider(tmp_path, upstream):
+    run = start_run(tmp_path, "--set", "header_hosts=127.0.0.1")  # the test's upstream has an ephemeral port
+    try:
+        started = Started(run)
+        with client_for(f"http://127.0.0.1:{started.proxy_port}") as client:
+            response = client.get(upstream.url)
+        assert values_of(response, "Authorization")[0].startswith("Bearer demo.")
+        assert values_of(response, "X-Tenant") == ["demo"]
+        os.killpg(run.pgid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground process group
+        assert run.wait_exit() == 0, run.output
+        started.assert_all_gone()
+    finally:
+        run.kill_group()
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP"])  # `kill <pid>`; the terminal closing
+def test_a_signal_to_the_script_alone_stops_everything(tmp_path, how):
+    run = start_run(tmp_path)
+    try:
+        started = Started(run)
+        os.kill(run.proc.pid, getattr(signal, how))
+        assert run.wait_exit() == 0, run.output
+        started.assert_all_gone()
+    finally:
+        run.kill_group()
+
+
+def test_by_default_the_demo_headers_go_to_the_readme_upstream_only(tmp_path, upstream):
+    run = start_run(tmp_path)
+    try:
+        started = Started(run)
+        assert "demo headers go to 127.0.0.1:8000 and localhost:8000" in run.output
+        with client_for(f"http://127.0.0.1:{started.proxy_port}") as client:
+            response = client.get(upstream.url)  # an ephemeral port, not 8000
+        assert values_of(response, "X-Tenant") == []
+    finally:
+        run.kill_group()
+
+
+def test_the_exit_status_is_the_proxys(tmp_path):
+    run = start_run(tmp_path, "--set", "header_refresh_interval=10x")
+    try:
+        provider_port = int(run.wait_for(r"demo provider listening on http://127\.0\.0\.1:(\d+)/").group(1))
+        assert run.wait_exit() == 1, run.output
+        assert "header_refresh_interval: '10x' is not a duration" in run.output
+        wait_until(lambda: processes_in_group(run.pgid) == {}, 20, 0.05, "the demo provider to end")
+        wait_until(lambda: port_is_free(provider_port), 10, 0.05, f"port {provider_port} to be free")
+    finally:
+        run.kill_group()
+
+
+def test_web_runs_mitmweb_with_the_addon(tmp_path, upstream):
+    web_port = free_port()  # mitmweb 12 binds web_port=0 but then reports port 0, not the one it got
+    run = start_run(
+        tmp_path,
+        "--web",
+        "--set",
+        f"web_port={web_port}",
+        "--set",
+        "web_open_browser=false",
+        "--set",
+        "header_hosts=127.0.0.1",
+    )
+    try:
+        started = Started(run, tool="mitmweb")
+        assert int(run.wait_for(r"Web server listening at http://127\.0\.0\.1:(\d+)/").group(1)) == web_port
+        socket.create_connection(("127.0.0.1", web_port), 5).close()
+        with client_for(f"http://127.0.0.1:{started.proxy_port}") as client:
+            response = client.get(upstream.url)
+        assert values_of(response, "X-Tenant") == ["demo"]
+        os.kill(run.proc.pid, signal.SIGTERM)
+        assert run.wait_exit() == 0, run.output
+        started.assert_all_gone(web_port)
+    finally:
+        run.kill_group()
