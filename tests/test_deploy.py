@@ -77,12 +77,15 @@ def k8s_documents(name):
 def test_configmap_matches_the_code_byte_for_byte():
     assert subprocess.run([sys.executable, str(K8S / "generate_configmap.py"), "--check"]).returncode == 0
     maps = {d["metadata"]["name"]: d["data"] for d in k8s_documents("configmap.yaml")}
+    package = ROOT / "addon" / "header_augment_core"
     expected = {
         "header-augment-addon": [ROOT / "addon" / "header_augment.py"],
-        "header-augment-lib": sorted((ROOT / "addon" / "header_augment_core").glob("*.py")),
+        "header-augment-lib": sorted(package.glob("*.py")),
+        "header-augment-lib-kinds": sorted((package / "kinds").glob("*.py")),
         "header-augment-demo-provider": [ROOT / "scripts" / "demo_provider.py"],
         "header-augment-requirements": [RUNTIME],
     }
+    assert {p.relative_to(package).parent for p in package.rglob("*.py")} == {Path("."), Path("kinds")}
     assert sorted(maps) == sorted(expected)
     for name, files in expected.items():
         assert sorted(maps[name]) == sorted(f.name for f in files)
@@ -90,9 +93,24 @@ def test_configmap_matches_the_code_byte_for_byte():
             assert maps[name][path.name].encode() == path.read_bytes(), path
 
 
-def test_deployment_references_what_exists():
+def test_kubernetes_manifests_are_strictly_valid():
+    for version in ("1.29.0", "1.37.0"):  # native sidecars need Kubernetes >= 1.29
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", "-k", version, "--quiet"]
+            + [str(K8S / "deployment.yaml"), str(K8S / "configmap.yaml")],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def pod_spec():
     (deployment,) = k8s_documents("deployment.yaml")
-    pod = deployment["spec"]["template"]["spec"]
+    return deployment["spec"]["template"]
+
+
+def test_deployment_references_what_exists():
+    pod = pod_spec()["spec"]
     maps = {d["metadata"]["name"]: d["data"] for d in k8s_documents("configmap.yaml")}
     volumes = {v["name"]: v for v in pod["volumes"]}
     files_in_pod: dict[str, set[str]] = {}
@@ -102,29 +120,58 @@ def test_deployment_references_what_exists():
             if "configMap" in volume:
                 keys = maps[volume["configMap"]["name"]]  # ...and every ConfigMap is generated
                 files_in_pod.setdefault(container["name"], set()).update(f"{mount['mountPath']}/{k}" for k in keys)
-    containers = {c["name"]: c for c in pod["containers"]}
-    sidecar = containers["header-augment"]
+    init = {c["name"]: c for c in pod["initContainers"]}
+    sidecar = init["header-augment"]
     assert sidecar["image"] == "mitmproxy/mitmproxy:" + MITMPROXY_PIN.split("==")[1]
     script = sidecar["command"][sidecar["command"].index("-s") + 1]
     assert script in files_in_pod["header-augment"]
-    assert "/srv/header-augment/addon/header_augment_core/rules.py" in files_in_pod["header-augment"]
-    provider_script = containers["header-provider"]["command"][1]
+    package = ROOT / "addon" / "header_augment_core"
+    for path in package.rglob("*.py"):  # the whole package, subpackages included, is where the script finds it
+        assert (
+            f"/srv/header-augment/addon/header_augment_core/{path.relative_to(package)}"
+            in files_in_pod["header-augment"]
+        ), path
+    provider_script = init["header-provider"]["command"][1]
     assert provider_script in files_in_pod["header-provider"]
-    app_env = {e["name"]: e["value"] for e in containers["app"]["env"]}
+    (app,) = pod["containers"]
+    app_env = {e["name"]: e["value"] for e in app["env"]}
     assert app_env["HTTP_PROXY"] == app_env["HTTPS_PROXY"] == "http://127.0.0.1:8080"
     assert app_env["CURL_CA_BUNDLE"].startswith("/mitmproxy/")
-    (init,) = pod["initContainers"]
-    assert init["image"] == sidecar["image"]
-    assert "/srv/requirements/runtime.txt" in files_in_pod[init["name"]]  # from the generated ConfigMap
-    assert {"name": "deps", "mountPath": "/deps"} in init["volumeMounts"]
+    install = init["install-requirements"]
+    assert install["image"] == sidecar["image"]
+    assert "/srv/requirements/runtime.txt" in files_in_pod[install["name"]]  # from the generated ConfigMap
+    assert {"name": "deps", "mountPath": "/deps"} in install["volumeMounts"]
     assert {"name": "PYTHONPATH", "value": "/deps"} in sidecar["env"]
+
+
+def test_the_proxy_is_a_native_sidecar_that_holds_the_app_until_credentials_are_there():
+    template = pod_spec()
+    init = template["spec"]["initContainers"]
+    names = [c["name"] for c in init]
+    # In order: requirements installed, then the provider, then the proxy (each started before the next).
+    assert names == ["install-requirements", "header-provider", "header-augment"]
+    assert "restartPolicy" not in init[0] and init[1]["restartPolicy"] == init[2]["restartPolicy"] == "Always"
+    proxy = init[2]
+    args = proxy["command"]
+    listen = next(a for a in args if a.startswith("header_admin_listen="))
+    port = int(listen.rsplit(":", 1)[1])
+    assert {p["name"]: p["containerPort"] for p in proxy["ports"]} == {"admin": port}
+    assert proxy["startupProbe"]["httpGet"] == {"path": "/ready", "port": "admin"}
+    assert proxy["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "admin"}
+    assert proxy["livenessProbe"]["httpGet"] == {"path": "/live", "port": "admin"}
+    assert "header_require=true" in args and "header_hosts=api.example.com" in args
+    annotations = template["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": "/metrics",
+    }
 
 
 def test_init_container_installs_every_runtime_pin_but_mitmproxy():
     """The init container's own shell command, run here against requirements/runtime.txt with `pip` printing its
     arguments instead of installing: the image has mitmproxy, and `pip --target` would install it a second time."""
-    (deployment,) = k8s_documents("deployment.yaml")
-    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    init = pod_spec()["spec"]["initContainers"][0]
     sh, dash_c, command = init["command"]
     assert (sh, dash_c) == ("sh", "-c") and command.startswith("pip install --no-cache-dir --target=/deps ")
     command = command.replace("/srv/requirements/runtime.txt", str(RUNTIME))

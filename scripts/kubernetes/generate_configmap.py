@@ -13,10 +13,23 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 OUTPUT = HERE / "configmap.yaml"
 
-# ConfigMap name → the files it carries (keys are file names; Kubernetes keys cannot hold a '/').
+PACKAGE = ROOT / "addon" / "header_augment_core"
+
+
+def package_configmaps() -> dict[str, list[Path]]:
+    """One ConfigMap per directory of the package (header-augment-lib, header-augment-lib-kinds, ...): keys cannot
+    hold a '/', so each directory is its own volume, mounted at its place in the tree."""
+    directories = sorted({path.parent for path in PACKAGE.rglob("*.py") if "__pycache__" not in path.parts})
+    return {
+        "header-augment-lib" + "".join(f"-{part}" for part in d.relative_to(PACKAGE).parts): sorted(d.glob("*.py"))
+        for d in directories
+    }
+
+
+# ConfigMap name → the files it carries (keys are file names).
 CONFIGMAPS = {
     "header-augment-addon": [ROOT / "addon" / "header_augment.py"],
-    "header-augment-lib": sorted((ROOT / "addon" / "header_augment_core").glob("*.py")),
+    **package_configmaps(),
     "header-augment-demo-provider": [ROOT / "scripts" / "demo_provider.py"],
     "header-augment-requirements": [ROOT / "requirements" / "runtime.txt"],  # for the init container
 }
