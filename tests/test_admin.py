@@ -75,6 +75,8 @@ def test_ready_follows_the_first_answer_and_the_headers_going_stale(mitmdump):
             "header_hosts=127.0.0.1",
             "--set",
             "header_refresh_interval=1h",
+            "--set",
+            "header_provider_timeout=60s",  # the held fetch does not time out, however slow the test is
             *ADMIN,
             *CONSOLE,
         )

@@ -150,6 +150,9 @@ class _Handler(web.RequestHandler):
         self.set_header("Content-Type", TEXT)
         self.set_header("Cache-Control", "no-store")
 
+    def compute_etag(self) -> None:
+        return None  # every answer is current state, never cached
+
     def prepare(self) -> None:
         # Probes, scrapers and curl send no Origin; a web page that makes a browser call this endpoint does.
         if "Origin" in self.request.headers:
