@@ -20,6 +20,8 @@ for _name in [m for m in sys.modules if m == "header_augment_core" or m.startswi
 
 from mitmproxy import command, ctx, exceptions, flowfilter, http  # noqa: E402
 
+from header_augment_core.admin import OPTION as ADMIN_OPTION  # noqa: E402
+from header_augment_core.admin import AdminEndpoint  # noqa: E402
 from header_augment_core.counters import RequestCounters, request_summary  # noqa: E402
 from header_augment_core.fields import SettingsError  # noqa: E402
 from header_augment_core.files import SettledChange, stamp  # noqa: E402
@@ -148,6 +150,7 @@ class HeaderAugment:
         self._ticker: asyncio.Task | None = None
         self._hook_errors = 0
         self._hook_error_logged_at = -HOOK_ERROR_LOG_INTERVAL
+        self._admin = AdminEndpoint(lambda: self.bindings, self.refresh)
 
     # -- configuration ------------------------------------------------------------------------------------------
 
@@ -157,12 +160,18 @@ class HeaderAugment:
         check_deferred(loader.master.options)
 
     def configure(self, updated: set[str]) -> None:
-        if not any(name.startswith("header_") for name in updated):
-            return
         try:
-            bindings, file_stamp = self._build()
+            if ADMIN_OPTION in updated:
+                self._admin.want(ctx.options.header_admin_listen)
+            if any(name.startswith("header_") and name != ADMIN_OPTION for name in updated):
+                self._configure_providers()
+            if ADMIN_OPTION in updated and self._running:
+                self._admin.serve()
         except SettingsError as e:
             raise exceptions.OptionsError(str(e)) from None
+
+    def _configure_providers(self) -> None:
+        bindings, file_stamp = self._build()
         path = ctx.options.header_providers_file
         self._file = SettledChange(path, file_stamp) if path else None
         self._install(bindings)
@@ -270,9 +279,14 @@ class HeaderAugment:
         self._running = True
         self._start()
         self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="header-augment ticker")
+        try:
+            self._admin.serve()  # tornado serves on the loop that runs now
+        except SettingsError as e:
+            logger.error("%s", e)  # at start-up, this stops mitmdump
 
     def done(self) -> None:
         self._running = False
+        self._admin.close()
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None

@@ -290,3 +290,31 @@ class TokenEndpoint:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class HeldProvider(Provider):
+    """A Provider that holds every request until the test calls `release()`; from then on it answers at once.
+    `arrived` is set as soon as a request is being held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived = threading.Event()
+        self._gate = threading.Event()
+        held, base = self, self.server.RequestHandlerClass
+
+        class Handler(base):
+            def do_GET(self) -> None:
+                held.arrived.set()
+                held._gate.wait(60)
+                base.do_GET(self)
+
+            do_POST = do_GET
+
+        self.server.RequestHandlerClass = Handler
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def close(self) -> None:
+        self._gate.set()
+        super().close()

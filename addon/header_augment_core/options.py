@@ -42,6 +42,13 @@ OTHER_OPTIONS = (
         "YAML or JSON file listing several providers, each with its own hosts and settings (see the README). "
         "Reloaded when it changes and stops changing.",
     ),
+    Option(
+        "header_admin_listen",
+        str,
+        "",
+        "Serve /ready, /live, /metrics, /status and POST /refresh at host:port (127.0.0.1:9901, [::1]:9901; port 0 "
+        "picks a free one); empty: off. It has no authentication: keep it on loopback or a network you trust.",
+    ),
 )
 TABLE = _table()
 OPTIONS = tuple(option for option, _ in TABLE)

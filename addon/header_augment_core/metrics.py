@@ -1,0 +1,133 @@
+"""The addon's counters and provider states as Prometheus metrics, read when scraped.
+
+A custom collector reads what the addon keeps anyway (the definitions in counters.py, each refresher's snapshot and
+schedule), so there is no second set of counters to keep in step. It is registered on a registry of its own: the
+global one lives as long as the process, and a reloaded script would register a second collector there.
+
+Labels hold a provider entry's name (or its source as status.py shows it, which never has a URL query) and fixed
+words; a failure is labelled with its class from failures.REASON_CLASSES, never with its free-text reason.
+"""
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .counters import REQUEST_EXTRAS, REQUEST_OUTCOMES
+from .failures import REASON_CLASSES
+from .snapshot import NOTHING
+from .status import Entry
+
+PREFIX = "header_augment_"
+# Entries with equal fetch settings share one refresher; each reports its fetch metrics under its own label, so a
+# dashboard finds a provider's requests and fetches under one name.
+SHARED = " Entries that share one refresher (equal fetch settings) each report its fetches: do not add those up."
+SAME = " Entries that share one refresher (equal fetch settings) each report the same."
+
+
+def provider_labels(entries: Sequence[Entry]) -> list[str]:
+    """Each entry's `provider` label: its name, else its source; a repeat gets " #2", " #3" (unnamed entries may
+    share a source, and two series with one label set would make the scrape invalid)."""
+    labels: list[str] = []
+    for entry in entries:
+        base = entry.settings.name or entry.settings.source.display
+        label, n = base, 1
+        while label in labels:
+            n += 1
+            label = f"{base} #{n}"
+        labels.append(label)
+    return labels
+
+
+class ProviderCollector(Collector):
+    """Metrics for the entries `entries()` returns when scraped. `clock` is the refreshers' (monotonic) clock and
+    `wall` the wall clock that timestamps are given in."""
+
+    def __init__(
+        self,
+        entries: Callable[[], Sequence[Entry]],
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._entries = entries
+        self._clock = clock
+        self._wall = wall
+
+    def collect(self) -> Iterator[Metric]:
+        entries = self._entries()
+        now, wall_now = self._clock(), self._wall()
+
+        def wall_clock(at: float) -> float:
+            return wall_now - (now - at) if math.isfinite(at) else 0.0
+
+        requests = CounterMetricFamily(
+            PREFIX + "requests",
+            "Requests the hook saw, per provider entry, by outcome: "
+            + "; ".join(f"{c.attribute}: {c.help}" for c in REQUEST_OUTCOMES)
+            + ".",
+            labels=("provider", "outcome"),
+        )
+        extras = {
+            c.attribute: CounterMetricFamily(
+                f"{PREFIX}requests_{c.attribute}", f"Requests {c.help}.", labels=("provider",)
+            )
+            for c in REQUEST_EXTRAS
+        }
+        fetches = CounterMetricFamily(
+            PREFIX + "fetches",
+            "Fetches from the provider by result; a failed one by reason_class ("
+            + ", ".join(REASON_CLASSES)
+            + ")."
+            + SHARED,
+            labels=("provider", "result", "reason_class"),
+        )
+        gauges = {
+            name: GaugeMetricFamily(PREFIX + name, text, labels=("provider",))
+            for name, text in (
+                (
+                    "last_success_timestamp_seconds",
+                    "When the last valid answer came, in Unix time (0: none yet)." + SAME,
+                ),
+                ("usable", "1 while the provider's headers may be added to requests, else 0."),
+                ("headers", "How many headers are added to requests (0 while none are usable)."),
+                (
+                    "next_refresh_timestamp_seconds",
+                    "When the next fetch is due, in Unix time (0: not yet known)." + SAME,
+                ),
+                ("fetch_in_flight_seconds", "How long the fetch in flight has been running (0: none)." + SAME),
+            )
+        }
+        for entry, provider in zip(entries, provider_labels(entries), strict=True):
+            counters, refresher = entry.counters, entry.refresher
+            for c in REQUEST_OUTCOMES:
+                requests.add_metric((provider, c.attribute), getattr(counters, c.attribute))
+            for c in REQUEST_EXTRAS:
+                extras[c.attribute].add_metric((provider,), getattr(counters, c.attribute))
+            counts = refresher.counts
+            fetches.add_metric((provider, "ok", ""), counts.ok)
+            for reason_class in REASON_CLASSES:  # looked up, not iterated: the refresher's thread may add a key
+                fetches.add_metric((provider, "failed", reason_class), counts.failed_by_class.get(reason_class, 0))
+            snapshot, in_flight = refresher.snapshot, refresher.in_flight_since  # each read once
+            usable = snapshot.usable(now)
+            values = {
+                "last_success_timestamp_seconds": 0.0 if snapshot is NOTHING else wall_clock(snapshot.fetched_at),
+                "usable": 1.0 if usable else 0.0,
+                "headers": float(len(snapshot.fields)) if usable else 0.0,
+                "next_refresh_timestamp_seconds": wall_clock(refresher.next_fetch_at),
+                "fetch_in_flight_seconds": 0.0 if in_flight is None else max(0.0, now - in_flight),
+            }
+            for name, value in values.items():
+                gauges[name].add_metric((provider,), value)
+        yield requests
+        yield from extras.values()
+        yield fetches
+        yield from gauges.values()
+
+
+def registry_for(entries: Callable[[], Sequence[Entry]]) -> CollectorRegistry:
+    """A registry of our own holding only the provider collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProviderCollector(entries))
+    return registry
