@@ -45,6 +45,7 @@ def test_compose_emulates_a_pod():
     assert services["app"]["environment"]["HTTP_PROXY"] == "http://127.0.0.1:8080"
     for name in ("proxy", "provider", "upstream"):
         assert services[name]["healthcheck"]["test"][0] == "CMD"
+    assert "/ready" in services["proxy"]["healthcheck"]["test"][-1]  # healthy = credentials are there
     assert {d: c["condition"] for d, c in services["app"]["depends_on"].items()} == {
         "proxy": "service_healthy",
         "provider": "service_healthy",
@@ -189,33 +190,34 @@ def free_port():
         return s.getsockname()[1]
 
 
-def can_connect(port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.5).close()
-        return True
-    except OSError:
-        return False
+def healthy(service: str, ports: dict[int, int]) -> bool:
+    """The compose service's own health check, run here (with the ports the local stack uses)."""
+    words = local_words(COMPOSE["services"][service]["healthcheck"]["test"][1:], ports)
+    return subprocess.run(words, capture_output=True, timeout=10).returncode == 0
 
 
-def local_command(service: str, ports: dict[int, int], confdir: Path) -> list[str]:
-    """The compose service's command, as a local process on loopback with ephemeral ports."""
+def local_words(command: list[str], ports: dict[int, int]) -> list[str]:
+    """A compose command as a local process on loopback with ephemeral ports."""
     words = []
-    for word in COMPOSE["services"][service]["command"]:
+    for word in command:
         for fixed, ephemeral in ports.items():
             word = re.sub(rf"(?<![\d]){fixed}(?![\d])", str(ephemeral), word)
         word = re.sub(r"\bupstream\b", "127.0.0.1", word.replace("0.0.0.0", "127.0.0.1"))  # the host, not the file
         words.append(word)
     if words[0] == "python":
         words[0] = sys.executable
-    elif words[0] == "mitmdump":
+    return words
+
+
+def local_command(service: str, ports: dict[int, int], confdir: Path) -> list[str]:
+    words = local_words(COMPOSE["services"][service]["command"], ports)
+    if words[0] == "mitmdump":
         words = [str(Path(sys.executable).parent / "mitmdump"), "--set", f"confdir={confdir}", *words[1:]]
     return words
 
 
 def test_the_stack_runs_locally(tmp_path):
-    ports = {9000: free_port(), 8000: free_port(), 8080: free_port()}
+    ports = {9000: free_port(), 8000: free_port(), 8080: free_port(), 9090: free_port()}
     env = clean_env()
     procs = {}
     try:
@@ -228,8 +230,8 @@ def test_the_stack_runs_locally(tmp_path):
                 stderr=subprocess.STDOUT,
                 text=True,
             )
-        for port in ports.values():  # what the compose health checks wait for before the app starts
-            wait_until(lambda port=port: can_connect(port), timeout=20, what=f"127.0.0.1:{port}")
+        for service in ("proxy", "provider", "upstream"):  # what compose waits for before it starts the app
+            wait_until(lambda service=service: healthy(service, ports), timeout=20, what=f"{service} healthy")
         app_env = env | {
             k: re.sub(r"8080", str(ports[8080]), v) for k, v in COMPOSE["services"]["app"]["environment"].items()
         }
