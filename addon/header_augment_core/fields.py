@@ -30,6 +30,9 @@ class Option:
     typespec: Any
     default: object
     help: str
+    # Turns the option's value into the field's raw value where the two are written differently (one command line
+    # for the words a providers file lists); raises ValueError for a value it cannot convert.
+    convert: Callable[[Any], object] | None = None
 
 
 Parser = Callable[[object], object]

@@ -161,7 +161,8 @@ def _exec_credential(data: bytes, now: float) -> Parsed:
     stamp = status.get("expirationTimestamp")
     if stamp is not None:
         try:
-            when = datetime.datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
+            # RFC 3339 allows a lower-case "t" and "z", which fromisoformat does not take.
+            when = datetime.datetime.fromisoformat(stamp.upper()) if isinstance(stamp, str) else None
         except ValueError:
             when = None
         if when is None or when.tzinfo is None:

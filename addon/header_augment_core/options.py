@@ -69,9 +69,10 @@ def settings_from_options(options: optmanager.OptManager) -> ProviderSettings | 
     if not given:
         return None
     if len(given) > 1:
-        raise SettingsError(f"{' and '.join(given)} are both set: give one of {', '.join(LOCATORS)}")
+        both = "both" if len(given) == 2 else "all"
+        raise SettingsError(f"{' and '.join(given)} are {both} set: give one of {', '.join(LOCATORS)}")
     kind = LOCATORS[given[0]]
-    values: dict[str, object] = {}
+    values: dict[str, object] = {"kind": kind.KIND}  # picked here already: an empty command is refused as such
     for option, field in TABLE:
         if field is None or getattr(options, option.name) == options.default(option.name):
             continue
@@ -79,7 +80,13 @@ def settings_from_options(options: optmanager.OptManager) -> ProviderSettings | 
             continue
         if field not in fields_of(kind):
             raise SettingsError(f"{option.name}: not used with {given[0]}")
-        values[field] = getattr(options, option.name)
+        value = getattr(options, option.name)
+        if option.convert is not None:
+            try:
+                value = option.convert(value)
+            except ValueError as e:
+                raise SettingsError(f"{option.name}: {e}") from None
+        values[field] = value
     return parse_settings(values, label)
 
 

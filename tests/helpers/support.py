@@ -1,0 +1,103 @@
+"""What the tests of kinds `file` and `command` share: the helper programs, credentials as providers write them,
+files changed the ways they are changed in production, and a look at processes through /proc."""
+
+import base64
+import json
+import os
+import shutil
+from pathlib import Path
+
+from servers import wait_until
+
+HELPERS = Path(__file__).resolve().parent
+CREDENTIAL = str(HELPERS / "credential.py")
+HANG = str(HELPERS / "hang.sh")
+LEAVE_CHILD = str(HELPERS / "leave-child.sh")
+
+
+def jwt(exp: object) -> str:
+    """An unsigned JWT (header.payload.signature, base64url) with this `exp`."""
+
+    def part(obj: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({'sub': 'test', 'exp': exp})}.c2ln"
+
+
+def exec_credential(token="ec-token", stamp=None, version="client.authentication.k8s.io/v1", **status) -> bytes:
+    status = {"token": token, **status} if token is not None else status
+    if stamp is not None:
+        status["expirationTimestamp"] = stamp
+    return json.dumps({"apiVersion": version, "kind": "ExecCredential", "status": status}).encode()
+
+
+def atomic_write(path: Path, data: str) -> None:
+    """Write a new file next to `path` and rename it over `path`, as careful writers do."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(data)
+    os.replace(tmp, path)
+
+
+def kubelet_volume(directory: Path, name: str, data: str, version: str) -> Path:
+    """A Secret/ConfigMap/projected volume as the kubelet writes it: `name -> ..data/name`, `..data -> ..<version>`.
+    A new version is swapped in by replacing the `..data` symlink atomically; the old directory is then removed."""
+    versioned = directory / f"..{version}"
+    versioned.mkdir()
+    (versioned / name).write_text(data)
+    link = directory / "..data_tmp"
+    link.symlink_to(versioned.name)
+    old = os.readlink(directory / "..data") if (directory / "..data").is_symlink() else None
+    os.replace(link, directory / "..data")
+    if old:
+        shutil.rmtree(directory / old)
+    if not (directory / name).is_symlink():
+        (directory / name).symlink_to(f"..data/{name}")
+    return directory / name
+
+
+def processes() -> dict[int, tuple[str, int, int]]:
+    """pid → (state, parent pid, process group) for every process /proc shows."""
+    seen = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # it has just gone
+            seen[int(entry)] = (fields[0], int(fields[1]), int(fields[2]))
+    return seen
+
+
+def group_gone(pgid: int) -> bool:
+    """No process of the group is left, not even a zombie (orphans are reaped by pid 1, which takes a moment)."""
+    return not any(group == pgid for _, _, group in processes().values())
+
+
+def no_live_member(pgid: int) -> bool:
+    """Every process of the group has been killed: at most zombies are left, waiting for their parent (pid 1 for
+    orphans) to reap them."""
+    return all(state == "Z" for state, _, group in processes().values() if group == pgid)
+
+
+def wait_gone(*pgids: int) -> None:
+    wait_until(lambda: all(group_gone(p) for p in pgids), what=f"process groups {pgids} gone")
+
+
+def wait_dead(pid: int) -> None:
+    """Wait for `pid` to be killed: a zombie (reaped by its parent or pid 1 in a moment) or gone."""
+    wait_until(lambda: processes().get(pid, ("Z",))[0] == "Z", what=f"process {pid} killed")
+
+
+def zombie_children() -> list[int]:
+    """Zombies the test process has left unreaped."""
+    return [pid for pid, (state, parent, _) in processes().items() if parent == os.getpid() and state == "Z"]
+
+
+def pid_lines(path: Path, count: int = 1) -> list[list[int]]:
+    """The pids a helper wrote to `path`, a line per run, once there are `count` lines."""
+    lines = wait_until(
+        lambda: path.exists() and len(lines := path.read_text().splitlines()) >= count and lines,
+        what=f"{count} lines in {path}",
+    )
+    return [[int(p) for p in line.split()] for line in lines]
