@@ -317,11 +317,13 @@ class LoopbackProxy:
     """A minimal HTTP forward proxy on 127.0.0.1 whose name resolution answers 127.0.0.1 for every host (the port
     is kept): an upstream proxy together with a DNS, so that a request to a name such as api.example.com.attacker.test
     really reaches a loopback server. `targets` lists the authority of every request and CONNECT it was asked for, as
-    written, in order. Plain requests must have no body or a Content-Length one."""
+    written, in order; `connect_heads` the lines of each CONNECT request. Plain requests must have no body or a
+    Content-Length one."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.targets: list[str] = []
+        self.connect_heads: list[list[str]] = []
         proxy = self
 
         class Handler(socketserver.StreamRequestHandler):
@@ -338,7 +340,7 @@ class LoopbackProxy:
                         return
                     method, target, _ = head[0].split(" ", 2)
                     if method == "CONNECT":
-                        proxy._note(target)
+                        proxy._note(target, head)
                         return self._tunnel(_port_of(target))
                     self._forward(head, urllib.parse.urlsplit(target))
 
@@ -373,9 +375,11 @@ class LoopbackProxy:
         self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def _note(self, target: str) -> None:
+    def _note(self, target: str, connect_head: list[str] | None = None) -> None:
         with self._lock:
             self.targets.append(target)
+            if connect_head is not None:
+                self.connect_heads.append(connect_head)
 
     def close(self) -> None:
         self.server.shutdown()
