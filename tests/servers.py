@@ -5,10 +5,13 @@ import json
 import os
 import re
 import signal
+import socket
+import socketserver
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -318,3 +321,115 @@ class HeldProvider(Provider):
     def close(self) -> None:
         self._gate.set()
         super().close()
+
+
+class Upstream6:
+    """The echo upstream on the IPv6 loopback [::1]."""
+
+    def __init__(self) -> None:
+        class Server(http.server.ThreadingHTTPServer):
+            address_family = socket.AF_INET6
+
+        self.server = Server(("::1", 0), echo_upstream.EchoHandler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://[::1]:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class LoopbackProxy:
+    """A minimal HTTP forward proxy on 127.0.0.1 whose name resolution answers 127.0.0.1 for every host (the port
+    is kept): an upstream proxy together with a DNS, so that a request to a name such as api.example.com.attacker.test
+    really reaches a loopback server. `targets` lists the authority of every request and CONNECT it was asked for, as
+    written, in order; `connect_heads` the lines of each CONNECT request. Plain requests must have no body or a
+    Content-Length one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.targets: list[str] = []
+        self.connect_heads: list[list[str]] = []
+        proxy = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                try:
+                    self._serve()
+                except OSError:
+                    pass  # a peer went away: the proxy it was talking to sees that as such
+
+            def _serve(self) -> None:
+                while True:
+                    head = _read_head(self.rfile)
+                    if not head:
+                        return
+                    method, target, _ = head[0].split(" ", 2)
+                    if method == "CONNECT":
+                        proxy._note(target, head)
+                        return self._tunnel(_port_of(target))
+                    self._forward(head, urllib.parse.urlsplit(target))
+
+            def _tunnel(self, port: int) -> None:
+                with socket.create_connection(("127.0.0.1", port)) as upstream:
+                    self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    back = threading.Thread(target=_pipe, args=(upstream, self.connection), daemon=True)
+                    back.start()
+                    while chunk := self.rfile.read1(1 << 16):
+                        upstream.sendall(chunk)
+                    upstream.shutdown(socket.SHUT_WR)
+                    back.join(10)
+
+            def _forward(self, head: list[str], url: urllib.parse.SplitResult) -> None:
+                proxy._note(url.netloc)
+                length = next((int(h.split(":", 1)[1]) for h in head if h.lower().startswith("content-length:")), 0)
+                body = self.rfile.read(length)
+                # One upstream connection per request, closed by the upstream after its answer: the whole answer is
+                # what it sent before closing, and this connection stays open for the next request.
+                lines = [h for h in head if not h.lower().startswith(("connection:", "proxy-connection:"))]
+                request = "\r\n".join([*lines, "Connection: close", "", ""]).encode() + body
+                with socket.create_connection(("127.0.0.1", url.port or 80)) as upstream:
+                    upstream.sendall(request)
+                    answer = b"".join(iter(lambda: upstream.recv(1 << 16), b""))
+                self.wfile.write(answer)
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _note(self, target: str, connect_head: list[str] | None = None) -> None:
+        with self._lock:
+            self.targets.append(target)
+            if connect_head is not None:
+                self.connect_heads.append(connect_head)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _read_head(rfile) -> list[str]:
+    """An HTTP/1 request's request line and header lines, or [] at the end of the connection."""
+    lines = []
+    while (line := rfile.readline(65537)) not in (b"\r\n", b"\n", b""):
+        lines.append(line.decode("latin-1").rstrip("\r\n"))
+    return lines
+
+
+def _port_of(authority: str) -> int:
+    return int(authority.rsplit(":", 1)[1])
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while chunk := source.recv(1 << 16):
+            sink.sendall(chunk)
+        sink.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
