@@ -373,12 +373,6 @@ def test_a_trailing_dot_is_the_same_name(world):
     world.assert_no_secret_in_output()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="header_hosts=straße.example is compared as strasse.example (IDNA 2003), so the token goes to "
-    "strasse.example, a domain the user did not name (see tests/test_hosts.py)",
-)
 def test_a_unicode_name_does_not_give_the_token_to_another_domain(world):
     assert granted(via_proxy(world.at["upstream"], f"http://strasse.example:{world.a.port}/")) == set()
 
@@ -674,12 +668,6 @@ def test_emptying_the_hosts_at_runtime_is_refused(mitmdump, provider, world):
     assert SECRET not in m.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the hosts are matched in requestheaders; an addon that reroutes the flow in its request hook (here "
-    "mitmproxy's own map_remote) sends the headers to the new destination, which header_hosts does not name",
-)
 def test_a_flow_rerouted_after_the_match_does_not_take_the_token_along(mitmdump, provider, world):
     a, b = world.a.port, world.b.port
     provider.answer({"Authorization": TOKEN})

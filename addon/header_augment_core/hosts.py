@@ -18,6 +18,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import idna  # IDNA 2008 with UTS 46, as browsers, curl and httpx use (Python's own codec is IDNA 2003: ß → ss)
+
 from .fields import SettingsError
 
 # Letters, digits, hyphen and underscore (seen in real internal names); each label 1-63 characters.
@@ -26,14 +28,24 @@ _PORTED = re.compile(r"(?P<host>.*?)(?::(?P<port>\d{1,5}))?")
 _ANY_PORT = None
 
 
+def _to_ascii(name: str) -> str:
+    """An internationalised name in its ASCII (xn--) form; raises UnicodeError (IDNAError) if it has none."""
+    return idna.encode(name, uts46=True).decode("ascii")
+
+
 def _ascii_name(name: str) -> str:
     """A host name in the form it is compared in; raises ValueError if it is not one."""
     name = name.lower().removesuffix(".")
     if not name.isascii():
-        name = name.encode("idna").decode("ascii")
+        name = _to_ascii(name)
     if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
         raise ValueError(name)
     return name
+
+
+def _numeric_end(name: str) -> bool:
+    """Whether the last label is all digits: an IPv4 address, never a DNS name (no top-level domain is numeric)."""
+    return name[-1:].isdigit() and name.rpartition(".")[2].isdigit()
 
 
 @dataclass(frozen=True)
@@ -64,7 +76,7 @@ class Hosts:
             key = key[:-1]
         if not key.isascii():
             try:
-                key = key.encode("idna").decode("ascii")
+                key = _to_ascii(key)
             except UnicodeError:
                 return False
         elif ":" in key:
@@ -76,7 +88,7 @@ class Hosts:
         if ports is None or (ports and port in ports):
             return True
         below = self._below
-        if below:
+        if below and not _numeric_end(key):  # `*.name` is for names: an address matches only address patterns
             dot = key.find(".")
             while dot != -1:
                 ports = below.get(key[dot + 1 :], False)
@@ -99,13 +111,20 @@ def _split(value: object) -> list[str]:
     return [part.strip() for item in items for part in item.split(",") if part.strip()]
 
 
+def _host_part(pattern: str) -> str:
+    """What a pattern that is really a URL names, without the scheme, user, path or query (which may hold secrets)."""
+    return re.split(r"[/?#]", pattern.split("://", 1)[-1].rpartition("@")[2], maxsplit=1)[0]
+
+
 def _one(pattern: str) -> tuple[str, str, frozenset[int] | None]:
     """(table, host, ports) for one pattern; table is "exact" or "below". Raises SettingsError."""
-    if "/" in pattern or "@" in pattern or any(c.isspace() for c in pattern):
-        raise SettingsError(f"{pattern!r} is not a host[:port] (no scheme, path or user)")
+    if any(c in pattern for c in "/@?#"):
+        raise SettingsError(f"{_host_part(pattern)!r}: give the host alone (no scheme, user, path or query)")
+    if any(c.isspace() for c in pattern):
+        raise SettingsError(f"{pattern!r} is not a host[:port] (it has white space)")
     if pattern.startswith("["):
-        address, _, rest = pattern[1:].partition("]")
-        if rest and not re.fullmatch(r":\d{1,5}", rest):
+        address, closed, rest = pattern[1:].partition("]")
+        if not closed or (rest and not re.fullmatch(r":\d{1,5}", rest)):
             raise SettingsError(f"{pattern!r} is not a [IPv6 address] with an optional :port")
         host, port = address, rest[1:] or None
         try:
@@ -128,6 +147,8 @@ def _one(pattern: str) -> tuple[str, str, frozenset[int] | None]:
             raise SettingsError(
                 f"{pattern!r} is not a host name, *.name, IPv4 address or [IPv6 address], with an optional :port"
             ) from None
+        if table == "below" and _numeric_end(host):
+            raise SettingsError(f"{pattern!r}: *. is for names below a domain, not for IP addresses")
     ports = None
     if port is not None:
         number = int(port)
