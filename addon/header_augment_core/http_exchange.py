@@ -2,6 +2,7 @@
 settings, and a client that fails every way a call can fail with a short, value-free reason.
 """
 
+import http.cookiejar
 import logging
 import re
 import socket
@@ -145,9 +146,9 @@ class Endpoint:
 
     def ssl_context(self) -> ssl.SSLContext:
         """The TLS settings for an https provider; raises SettingsError if the CA or certificate is unusable."""
-        context = ssl.create_default_context()
         try:
-            context.load_verify_locations(cafile=self.ca or certifi.where())
+            # The given bundle replaces the default store (certifi's, as in httpx), so it is all that is trusted.
+            context = ssl.create_default_context(cafile=self.ca or certifi.where())
         except (OSError, ssl.SSLError) as e:
             raise SettingsError(f"cannot load CA bundle {self.ca!r}: {e}", field="ca") from None
         if self.cert:
@@ -272,6 +273,9 @@ class HttpExchange:
             trust_env=False,  # never through HTTP(S)_PROXY: the proxy must not call itself
             follow_redirects=False,
             timeout=timeout,
+            # A provider's cookies are not kept: a jar grows with every answer and sends all of it back. (The jar is
+            # given as is; one wrapped in httpx.Cookies would be copied into a jar with the default policy.)
+            cookies=http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
             headers={"Accept": accept, "User-Agent": "header-augment"},
         )
         self._extensions = {}
