@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import socketserver
 import subprocess
 import sys
 import threading
@@ -290,3 +291,48 @@ class TokenEndpoint:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class RawProvider:
+    """A provider on 127.0.0.1 that writes its answer on the raw socket, for answers no well-behaved server sends
+    (a trickled head, a malformed header line, a body compressed against the request's Accept-Encoding).
+
+    Each connection carries one request: its head is kept in `requests` (bytes), then `respond(sock)` writes the
+    answer (it may be changed between requests) and the connection is closed.
+    """
+
+    def __init__(self, respond) -> None:
+        self.respond = respond
+        self.requests: list[bytes] = []
+        provider = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = self.request.recv(65536)
+                    if not data:
+                        return
+                    head += data
+                provider.requests.append(head)
+                try:
+                    provider.respond(self.request)
+                except OSError:
+                    pass  # the client gave up on the answer (its timeout, or it refused what it read)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/headers"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def http_answer(body: bytes, headers: list[tuple[str, str]] = (), status: str = "200 OK") -> bytes:
+    """An HTTP/1.1 answer as bytes, with Content-Length, closing the connection."""
+    lines = [f"HTTP/1.1 {status}", *(f"{name}: {value}" for name, value in headers)]
+    lines += [f"Content-Length: {len(body)}", "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body

@@ -1,11 +1,20 @@
 """The provider's HTTP client (`HttpExchange`) against hostile and broken providers on 127.0.0.1: no cookies, only
-the configured CA."""
+the configured CA, nothing from an answer in the logs, and a reason class for every failure."""
 
 import datetime
+import importlib.util
+import logging
+import socket
 import ssl
+import threading
 
 import httpx
+import pytest
+from servers import RawProvider, http_answer
 
+from header_augment_core.failures import REASON_CLASSES
+from header_augment_core.http_exchange import THREAD_PREFIX
+from header_augment_core.rules import MAX_BODY_BYTES
 from header_augment_core.settings import parse_settings
 
 
@@ -20,6 +29,20 @@ def fetch(url, **fields):
         return c.fetch()
     finally:
         c.close()
+
+
+@pytest.fixture
+def raw_provider():
+    started = []
+
+    def start(respond):
+        provider = RawProvider(respond)
+        started.append(provider)
+        return provider
+
+    yield start
+    for provider in started:
+        provider.close()
 
 
 def self_signed(directory, name, dns_names=(), ip="127.0.0.1"):
@@ -73,6 +96,10 @@ def serve_tls(provider, combined, client_ca=None):
     return names
 
 
+def answering(answer):
+    return lambda sock: sock.sendall(answer)
+
+
 # -- cookies, trust, logs -----------------------------------------------------------------------------------------
 
 
@@ -102,3 +129,79 @@ def test_a_configured_ca_is_the_only_one_trusted(provider, tls_files, tmp_path, 
     assert fetch(url, ca=str(tls_files / "cert.pem")).ok
     # Without one, certifi's store (httpx's default) is the trust store, not the system's.
     assert fetch(url).reason_class == "tls"
+
+
+MARKER = "s3cret-marker-7f1d"
+
+
+def fetch_on_thread(name, url):
+    results = []
+    thread = threading.Thread(target=lambda: results.append(fetch(url)), name=name)
+    thread.start()
+    thread.join()
+    return results[0]
+
+
+def test_httpcore_trace_of_a_refresher_reaches_no_log(provider, caplog):
+    """httpcore's debug trace logs the answer's headers, cookies included."""
+    provider.answer({"X-A": "b"}, response_headers={"Set-Cookie": f"session={MARKER}", "X-Echo": MARKER})
+    with caplog.at_level(logging.DEBUG):
+        assert fetch_on_thread("another thread", provider.url).ok
+        assert MARKER in caplog.text  # the premise: at debug, httpcore logs the answer's headers
+        caplog.clear()
+        assert fetch_on_thread(f"{THREAD_PREFIX} refresher test", provider.url).ok
+    assert caplog.records == []
+
+
+def test_the_log_filters_survive_a_reload():
+    """A script reload runs the addon's modules anew (header_augment.py drops them from sys.modules first), with a
+    new filter class: each logger still has one filter."""
+    spec = importlib.util.find_spec("header_augment_core.http_exchange")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    names = ["httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy"]
+    for name in names:
+        markers = [f for f in logging.getLogger(name).filters if getattr(f, "marker", None) == "header-augment"]
+        assert len(markers) == 1, name
+
+
+# -- reasons ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nX-Bad header " + MARKER.encode() + b"\r\n\r\n",
+        b"HTTP/1.1 2x0 " + MARKER.encode() + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + MARKER.encode() + b"\r\n",
+    ],
+    ids=["header-line", "status-line", "chunk-header"],
+)
+def test_a_malformed_answer_is_reported_without_its_content(raw_provider, answer):
+    """h11 quotes the bytes it could not parse in its error; they are the provider's, so not in the reason."""
+    result = fetch(raw_provider(answering(answer)).url)
+    assert result.reason_class == "body" and result.reason.startswith("RemoteProtocolError")
+    assert MARKER not in result.reason and "s3cret" not in result.reason
+
+
+def closed_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_reason_classes(provider, raw_provider, tls_files):
+    cases = {}
+    cases["connect"] = fetch(f"http://127.0.0.1:{closed_port()}/")
+    cut = http_answer(b'{"X-A": "b"}')[:-5]  # Content-Length promises more than comes
+    cases["body"] = fetch(raw_provider(answering(cut)).url)
+    cases["status"] = fetch(raw_provider(answering(http_answer(b"", status="500 Oops"))).url)
+    cases["size"] = fetch(raw_provider(answering(http_answer(b" " * (MAX_BODY_BYTES + 1)))).url)
+    serve_tls(provider, tls_files / "combined.pem", client_ca=tls_files / "cert.pem")
+    provider.answer({"X-A": "b"})
+    url = f"https://127.0.0.1:{provider.port}/headers"
+    cases["tls"] = fetch(url)  # the provider's certificate is not trusted
+    # TLS 1.3: the provider refuses the missing client certificate after the handshake, on the first read.
+    no_client_certificate = fetch(url, ca=str(tls_files / "cert.pem"))
+    assert {name: r.reason_class for name, r in cases.items()} == {name: name for name in cases}
+    assert no_client_certificate.reason_class == "tls", no_client_certificate.reason
+    assert set(cases) <= set(REASON_CLASSES)

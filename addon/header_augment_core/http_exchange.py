@@ -25,7 +25,8 @@ THREAD_PREFIX = "header-augment"
 
 
 class _NotFromRefreshers(logging.Filter):
-    """httpx logs every request URL at INFO; ours may carry a token in its query, and we log our own lines."""
+    """Drops what httpx and httpcore log on our threads: httpx logs every request URL at INFO (ours may carry a token
+    in its query), httpcore's debug trace logs each answer's head (cookies included). We log our own lines."""
 
     marker = "header-augment"  # survives script reloads, where this class is a new object
 
@@ -33,9 +34,17 @@ class _NotFromRefreshers(logging.Filter):
         return not record.threadName.startswith(THREAD_PREFIX)
 
 
-_httpx_logger = logging.getLogger("httpx")
-if not any(getattr(f, "marker", None) == _NotFromRefreshers.marker for f in _httpx_logger.filters):
-    _httpx_logger.addFilter(_NotFromRefreshers())
+def _filter_provider_records() -> None:
+    # A logger's filters do not see its children's records, so each logger needs its own; httpcore has made all of
+    # its loggers by now (they are module globals of what `import httpcore` imports).
+    names = [name for name in logging.root.manager.loggerDict if name.partition(".")[0] == "httpcore"]
+    for name in ["httpx", *names]:
+        logger = logging.getLogger(name)
+        if not any(getattr(f, "marker", None) == _NotFromRefreshers.marker for f in logger.filters):
+            logger.addFilter(_NotFromRefreshers())
+
+
+_filter_provider_records()
 
 
 def redact_url(url: str) -> str:
@@ -241,17 +250,28 @@ class _TrackedStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
+# h11 quotes the bytes it could not parse (`illegal header line: bytearray(b'...')`): the provider's, so cut off.
+_QUOTED = re.compile(r"""\s*:?\s*(?:bytearray\()?b?['"]""")
+
+
 def _failure(error: httpx.HTTPError) -> Failed:
-    """A reason for the log. httpx messages carry no header values; the URL is never part of them here."""
+    """A reason for the log and its class. httpx's messages here never hold the URL; they hold the answer's bytes
+    only where h11 could not parse them, and those are cut off."""
     if isinstance(error, httpx.TimeoutException):
         return Failed("timed out", "timeout")
-    cause = error.__context__ or error
     text = str(error) or type(error).__name__
-    if isinstance(error, httpx.ConnectError) and isinstance(cause, httpcore.ConnectError):
-        text = str(cause) or text
-    reason_class = "tls" if "SSL" in text or "CERTIFICATE" in text else "connect"
-    if not isinstance(error, httpx.ConnectError):
-        reason_class = "body"
+    causes = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in causes:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(c, ssl.SSLError) for c in causes):
+        reason_class = "tls"  # in the handshake, or after it: a TLS 1.3 server refuses a client certificate then
+    elif isinstance(error, httpx.ConnectError | httpx.WriteError):
+        reason_class = "connect"
+    else:
+        reason_class = "body" if isinstance(error, httpx.RemoteProtocolError | httpx.ReadError) else "other"
+        text = _QUOTED.split(text, 1)[0]
     return Failed(f"{type(error).__name__}: {text}", reason_class)
 
 
