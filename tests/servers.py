@@ -336,3 +336,14 @@ def http_answer(body: bytes, headers: list[tuple[str, str]] = (), status: str = 
     lines = [f"HTTP/1.1 {status}", *(f"{name}: {value}" for name, value in headers)]
     lines += [f"Content-Length: {len(body)}", "Connection: close"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def trickle(data: bytes, gap: float):
+    """A `RawProvider` respond function writing `data` one byte every `gap` seconds."""
+
+    def respond(sock) -> None:
+        for i in range(len(data)):
+            sock.sendall(data[i : i + 1])
+            time.sleep(gap)
+
+    return respond

@@ -1,11 +1,14 @@
-"""A hostile provider against a real mitmdump: it can fail a refresh, never put its answer into the proxy's log."""
+"""A hostile provider against a real mitmdump: it can fail a refresh, never stall it past its timeout or put its
+answer into the proxy's log."""
 
 import json
+import time
 
 import pytest
-from servers import RawProvider, http_answer
+from servers import RawProvider, http_answer, trickle, wait_until
 
 HOSTS = ("--set", "header_hosts=127.0.0.1")
+BODY = json.dumps({"X-Token": "t"}).encode()
 
 
 @pytest.fixture
@@ -20,6 +23,17 @@ def raw_provider():
     yield start
     for provider in started:
         provider.close()
+
+
+def test_a_trickled_head_times_out_at_the_deadline(mitmdump, raw_provider):
+    """httpx's own timeout is per read: a head trickled a byte at a time never reached it (nothing failed in 28 s)."""
+    head = http_answer(BODY, [("X-Padding", "p" * 300)])
+    provider = raw_provider(trickle(head, 0.2))  # the whole head would take over 60 s
+    m = mitmdump("--set", f"header_provider_url={provider.url}", *HOSTS, "--set", "header_provider_timeout=1s")
+    wait_until(lambda: provider.requests, what="the first provider request")
+    asked = time.monotonic()
+    m.wait_for(r"refresh failed: timed out", timeout=10)
+    print(f"\ntrickled head, timeout 1 s: failed {time.monotonic() - asked:.2f} s after the provider was asked")
 
 
 HEADER_MARKER = "hdr-s3cret-4a9c"

@@ -1,5 +1,6 @@
-"""The provider's HTTP client (`HttpExchange`) against hostile and broken providers on 127.0.0.1: no cookies, only
-the configured CA, nothing from an answer in the logs, and a reason class for every failure."""
+"""The provider's HTTP client (`HttpExchange`) against hostile and broken providers on 127.0.0.1: one deadline for
+the whole call, no cookies, only the configured CA, nothing from an answer in the logs, and a reason class for every
+failure."""
 
 import datetime
 import importlib.util
@@ -7,13 +8,15 @@ import logging
 import socket
 import ssl
 import threading
+import time
 
+import httpcore
 import httpx
 import pytest
-from servers import RawProvider, http_answer
+from servers import RawProvider, http_answer, trickle, wait_until
 
 from header_augment_core.failures import REASON_CLASSES
-from header_augment_core.http_exchange import THREAD_PREFIX
+from header_augment_core.http_exchange import THREAD_PREFIX, _AbortableBackend
 from header_augment_core.rules import MAX_BODY_BYTES
 from header_augment_core.settings import parse_settings
 
@@ -98,6 +101,123 @@ def serve_tls(provider, combined, client_ca=None):
 
 def answering(answer):
     return lambda sock: sock.sendall(answer)
+
+
+# -- one deadline for the whole call ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trickled", ["head", "body"])
+def test_one_deadline_bounds_an_answer_trickled_byte_by_byte(raw_provider, trickled):
+    """httpx's timeout bounds each read: a head trickled a byte at a time never reached it."""
+    answer = http_answer(b'{"X-A": "' + b"b" * 250 + b'"}', [("X-Padding", "p" * 250)])
+    at = answer.index(b"\r\n\r\n") + 4 if trickled == "body" else 0
+
+    def respond(sock):
+        sock.sendall(answer[:at])
+        trickle(answer[at:], 0.05)(sock)  # the rest would take over 12 s
+
+    provider = raw_provider(respond)
+    started = time.monotonic()
+    result = fetch(provider.url, timeout=0.5)
+    elapsed = time.monotonic() - started
+    assert (result.reason, result.reason_class) == ("timed out", "timeout")
+    assert elapsed < 5, elapsed  # the deadline is 0.5 s; far below the 12 s the answer takes, with a busy machine
+
+
+def blocking_resolver(calls, release):
+    def resolve(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        release.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    return resolve
+
+
+def test_name_resolution_is_bounded_by_the_deadline():
+    """getaddrinfo() knows no timeout: it runs on a helper thread, waited for at most what is left of the deadline."""
+    calls, release = [], threading.Event()
+    backend = _AbortableBackend(resolver=blocking_resolver(calls, release))
+    try:
+        started = time.monotonic()
+        with backend.deadline(0.3), pytest.raises(httpcore.ConnectTimeout):
+            backend.connect_tcp("provider.test", 80, timeout=30)
+        assert time.monotonic() - started < 3  # the resolver blocks for 30 s
+        wait_until(lambda: calls, what="the resolver to be called")
+        assert calls[0].startswith(THREAD_PREFIX)  # so its log records are filtered like the refresher's
+    finally:
+        release.set()
+
+
+def test_abort_wakes_a_call_waiting_for_name_resolution():
+    calls, release = [], threading.Event()
+    backend = _AbortableBackend(resolver=blocking_resolver(calls, release))
+    outcome = []
+
+    def connect():
+        with backend.deadline(30):
+            try:
+                backend.connect_tcp("provider.test", 80, timeout=30)
+            except httpcore.NetworkError as e:
+                outcome.append(e)
+
+    thread = threading.Thread(target=connect)
+    thread.start()
+    try:
+        wait_until(lambda: calls, what="the resolver to be called")
+        backend.abort()
+        thread.join(3)
+        assert not thread.is_alive() and isinstance(outcome[0], httpcore.ConnectError)
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_nothing_is_sent_once_the_deadline_has_passed(provider):
+    backend = _AbortableBackend()
+    with backend.deadline(5):
+        stream = backend.connect_tcp("127.0.0.1", provider.port, timeout=5)
+    try:
+        with backend.deadline(0), pytest.raises(httpcore.WriteTimeout):
+            stream.write(b"GET / HTTP/1.1\r\n\r\n", timeout=5)
+        with backend.deadline(0), pytest.raises(httpcore.ReadTimeout):
+            stream.read(1, timeout=5)
+    finally:
+        stream.close()
+    assert provider.count == 0
+
+
+def test_a_host_name_is_resolved_and_stays_the_tls_server_name(provider, tmp_path):
+    """The connection goes to the resolved address; TLS still verifies and asks for the name (SNI)."""
+    ca, combined = self_signed(tmp_path, "localhost", ["localhost"])
+    names = serve_tls(provider, combined)
+    provider.answer({"X-A": "b"})
+    result = fetch(f"https://localhost:{provider.port}/headers", ca=str(ca))
+    assert result.ok and names == ["localhost"]
+
+
+def test_a_trickled_tls_handshake_is_bounded_too(provider, tmp_path):
+    """The handshake gets what is left of the deadline (CPython bounds a whole handshake by the socket's timeout)."""
+    ca, combined = self_signed(tmp_path, "ca")
+    serve_tls(provider, combined)
+    relay = socket.create_server(("127.0.0.1", 0))
+
+    def pass_on_slowly():  # the client's hello at once, the provider's bytes one every 50 ms (its handshake: 30 s)
+        to_client, _ = relay.accept()
+        with to_client, socket.create_connection(("127.0.0.1", provider.port)) as to_provider:
+            try:
+                to_provider.sendall(to_client.recv(65536))
+                while data := to_provider.recv(1):
+                    to_client.sendall(data)
+                    time.sleep(0.05)
+            except OSError:
+                pass  # the client gave up
+
+    threading.Thread(target=pass_on_slowly, daemon=True).start()
+    with relay:
+        started = time.monotonic()
+        result = fetch(f"https://127.0.0.1:{relay.getsockname()[1]}/headers", ca=str(ca), timeout=0.5)
+    assert (result.reason, result.reason_class) == ("timed out", "timeout")
+    assert time.monotonic() - started < 5
 
 
 # -- cookies, trust, logs -----------------------------------------------------------------------------------------

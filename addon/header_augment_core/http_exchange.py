@@ -1,7 +1,9 @@
 """One HTTP exchange with a provider's endpoint (httpx), for the kinds that speak HTTP (http, oauth2): the endpoint's
-settings, and a client that fails every way a call can fail with a short, value-free reason.
+settings, and a client whose every call is bounded by one deadline and fails every way a call can fail with a short,
+value-free reason.
 """
 
+import contextlib
 import http.cookiejar
 import logging
 import re
@@ -11,6 +13,7 @@ import threading
 import time
 import urllib.parse
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import certifi  # httpx's own default trust store
@@ -186,25 +189,57 @@ class Answer:
         return f"HTTP {self.status}"
 
 
-class _AbortableBackend(httpcore.NetworkBackend):
-    """httpcore's blocking backend, plus `abort()`: wake and fail every call in flight, from any thread.
+Resolver = Callable[..., list]
+_STOPPED = "provider client stopped"
 
-    A socket closed by another thread does not wake a recv() blocked on it; shutdown() does. That is what lets
-    the refresher stop within a moment even while a provider hangs mid-answer.
+
+class _AbortableBackend(httpcore.NetworkBackend):
+    """httpcore's blocking backend, plus one deadline per call and `abort()`.
+
+    httpx's timeout bounds each network operation on its own: an answer trickled a byte at a time never reaches
+    it. Within `deadline()`, every connect, TLS handshake, read and write gets at most what is left of that one
+    deadline, and fails as a timeout once nothing is left. (Each of them is bounded as a whole by the timeout it is
+    given, even a TLS handshake or a TLS record that arrives in pieces: CPython's socket and ssl modules keep one
+    deadline per call.)
+
+    `abort()` wakes and fails every call in flight, from any thread. A socket closed by another thread does not wake
+    a recv() blocked on it; shutdown() does. That is what lets the refresher stop within a moment even while a
+    provider hangs mid-answer.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, resolver: Resolver = socket.getaddrinfo) -> None:
         self._inner = httpcore.SyncBackend()
+        self._resolver = resolver
         self._lock = threading.Lock()
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._lookups: set[threading.Event] = set()
         self._aborted = False
+        self._deadline: float | None = None  # only the owning thread sets and reads it
+
+    @contextlib.contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        """Every network operation in the block, together, ends within `seconds` from now."""
+        self._deadline = time.monotonic() + seconds
+        try:
+            yield
+        finally:
+            self._deadline = None
+
+    def remaining(self, timeout: float | None, expired: type[httpcore.TimeoutException]) -> float | None:
+        """`timeout`, cut to what is left of the deadline; raises `expired` once nothing is left."""
+        if self._deadline is None:
+            return timeout
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise expired("timed out")
+        return left if timeout is None else min(timeout, left)
 
     def track(self, stream: httpcore.NetworkStream) -> httpcore.NetworkStream:
         sock = stream.get_extra_info("socket")
         with self._lock:
             if self._aborted:
                 stream.close()
-                raise httpcore.ConnectError("provider client stopped")
+                raise httpcore.ConnectError(_STOPPED)
             self._sockets.add(sock)
         return _TrackedStream(stream, self)
 
@@ -212,6 +247,9 @@ class _AbortableBackend(httpcore.NetworkBackend):
         with self._lock:
             self._aborted = True
             sockets = list(self._sockets)
+            lookups = list(self._lookups)
+        for lookup in lookups:
+            lookup.set()
         for sock in sockets:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -219,10 +257,55 @@ class _AbortableBackend(httpcore.NetworkBackend):
                 pass  # already closed
 
     def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        return self.track(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+        # To the resolved addresses in turn, as socket.create_connection() would; httpcore gives start_tls() the
+        # origin's host (or the authority) as the TLS server name on its own, so that stays the name, not the address.
+        error = httpcore.ConnectError(f"no address found for {host}")
+        for address in self._resolve(host, port, self.remaining(timeout, httpcore.ConnectTimeout)):
+            try:
+                stream = self._inner.connect_tcp(
+                    address, port, self.remaining(timeout, httpcore.ConnectTimeout), local_address, socket_options
+                )
+            except httpcore.ConnectError as e:
+                error = e  # refused or unreachable: the next address may answer (a timeout has used up the deadline)
+                continue
+            return self.track(stream)
+        raise error
+
+    def _resolve(self, host: str, port: int, timeout: float | None) -> list[str]:
+        """The addresses of `host`. getaddrinfo() takes no timeout and no socket's timeout bounds it, so it runs on a
+        helper thread, waited for at most `timeout` (a lookup that outlives it ends on its own; the thread is a
+        daemon)."""
+        found: list = []
+        done = threading.Event()
+
+        def lookup() -> None:
+            try:
+                found.append(self._resolver(host, port, type=socket.SOCK_STREAM))
+            except Exception as e:  # whatever the resolver raises is this call's failure, raised on the caller's thread
+                found.append(e)
+            done.set()
+
+        with self._lock:
+            if self._aborted:
+                raise httpcore.ConnectError(_STOPPED)
+            self._lookups.add(done)
+        try:
+            threading.Thread(target=lookup, name=f"{THREAD_PREFIX} resolver", daemon=True).start()
+            if not done.wait(timeout):
+                raise httpcore.ConnectTimeout("timed out")
+        finally:
+            with self._lock:
+                self._lookups.discard(done)
+        if self._aborted:
+            raise httpcore.ConnectError(_STOPPED)
+        if isinstance(found[0], Exception):
+            raise httpcore.ConnectError(str(found[0]) or type(found[0]).__name__) from found[0]
+        return list(dict.fromkeys(info[4][0] for info in found[0]))
 
     def connect_unix_socket(self, path, timeout=None, socket_options=None):
-        return self.track(self._inner.connect_unix_socket(path, timeout, socket_options))
+        return self.track(
+            self._inner.connect_unix_socket(path, self.remaining(timeout, httpcore.ConnectTimeout), socket_options)
+        )
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
@@ -234,15 +317,20 @@ class _TrackedStream(httpcore.NetworkStream):
         self._backend = backend
 
     def read(self, max_bytes, timeout=None):
-        return self._inner.read(max_bytes, timeout)
+        return self._inner.read(max_bytes, self._backend.remaining(timeout, httpcore.ReadTimeout))
 
     def write(self, buffer, timeout=None):
-        self._inner.write(buffer, timeout)
+        self._inner.write(buffer, self._backend.remaining(timeout, httpcore.WriteTimeout))
 
     def close(self):
         self._inner.close()
 
     def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+        try:
+            timeout = self._backend.remaining(timeout, httpcore.ConnectTimeout)
+        except httpcore.ConnectTimeout:
+            self.close()  # as httpcore's own start_tls() does when the handshake fails
+            raise
         # The TLS socket takes over the descriptor under a new object: track that one too.
         return self._backend.track(self._inner.start_tls(ssl_context, server_hostname, timeout))
 
@@ -286,7 +374,8 @@ class HttpExchange:
             verify=endpoint.ssl_context() if endpoint.url.startswith("https:") else False,
             uds=endpoint.socket or None,
         )
-        # httpx offers no hook for the network backend; the pool's own attribute is the one seam (httpx 0.28).
+        # httpx offers no hook for the network backend; the pool's own attribute is the one seam. httpx is pinned to
+        # 0.28.1 (requirements.txt) for it, and test_stop_does_not_wait_for_a_hanging_provider fails if it moves.
         transport._pool._network_backend = self._backend
         self._client = httpx.Client(
             transport=transport,
@@ -314,12 +403,12 @@ class HttpExchange:
             extensions=self._extensions,
         )
         try:
-            return self._exchange(request)
+            with self._backend.deadline(self.timeout):
+                return self._exchange(request)
         except httpx.HTTPError as e:
             raise _failure(e) from None
 
     def _exchange(self, request: httpx.Request) -> Answer:
-        deadline = time.monotonic() + self.timeout
         response = self._client.send(request, stream=True)
         try:
             declared = response.headers.get("Content-Length", "")
@@ -330,8 +419,6 @@ class HttpExchange:
                 body += chunk
                 if len(body) > MAX_BODY_BYTES:
                     raise Failed(f"body larger than {MAX_BODY_BYTES} bytes", "size")
-                if time.monotonic() > deadline:
-                    raise Failed("timed out", "timeout")
             return Answer(response.status_code, response.headers, bytes(body))
         finally:
             response.close()
