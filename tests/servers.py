@@ -1,5 +1,6 @@
 """Real loopback servers and a real mitmdump process for the tests. Nothing here stands in for a part under test."""
 
+import functools
 import http.server
 import json
 import os
@@ -10,7 +11,10 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
+
+import brotli
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDON = ROOT / "addon" / "header_augment.py"
@@ -347,3 +351,25 @@ def trickle(data: bytes, gap: float):
             time.sleep(gap)
 
     return respond
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The process's peak resident set size so far (VmHWM), in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)[1])
+
+
+@functools.cache
+def gzip_bomb() -> bytes:
+    """1 GiB of zeros, gzip-compressed to about 1 MB (made once per test session: it takes seconds)."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = bytes(1 << 20)
+    return b"".join(compressor.compress(zeros) for _ in range(1024)) + compressor.flush()
+
+
+@functools.cache
+def brotli_bomb() -> bytes:
+    """1 GiB of zeros, brotli-compressed (quality 1: made in a moment, still about 200 KB)."""
+    compressor = brotli.Compressor(quality=1)
+    zeros = bytes(1 << 20)
+    return b"".join(compressor.process(zeros) for _ in range(1024)) + compressor.finish()

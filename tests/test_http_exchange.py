@@ -1,24 +1,31 @@
 """The provider's HTTP client (`HttpExchange`) against hostile and broken providers on 127.0.0.1: one deadline for
-the whole call, no cookies, only the configured CA, nothing from an answer in the logs, and a reason class for every
-failure."""
+the whole call, bounded decoding, no cookies, only the configured CA, nothing from an answer in the logs, and a
+reason class for every failure."""
 
 import datetime
+import gzip
 import importlib.util
+import json
 import logging
 import socket
 import ssl
 import threading
 import time
+import tracemalloc
+import zlib
 
+import brotli
 import httpcore
 import httpx
 import pytest
-from servers import RawProvider, http_answer, trickle, wait_until
+from servers import RawProvider, gzip_bomb, http_answer, trickle, wait_until
 
 from header_augment_core.failures import REASON_CLASSES
 from header_augment_core.http_exchange import THREAD_PREFIX, _AbortableBackend
 from header_augment_core.rules import MAX_BODY_BYTES
 from header_augment_core.settings import parse_settings
+
+BODY = json.dumps({"X-A": "b"}).encode()
 
 
 def client(url, **fields):
@@ -218,6 +225,75 @@ def test_a_trickled_tls_handshake_is_bounded_too(provider, tmp_path):
         result = fetch(f"https://127.0.0.1:{relay.getsockname()[1]}/headers", ca=str(ca), timeout=0.5)
     assert (result.reason, result.reason_class) == ("timed out", "timeout")
     assert time.monotonic() - started < 5
+
+
+# -- compression --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"), [("gzip", gzip.compress), ("x-gzip", gzip.compress), ("deflate", zlib.compress)]
+)
+def test_the_provider_is_asked_for_identity_and_gzip_or_deflate_is_still_read(raw_provider, encoding, compress):
+    provider = raw_provider(answering(http_answer(compress(BODY), [("Content-Encoding", encoding)])))
+    result = fetch(provider.url)
+    assert result.ok and result.answer.headers == (("X-A", "b"),)
+    assert b"\r\naccept-encoding: identity\r\n" in provider.requests[0].lower()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "shown"),
+    [
+        ("br", brotli.compress(BODY), "br"),
+        ("BR", brotli.compress(BODY), "br"),
+        ("zstd", b"(zstd frames)", "zstd"),
+        ("x-s3cret-scheme", BODY, "an unknown encoding"),
+        ("gzip, br", BODY, "several encodings"),
+        ("gzip, gzip", gzip.compress(gzip.compress(BODY)), "several encodings"),
+    ],
+    ids=["br", "BR", "zstd", "unknown", "gzip-br", "gzip-gzip"],
+)
+def test_other_encodings_are_refused(raw_provider, encoding, body, shown):
+    provider = raw_provider(answering(http_answer(body, [("Content-Encoding", encoding)])))
+    result = fetch(provider.url)
+    reason = f"answer is compressed with {shown} (not supported; the provider is asked for identity)"
+    assert (result.reason, result.reason_class) == (reason, "body")
+
+
+def test_two_content_encoding_fields_are_several_encodings(raw_provider):
+    answer = http_answer(gzip.compress(BODY), [("Content-Encoding", "gzip"), ("Content-Encoding", "identity")])
+    result = fetch(raw_provider(answering(answer)).url)
+    assert result.reason.startswith("answer is compressed with several encodings")
+
+
+def test_a_gzip_bomb_is_decoded_only_up_to_the_limit(raw_provider):
+    assert len(gzip_bomb()) < MAX_BODY_BYTES  # so only decoding can stop it
+    answer = http_answer(gzip_bomb(), [("Content-Encoding", "gzip")])
+    provider = raw_provider(answering(answer))
+    c = client(provider.url)
+    tracemalloc.start()
+    try:
+        result = c.fetch()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        c.close()
+    assert (result.reason, result.reason_class) == (f"body larger than {MAX_BODY_BYTES} bytes", "size")
+    # An unbounded decoder turns each 64 KiB read of this body into 64 MiB.
+    assert peak < 8 * MAX_BODY_BYTES, peak
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "reason"),
+    [
+        ("gzip", gzip.compress(BODY)[:-10], "compressed answer is cut short"),
+        ("gzip", b"s3cret, not gzip at all", "answer is not valid gzip"),
+        ("deflate", b"s3cret, not deflate", "answer is not valid deflate"),
+    ],
+    ids=["gzip-cut-short", "not-gzip", "not-deflate"],
+)
+def test_a_broken_compressed_body_fails(raw_provider, encoding, body, reason):
+    result = fetch(raw_provider(answering(http_answer(body, [("Content-Encoding", encoding)]))).url)
+    assert (result.reason, result.reason_class) == (reason, "body")
 
 
 # -- cookies, trust, logs -----------------------------------------------------------------------------------------

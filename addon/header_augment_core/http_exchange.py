@@ -1,6 +1,6 @@
 """One HTTP exchange with a provider's endpoint (httpx), for the kinds that speak HTTP (http, oauth2): the endpoint's
-settings, and a client whose every call is bounded by one deadline and fails every way a call can fail with a short,
-value-free reason.
+settings, and a client whose every call is bounded (one deadline, a body read within the size limit however it is
+compressed, no cookies kept) and fails every way a call can fail with a short, value-free reason.
 """
 
 import contextlib
@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.parse
 import weakref
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -338,6 +339,55 @@ class _TrackedStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
+# gzip and deflate (the zlib format, RFC 9110 §8.4.1) can be decoded a bounded piece at a time; the provider is asked
+# for identity, so these are only what some servers send anyway.
+_ZLIB_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+# The other content codings registered with IANA: a name from this list may be shown in a reason; any other is the
+# provider's free text, which is not.
+_REGISTERED_CODINGS = frozenset("aes128gcm br compress dcb dcz exi pack200-gzip x-compress zstd".split())
+
+
+def _too_large() -> Failed:
+    return Failed(f"body larger than {MAX_BODY_BYTES} bytes", "size")
+
+
+def _read_body(response: httpx.Response) -> bytes:
+    """The body, read undecoded and decoded here if the provider compressed it anyway: never more than
+    MAX_BODY_BYTES + 1 bytes of it in memory, however well it is compressed (httpx decodes a whole read at once,
+    brotli a whole answer: an 809-byte brotli body took 2.25 GB)."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+    codings = [c.strip().lower() for c in response.headers.get_list("Content-Encoding", split_commas=True)]
+    decompressor = None
+    if len(codings) == 1 and codings[0] in _ZLIB_CODINGS:
+        decompressor = zlib.decompressobj(_ZLIB_CODINGS[codings[0]])
+    elif codings not in ([], ["identity"]):
+        if len(codings) > 1:
+            name = "several encodings"
+        else:
+            name = codings[0] if codings[0] in _REGISTERED_CODINGS else "an unknown encoding"
+        raise Failed(f"answer is compressed with {name} (not supported; the provider is asked for identity)", "body")
+    received = 0
+    body = bytearray()
+    for chunk in response.iter_raw():
+        received += len(chunk)
+        if received > MAX_BODY_BYTES:
+            raise _too_large()
+        if decompressor is not None:
+            try:
+                # Input it leaves unread (unconsumed_tail) only means the output has reached the limit.
+                chunk = decompressor.decompress(chunk, MAX_BODY_BYTES + 1 - len(body))
+            except zlib.error:
+                raise Failed(f"answer is not valid {codings[0]}", "body") from None
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise _too_large()
+    if decompressor is not None and not decompressor.eof:
+        raise Failed("compressed answer is cut short", "body")
+    return bytes(body)
+
+
 # h11 quotes the bytes it could not parse (`illegal header line: bytearray(b'...')`): the provider's, so cut off.
 _QUOTED = re.compile(r"""\s*:?\s*(?:bytearray\()?b?['"]""")
 
@@ -385,7 +435,7 @@ class HttpExchange:
             # A provider's cookies are not kept: a jar grows with every answer and sends all of it back. (The jar is
             # given as is; one wrapped in httpx.Cookies would be copied into a jar with the default policy.)
             cookies=http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
-            headers={"Accept": accept, "User-Agent": "header-augment"},
+            headers={"Accept": accept, "Accept-Encoding": "identity", "User-Agent": "header-augment"},
         )
         self._extensions = {}
         self._headers = {}
@@ -404,24 +454,13 @@ class HttpExchange:
         )
         try:
             with self._backend.deadline(self.timeout):
-                return self._exchange(request)
+                response = self._client.send(request, stream=True)
+                try:
+                    return Answer(response.status_code, response.headers, _read_body(response))
+                finally:
+                    response.close()
         except httpx.HTTPError as e:
             raise _failure(e) from None
-
-    def _exchange(self, request: httpx.Request) -> Answer:
-        response = self._client.send(request, stream=True)
-        try:
-            declared = response.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-                raise Failed(f"body larger than {MAX_BODY_BYTES} bytes", "size")
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > MAX_BODY_BYTES:
-                    raise Failed(f"body larger than {MAX_BODY_BYTES} bytes", "size")
-            return Answer(response.status_code, response.headers, bytes(body))
-        finally:
-            response.close()
 
     def abort(self) -> None:
         """Fail the call in flight (if any) and every later one. Safe from any thread."""
