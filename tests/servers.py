@@ -1,5 +1,6 @@
 """Real loopback servers and a real mitmdump process for the tests. Nothing here stands in for a part under test."""
 
+import functools
 import http.server
 import json
 import os
@@ -12,7 +13,10 @@ import sys
 import threading
 import time
 import urllib.parse
+import zlib
 from pathlib import Path
+
+import brotli
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDON = ROOT / "addon" / "header_augment.py"
@@ -433,3 +437,81 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
         sink.shutdown(socket.SHUT_WR)
     except OSError:
         pass
+
+
+class RawProvider:
+    """A provider on 127.0.0.1 that writes its answer on the raw socket, for answers no well-behaved server sends
+    (a trickled head, a malformed header line, a body compressed against the request's Accept-Encoding).
+
+    Each connection carries one request: its head is kept in `requests` (bytes), then `respond(sock)` writes the
+    answer (it may be changed between requests) and the connection is closed.
+    """
+
+    def __init__(self, respond) -> None:
+        self.respond = respond
+        self.requests: list[bytes] = []
+        provider = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = self.request.recv(65536)
+                    if not data:
+                        return
+                    head += data
+                provider.requests.append(head)
+                try:
+                    provider.respond(self.request)
+                except OSError:
+                    pass  # the client gave up on the answer (its timeout, or it refused what it read)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/headers"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def http_answer(body: bytes, headers: list[tuple[str, str]] = (), status: str = "200 OK") -> bytes:
+    """An HTTP/1.1 answer as bytes, with Content-Length, closing the connection."""
+    lines = [f"HTTP/1.1 {status}", *(f"{name}: {value}" for name, value in headers)]
+    lines += [f"Content-Length: {len(body)}", "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def trickle(data: bytes, gap: float):
+    """A `RawProvider` respond function writing `data` one byte every `gap` seconds."""
+
+    def respond(sock) -> None:
+        for i in range(len(data)):
+            sock.sendall(data[i : i + 1])
+            time.sleep(gap)
+
+    return respond
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The process's peak resident set size so far (VmHWM), in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)[1])
+
+
+@functools.cache
+def gzip_bomb() -> bytes:
+    """1 GiB of zeros, gzip-compressed to about 1 MB (made once per test session: it takes seconds)."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = bytes(1 << 20)
+    return b"".join(compressor.compress(zeros) for _ in range(1024)) + compressor.flush()
+
+
+@functools.cache
+def brotli_bomb() -> bytes:
+    """1 GiB of zeros, brotli-compressed (quality 1: made in a moment, still about 200 KB)."""
+    compressor = brotli.Compressor(quality=1)
+    zeros = bytes(1 << 20)
+    return b"".join(compressor.process(zeros) for _ in range(1024)) + compressor.finish()

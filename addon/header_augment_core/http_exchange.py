@@ -1,7 +1,10 @@
 """One HTTP exchange with a provider's endpoint (httpx), for the kinds that speak HTTP (http, oauth2): the endpoint's
-settings, and a client that fails every way a call can fail with a short, value-free reason.
+settings, and a client whose every call is bounded (one deadline, a body read within the size limit however it is
+compressed, no cookies kept) and fails every way a call can fail with a short, value-free reason.
 """
 
+import contextlib
+import http.cookiejar
 import logging
 import re
 import socket
@@ -10,6 +13,8 @@ import threading
 import time
 import urllib.parse
 import weakref
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import certifi  # httpx's own default trust store
@@ -24,7 +29,8 @@ THREAD_PREFIX = "header-augment"
 
 
 class _NotFromRefreshers(logging.Filter):
-    """httpx logs every request URL at INFO; ours may carry a token in its query, and we log our own lines."""
+    """Drops what httpx and httpcore log on our threads: httpx logs every request URL at INFO (ours may carry a token
+    in its query), httpcore's debug trace logs each answer's head (cookies included). We log our own lines."""
 
     marker = "header-augment"  # survives script reloads, where this class is a new object
 
@@ -32,9 +38,17 @@ class _NotFromRefreshers(logging.Filter):
         return not record.threadName.startswith(THREAD_PREFIX)
 
 
-_httpx_logger = logging.getLogger("httpx")
-if not any(getattr(f, "marker", None) == _NotFromRefreshers.marker for f in _httpx_logger.filters):
-    _httpx_logger.addFilter(_NotFromRefreshers())
+def _filter_provider_records() -> None:
+    # A logger's filters do not see its children's records, so each logger needs its own; httpcore has made all of
+    # its loggers by now (they are module globals of what `import httpcore` imports).
+    names = [name for name in logging.root.manager.loggerDict if name.partition(".")[0] == "httpcore"]
+    for name in ["httpx", *names]:
+        logger = logging.getLogger(name)
+        if not any(getattr(f, "marker", None) == _NotFromRefreshers.marker for f in logger.filters):
+            logger.addFilter(_NotFromRefreshers())
+
+
+_filter_provider_records()
 
 
 def redact_url(url: str) -> str:
@@ -145,9 +159,9 @@ class Endpoint:
 
     def ssl_context(self) -> ssl.SSLContext:
         """The TLS settings for an https provider; raises SettingsError if the CA or certificate is unusable."""
-        context = ssl.create_default_context()
         try:
-            context.load_verify_locations(cafile=self.ca or certifi.where())
+            # The given bundle replaces the default store (certifi's, as in httpx), so it is all that is trusted.
+            context = ssl.create_default_context(cafile=self.ca or certifi.where())
         except (OSError, ssl.SSLError) as e:
             raise SettingsError(f"cannot load CA bundle {self.ca!r}: {e}", field="ca") from None
         if self.cert:
@@ -176,25 +190,57 @@ class Answer:
         return f"HTTP {self.status}"
 
 
-class _AbortableBackend(httpcore.NetworkBackend):
-    """httpcore's blocking backend, plus `abort()`: wake and fail every call in flight, from any thread.
+Resolver = Callable[..., list]
+_STOPPED = "provider client stopped"
 
-    A socket closed by another thread does not wake a recv() blocked on it; shutdown() does. That is what lets
-    the refresher stop within a moment even while a provider hangs mid-answer.
+
+class _AbortableBackend(httpcore.NetworkBackend):
+    """httpcore's blocking backend, plus one deadline per call and `abort()`.
+
+    httpx's timeout bounds each network operation on its own: an answer trickled a byte at a time never reaches
+    it. Within `deadline()`, every connect, TLS handshake, read and write gets at most what is left of that one
+    deadline, and fails as a timeout once nothing is left. (Each of them is bounded as a whole by the timeout it is
+    given, even a TLS handshake or a TLS record that arrives in pieces: CPython's socket and ssl modules keep one
+    deadline per call.)
+
+    `abort()` wakes and fails every call in flight, from any thread. A socket closed by another thread does not wake
+    a recv() blocked on it; shutdown() does. That is what lets the refresher stop within a moment even while a
+    provider hangs mid-answer.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, resolver: Resolver = socket.getaddrinfo) -> None:
         self._inner = httpcore.SyncBackend()
+        self._resolver = resolver
         self._lock = threading.Lock()
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._lookups: set[threading.Event] = set()
         self._aborted = False
+        self._deadline: float | None = None  # only the owning thread sets and reads it
+
+    @contextlib.contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        """Every network operation in the block, together, ends within `seconds` from now."""
+        self._deadline = time.monotonic() + seconds
+        try:
+            yield
+        finally:
+            self._deadline = None
+
+    def remaining(self, timeout: float | None, expired: type[httpcore.TimeoutException]) -> float | None:
+        """`timeout`, cut to what is left of the deadline; raises `expired` once nothing is left."""
+        if self._deadline is None:
+            return timeout
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise expired("timed out")
+        return left if timeout is None else min(timeout, left)
 
     def track(self, stream: httpcore.NetworkStream) -> httpcore.NetworkStream:
         sock = stream.get_extra_info("socket")
         with self._lock:
             if self._aborted:
                 stream.close()
-                raise httpcore.ConnectError("provider client stopped")
+                raise httpcore.ConnectError(_STOPPED)
             self._sockets.add(sock)
         return _TrackedStream(stream, self)
 
@@ -202,6 +248,9 @@ class _AbortableBackend(httpcore.NetworkBackend):
         with self._lock:
             self._aborted = True
             sockets = list(self._sockets)
+            lookups = list(self._lookups)
+        for lookup in lookups:
+            lookup.set()
         for sock in sockets:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -209,10 +258,55 @@ class _AbortableBackend(httpcore.NetworkBackend):
                 pass  # already closed
 
     def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        return self.track(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+        # To the resolved addresses in turn, as socket.create_connection() would; httpcore gives start_tls() the
+        # origin's host (or the authority) as the TLS server name on its own, so that stays the name, not the address.
+        error = httpcore.ConnectError(f"no address found for {host}")
+        for address in self._resolve(host, port, self.remaining(timeout, httpcore.ConnectTimeout)):
+            try:
+                stream = self._inner.connect_tcp(
+                    address, port, self.remaining(timeout, httpcore.ConnectTimeout), local_address, socket_options
+                )
+            except httpcore.ConnectError as e:
+                error = e  # refused or unreachable: the next address may answer (a timeout has used up the deadline)
+                continue
+            return self.track(stream)
+        raise error
+
+    def _resolve(self, host: str, port: int, timeout: float | None) -> list[str]:
+        """The addresses of `host`. getaddrinfo() takes no timeout and no socket's timeout bounds it, so it runs on a
+        helper thread, waited for at most `timeout` (a lookup that outlives it ends on its own; the thread is a
+        daemon)."""
+        found: list = []
+        done = threading.Event()
+
+        def lookup() -> None:
+            try:
+                found.append(self._resolver(host, port, type=socket.SOCK_STREAM))
+            except Exception as e:  # whatever the resolver raises is this call's failure, raised on the caller's thread
+                found.append(e)
+            done.set()
+
+        with self._lock:
+            if self._aborted:
+                raise httpcore.ConnectError(_STOPPED)
+            self._lookups.add(done)
+        try:
+            threading.Thread(target=lookup, name=f"{THREAD_PREFIX} resolver", daemon=True).start()
+            if not done.wait(timeout):
+                raise httpcore.ConnectTimeout("timed out")
+        finally:
+            with self._lock:
+                self._lookups.discard(done)
+        if self._aborted:
+            raise httpcore.ConnectError(_STOPPED)
+        if isinstance(found[0], Exception):
+            raise httpcore.ConnectError(str(found[0]) or type(found[0]).__name__) from found[0]
+        return list(dict.fromkeys(info[4][0] for info in found[0]))
 
     def connect_unix_socket(self, path, timeout=None, socket_options=None):
-        return self.track(self._inner.connect_unix_socket(path, timeout, socket_options))
+        return self.track(
+            self._inner.connect_unix_socket(path, self.remaining(timeout, httpcore.ConnectTimeout), socket_options)
+        )
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
@@ -224,15 +318,20 @@ class _TrackedStream(httpcore.NetworkStream):
         self._backend = backend
 
     def read(self, max_bytes, timeout=None):
-        return self._inner.read(max_bytes, timeout)
+        return self._inner.read(max_bytes, self._backend.remaining(timeout, httpcore.ReadTimeout))
 
     def write(self, buffer, timeout=None):
-        self._inner.write(buffer, timeout)
+        self._inner.write(buffer, self._backend.remaining(timeout, httpcore.WriteTimeout))
 
     def close(self):
         self._inner.close()
 
     def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+        try:
+            timeout = self._backend.remaining(timeout, httpcore.ConnectTimeout)
+        except httpcore.ConnectTimeout:
+            self.close()  # as httpcore's own start_tls() does when the handshake fails
+            raise
         # The TLS socket takes over the descriptor under a new object: track that one too.
         return self._backend.track(self._inner.start_tls(ssl_context, server_hostname, timeout))
 
@@ -240,17 +339,77 @@ class _TrackedStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
+# gzip and deflate (the zlib format, RFC 9110 §8.4.1) can be decoded a bounded piece at a time; the provider is asked
+# for identity, so these are only what some servers send anyway.
+_ZLIB_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+# The other content codings registered with IANA: a name from this list may be shown in a reason; any other is the
+# provider's free text, which is not.
+_REGISTERED_CODINGS = frozenset("aes128gcm br compress dcb dcz exi pack200-gzip x-compress zstd".split())
+
+
+def _too_large() -> Failed:
+    return Failed(f"body larger than {MAX_BODY_BYTES} bytes", "size")
+
+
+def _read_body(response: httpx.Response) -> bytes:
+    """The body, read undecoded and decoded here if the provider compressed it anyway: never more than
+    MAX_BODY_BYTES + 1 bytes of it in memory, however well it is compressed (httpx decodes a whole read at once,
+    brotli a whole answer: an 809-byte brotli body took 2.25 GB)."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+    codings = [c.strip().lower() for c in response.headers.get_list("Content-Encoding", split_commas=True)]
+    decompressor = None
+    if len(codings) == 1 and codings[0] in _ZLIB_CODINGS:
+        decompressor = zlib.decompressobj(_ZLIB_CODINGS[codings[0]])
+    elif codings not in ([], ["identity"]):
+        if len(codings) > 1:
+            name = "several encodings"
+        else:
+            name = codings[0] if codings[0] in _REGISTERED_CODINGS else "an unknown encoding"
+        raise Failed(f"answer is compressed with {name} (not supported; the provider is asked for identity)", "body")
+    received = 0
+    body = bytearray()
+    for chunk in response.iter_raw():
+        received += len(chunk)
+        if received > MAX_BODY_BYTES:
+            raise _too_large()
+        if decompressor is not None:
+            try:
+                # Input it leaves unread (unconsumed_tail) only means the output has reached the limit.
+                chunk = decompressor.decompress(chunk, MAX_BODY_BYTES + 1 - len(body))
+            except zlib.error:
+                raise Failed(f"answer is not valid {codings[0]}", "body") from None
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise _too_large()
+    if decompressor is not None and not decompressor.eof:
+        raise Failed("compressed answer is cut short", "body")
+    return bytes(body)
+
+
+# h11 quotes the bytes it could not parse (`illegal header line: bytearray(b'...')`): the provider's, so cut off.
+_QUOTED = re.compile(r"""\s*:?\s*(?:bytearray\()?b?['"]""")
+
+
 def _failure(error: httpx.HTTPError) -> Failed:
-    """A reason for the log. httpx messages carry no header values; the URL is never part of them here."""
+    """A reason for the log and its class. httpx's messages here never hold the URL; they hold the answer's bytes
+    only where h11 could not parse them, and those are cut off."""
     if isinstance(error, httpx.TimeoutException):
         return Failed("timed out", "timeout")
-    cause = error.__context__ or error
     text = str(error) or type(error).__name__
-    if isinstance(error, httpx.ConnectError) and isinstance(cause, httpcore.ConnectError):
-        text = str(cause) or text
-    reason_class = "tls" if "SSL" in text or "CERTIFICATE" in text else "connect"
-    if not isinstance(error, httpx.ConnectError):
-        reason_class = "body"
+    causes = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in causes:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(c, ssl.SSLError) for c in causes):
+        reason_class = "tls"  # in the handshake, or after it: a TLS 1.3 server refuses a client certificate then
+    elif isinstance(error, httpx.ConnectError | httpx.WriteError):
+        reason_class = "connect"
+    else:
+        reason_class = "body" if isinstance(error, httpx.RemoteProtocolError | httpx.ReadError) else "other"
+        text = _QUOTED.split(text, 1)[0]
     return Failed(f"{type(error).__name__}: {text}", reason_class)
 
 
@@ -265,14 +424,18 @@ class HttpExchange:
             verify=endpoint.ssl_context() if endpoint.url.startswith("https:") else False,
             uds=endpoint.socket or None,
         )
-        # httpx offers no hook for the network backend; the pool's own attribute is the one seam (httpx 0.28).
+        # httpx offers no hook for the network backend; the pool's own attribute is the one seam. httpx is pinned to
+        # 0.28.1 (requirements.txt) for it, and test_stop_does_not_wait_for_a_hanging_provider fails if it moves.
         transport._pool._network_backend = self._backend
         self._client = httpx.Client(
             transport=transport,
             trust_env=False,  # never through HTTP(S)_PROXY: the proxy must not call itself
             follow_redirects=False,
             timeout=timeout,
-            headers={"Accept": accept, "User-Agent": "header-augment"},
+            # A provider's cookies are not kept: a jar grows with every answer and sends all of it back. (The jar is
+            # given as is; one wrapped in httpx.Cookies would be copied into a jar with the default policy.)
+            cookies=http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
+            headers={"Accept": accept, "Accept-Encoding": "identity", "User-Agent": "header-augment"},
         )
         self._extensions = {}
         self._headers = {}
@@ -290,27 +453,14 @@ class HttpExchange:
             extensions=self._extensions,
         )
         try:
-            return self._exchange(request)
+            with self._backend.deadline(self.timeout):
+                response = self._client.send(request, stream=True)
+                try:
+                    return Answer(response.status_code, response.headers, _read_body(response))
+                finally:
+                    response.close()
         except httpx.HTTPError as e:
             raise _failure(e) from None
-
-    def _exchange(self, request: httpx.Request) -> Answer:
-        deadline = time.monotonic() + self.timeout
-        response = self._client.send(request, stream=True)
-        try:
-            declared = response.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-                raise Failed(f"body larger than {MAX_BODY_BYTES} bytes", "size")
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > MAX_BODY_BYTES:
-                    raise Failed(f"body larger than {MAX_BODY_BYTES} bytes", "size")
-                if time.monotonic() > deadline:
-                    raise Failed("timed out", "timeout")
-            return Answer(response.status_code, response.headers, bytes(body))
-        finally:
-            response.close()
 
     def abort(self) -> None:
         """Fail the call in flight (if any) and every later one. Safe from any thread."""
