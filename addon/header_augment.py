@@ -46,6 +46,19 @@ _LOWER_CASE_NAMES = (b"HTTP/2.0", b"HTTP/3")  # versions whose header names must
 
 Label = Callable[[str], str]
 WAIT = object()  # from Binding.apply: hold the request until the provider's first fetch has finished
+# flow.metadata key: what a flow had before we added headers, where it was going and the names we added, so that
+# `request` can take them back if another addon reroutes the flow after the match (map_remote does, in `request`).
+GIVEN = "header-augment given"
+
+
+class RerouteGuard:
+    """Checks each flow once every other addon's `request` hook has run: scripts (ours too) run before mitmproxy's
+    own map_remote and modify_headers, so HeaderAugment puts this at the end of the addon chain while it runs."""
+
+    name = "header-augment reroute guard"
+
+    def __init__(self, check: Callable[[http.HTTPFlow], None]) -> None:
+        self.request = check
 
 
 @dataclass(frozen=True)
@@ -86,7 +99,8 @@ class Binding:
                 _note(flow, f"{self.comment}no usable headers, passed without")
             return None
         h2 = request.data.http_version in _LOWER_CASE_NAMES
-        fields, clashes = merge(request.headers.fields, snapshot, self.settings.merge, h2)
+        existing = request.headers.fields
+        fields, clashes = merge(existing, snapshot, self.settings.merge, h2)
         if clashes:
             counters.already_present += 1
             _note(flow, self.comment + _clash_note(snapshot, clashes, self.settings.merge))
@@ -95,6 +109,11 @@ class Binding:
         if fields is not None:
             request.headers.fields = fields
             counters.given += 1
+            given = flow.metadata.get(GIVEN)
+            if given is None:
+                flow.metadata[GIVEN] = (existing, request.host, request.port, set(snapshot.lowered))
+            else:
+                given[3].update(snapshot.lowered)
         return None
 
 
@@ -151,6 +170,7 @@ class HeaderAugment:
         self._hook_errors = 0
         self._hook_error_logged_at = -HOOK_ERROR_LOG_INTERVAL
         self._admin = AdminEndpoint(lambda: self.bindings, self.refresh)
+        self._guard = RerouteGuard(self.check_reroute)
 
     # -- configuration ------------------------------------------------------------------------------------------
 
@@ -278,6 +298,7 @@ class HeaderAugment:
     def running(self) -> None:
         self._running = True
         self._start()
+        ctx.master.addons.add(self._guard)
         self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="header-augment ticker")
         try:
             self._admin.serve()  # tornado serves on the loop that runs now
@@ -286,6 +307,8 @@ class HeaderAugment:
 
     def done(self) -> None:
         self._running = False
+        if self._guard in ctx.master.addons.chain:
+            ctx.master.addons.remove(self._guard)
         self._admin.close()
         if self._ticker is not None:
             self._ticker.cancel()
@@ -336,6 +359,25 @@ class HeaderAugment:
         if flow.response or flow.error or not flow.live:
             return None
         return self._apply(flow, self.bindings, set())
+
+    def check_reroute(self, flow: http.HTTPFlow) -> None:
+        """The match was made in `requestheaders` against the destination then. If an addon has rerouted the flow
+        since (map_remote does, in `request`), what we added goes back out, and the headers are applied again for
+        where it goes now: credentials never follow a flow to a host not named. Called by `RerouteGuard`."""
+        given = flow.metadata.pop(GIVEN, None)
+        if given is None:
+            return
+        original, host, port, names = given
+        request = flow.request
+        if request.host == host and request.port == port:
+            return
+        touched = names | {b"connection"}  # and the Connection header we may have edited
+        request.headers.fields = tuple(f for f in request.headers.fields if f[0].lower() not in touched) + tuple(
+            f for f in original if f[0].lower() in touched
+        )
+        _note(flow, f"header-augment: headers taken back: rerouted from {host}:{port} after the match")
+        if not (flow.response or flow.error):
+            self._apply(flow, self.bindings, {b.refresher for b in self.bindings})  # no waiting here
 
     def _apply(self, flow: http.HTTPFlow, bindings: tuple[Binding, ...], waited: set) -> Coroutine | None:
         """Apply `bindings` in order; a coroutine (for mitmproxy to await) if one must wait for a first fetch."""

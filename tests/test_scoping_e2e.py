@@ -668,7 +668,6 @@ def test_emptying_the_hosts_at_runtime_is_refused(mitmdump, provider, world):
     assert SECRET not in m.output
 
 
-@pytest.mark.xfail(strict=True, reason="the match happens in requestheaders; map_remote reroutes in request")
 def test_a_flow_rerouted_after_the_match_does_not_take_the_token_along(mitmdump, provider, world):
     a, b = world.a.port, world.b.port
     provider.answer({"Authorization": TOKEN})
