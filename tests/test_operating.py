@@ -560,3 +560,23 @@ def test_the_periodic_check_survives_an_unexpected_error(provider, tmp_path, cap
         hosts, calls = asyncio.run(scenario())
     assert hosts == ("two.example",) and calls >= 3
     assert "unexpected error in the periodic check" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            "{hosts: a}",
+            "provider 1: kind: not given, so one of url, path, command must name the source (none is given)",
+        ),
+        (
+            "{hosts: a, url: 'http://a/', path: /x}",
+            "provider 1: kind: not given, so one of url, path, command must name the source "
+            "(url and path are both given)",
+        ),
+    ],
+)
+def test_an_entry_without_one_source_is_refused_naming_the_fields_once(tmp_path, entry, message):
+    with pytest.raises(SettingsError) as e:
+        load_providers_file(write(tmp_path / "p.yaml", f"- {entry}\n"))
+    assert str(e.value).endswith(message) and str(e.value).count("provider 1") == 1

@@ -1,6 +1,7 @@
 """One provider's settings: those every kind shares (declared here) and its kind's own (`kinds/`), parsed and
 checked before anything is started with them."""
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -115,7 +116,7 @@ class ProviderSettings:
     def kind(self) -> str:
         return self.source.KIND
 
-    @property
+    @functools.cached_property  # logged on every fetch; a frozen dataclass, so it never changes
     def label(self) -> str:
         """How logs and the status report name this provider."""
         return f"{self.name} ({self.source.display})" if self.name else self.source.display
@@ -153,8 +154,10 @@ def _kind_of(values: Mapping[str, object], label: Label) -> type[Source]:
     locators = {kind.LOCATOR: kind for kind in KINDS.values() if kind.LOCATOR}
     given = [field for field in locators if values.get(field)]
     if len(given) != 1:
-        what = " and ".join(label(f) for f in given) if given else "none"
-        raise SettingsError(f"give exactly one of {', '.join(label(f) for f in locators)} (given: {what})")
+        what = f"{' and '.join(given)} are {'both' if len(given) == 2 else 'all'} given" if given else "none is given"
+        raise SettingsError(
+            f"{label('kind')}: not given, so one of {', '.join(locators)} must name the source ({what})"
+        )
     return locators[given[0]]
 
 
