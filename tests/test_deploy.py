@@ -256,3 +256,28 @@ def test_service_scripts_show_their_help(service):
     command = COMPOSE["services"][service]["command"]
     result = subprocess.run([sys.executable, str(ROOT / command[1]), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage" in result.stdout, shlex.join(command)
+
+
+def test_the_pod_can_import_the_addon(tmp_path):
+    """Lay the ConfigMaps out as deployment.yaml mounts them in the proxy's container, then load the addon from
+    there: a subpackage missing from the ConfigMaps broke the sidecar with ModuleNotFoundError."""
+    maps = {d["metadata"]["name"]: d["data"] for d in k8s_documents("configmap.yaml")}
+    pod = pod_spec()["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    sidecar = next(c for c in pod["initContainers"] if c["name"] == "header-augment")
+    for mount in sidecar["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "configMap" in volume:
+            target = tmp_path / mount["mountPath"].lstrip("/")
+            target.mkdir(parents=True, exist_ok=True)
+            for name, text in maps[volume["configMap"]["name"]].items():
+                (target / name).write_text(text)
+    script = tmp_path / sidecar["command"][sidecar["command"].index("-s") + 1].lstrip("/")
+    loaded = subprocess.run(
+        [sys.executable, "-c", f"import runpy; runpy.run_path({str(script)!r}); print('loaded')"],
+        cwd=tmp_path,
+        env=clean_env() | {"PYTHONPATH": str(script.parent)},
+        capture_output=True,
+        text=True,
+    )
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "loaded", loaded.stderr
