@@ -5,7 +5,10 @@ called from `AddonManager.register`). If mitmproxy's own parser rejects such a v
 escapes `Script.loadscript` (its `safecall` re-raises OptionsError) inside the script watcher task: the script is
 dropped, nothing is logged, and the proxy runs on without it. A misspelled name just stays deferred forever.
 `check_deferred` runs in our `load()`, before that, and turns both into logged errors (which stop mitmdump at
-start-up) while taking the bad values out of mitmproxy's way.
+start-up) while taking the bad values out of mitmproxy's way. It reads mitmproxy's private deferred-option state
+(`OptManager.deferred`, `_parse_setval`, `_UnconvertedStrings`; mitmproxy is pinned to 12.3.1): mitmproxy's own bug,
+https://github.com/mitmproxy/mitmproxy/issues/8013 (fix proposed in pull request 8429). Once a mitmproxy release
+logs these failures itself, this check can go.
 """
 
 import difflib
