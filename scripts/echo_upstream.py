@@ -7,6 +7,7 @@ Standard library only.
 import argparse
 import http.server
 import json
+import ssl
 
 
 class EchoHandler(http.server.BaseHTTPRequestHandler):
@@ -68,10 +69,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument("--tls", metavar="PEM", help="serve HTTPS with this certificate and its key (one PEM file)")
     args = parser.parse_args()
     server = serve(args.host, args.port)
+    scheme = "http"
+    if args.tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
     host, port = server.server_address[:2]
-    print(f"echo upstream listening on http://{host}:{port}/", flush=True)
+    print(f"echo upstream listening on {scheme}://{host}:{port}/", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
