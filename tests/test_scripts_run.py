@@ -89,6 +89,21 @@ def test_by_default_the_demo_headers_go_to_the_readme_upstream_only(tmp_path, up
         run.kill_group()
 
 
+def test_a_config_yaml_that_overrides_the_demo_settings_is_pointed_out(tmp_path, upstream):
+    """mitmproxy applies config.yaml after the command line: scripts/run said it used the demo provider while the
+    file's own provider was in use."""
+    (tmp_path / "confdir").mkdir()
+    (tmp_path / "confdir" / "config.yaml").write_text("header_refresh_interval: 30s\n")
+    run = start_run(tmp_path, "--set", "header_hosts=127.0.0.1")
+    try:
+        Started(run)
+        assert (
+            f"{tmp_path / 'confdir'}/config.yaml exists: its options override those given to scripts/run" in run.output
+        )
+    finally:
+        run.kill_group()
+
+
 def test_the_exit_status_is_the_proxys(tmp_path):
     run = start_run(tmp_path, "--set", "header_refresh_interval=10x")
     try:
