@@ -11,10 +11,13 @@ How the commands are run (the only liberties taken with their text):
   localhost:8000), 8000 mapped like the echo upstream's: the default names port 8000, which need not be free here.
 - The recipes' hosts (*.googleapis.com, an EKS endpoint, vault.example.com, api.partner.example, api.example.com) do
   not resolve here. So each recipe's mitmdump, the projected-token args, `header-augment` and the scripts/run
-  commands that name api.example.com get `--mode upstream:` a `LoopbackProxy`, whose resolver answers 127.0.0.1:
+  examples of "The two commands" get `--mode upstream:` a `LoopbackProxy`, whose resolver answers 127.0.0.1:
   mitmproxy still sends each request to the name, which is what header_hosts is matched with, and the test sends
-  its request to such a name on the echo upstream's port (the Vault recipe's port 8200 is mapped to it). Each
-  recipe's mitmdump also gets `--listen-host 127.0.0.1 --listen-port 0 --set confdir=<scratch>`.
+  its request to such a name on the echo upstream's port (the Vault recipe's port 8200 is mapped to it). Every
+  mitmdump started here but scripts/run's (which take HEADER_AUGMENT_PORT and HOME) also gets `--listen-host
+  127.0.0.1 --listen-port 0 --set confdir=<scratch>`.
+- `--set header_admin_listen=127.0.0.1:9901` (Readiness, liveness and metrics) is given to a mitmdump whose provider
+  the test holds, so that /ready can be seen before and after the first answer.
 - Absolute paths become the same paths under a scratch root (`PATHS`, each named); the files the README assumes are
   there are created: the Vault Agent's token, the cluster's CA (really the CA of the TLS echo upstream that stands in
   for the EKS endpoint, so mitmproxy verifies it with that file), the projected volume as the kubelet lays it out,
@@ -27,6 +30,7 @@ Every proxy is started at once by the module's `world`, and each test waits for 
 
 import datetime
 import json
+import logging
 import os
 import re
 import shlex
@@ -41,11 +45,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import header_augment
 import httpx
 import pytest
 import yaml
 from conftest import client_for
 from helpers.support import jwt, kubelet_volume
+from mitmproxy import exceptions
+from mitmproxy.test import taddons
 from processes import Running, processes_in_group
 from prometheus_client.parser import text_string_to_metric_families
 from servers import ADDON, MITMDUMP, ROOT, HeldProvider, LoopbackProxy, Mitmdump, Provider, Upstream
@@ -68,11 +75,14 @@ from header_augment_core.kinds import KINDS
 from header_augment_core.options import LOCATORS, OPTIONS
 from header_augment_core.providers_file import load_providers_file
 
+# A dozen proxies start at once: on a busy 2-core machine the first test may wait for most of them.
+pytestmark = pytest.mark.timeout(150)
+
 README = (ROOT / "README.md").read_text()
 BLOCKS = [b for b in readme_blocks() if b.section != CLIENTS_SECTION]
 STAND_INS = ROOT / "tests" / "helpers" / "bin"
 VENV_BIN = MITMDUMP.parent
-START = 45  # bound on a proxy's start-up with a dozen starting at once on a busy machine: only guards against a hang
+START = 90  # bound on a proxy's start-up with a dozen starting at once on a busy machine: only guards against a hang
 LISTENING = r"proxy (?:\(upstream mode\) )?listening at 127\.0\.0\.1:(\d+)"
 # Where the README's blocks keep files, each mapped to the same directory under a test's scratch root.
 PATHS = (
@@ -429,7 +439,7 @@ def test_every_block_is_run_or_checked_here():
         ("Install it", "", "sh"),  # test_the_install_command_runs
         ("A pod with sidecars: `docker compose up`", "", ""),  # its output: test_kubernetes_and_compose_…
         ("Kubernetes", "", "sh"),  # test_kubernetes_and_compose_name_files_that_exist
-        ("Troubleshooting", "", ""),  # messages, not commands (tests/test_e2e.py and test_addon.py check them)
+        ("Troubleshooting", "", ""),  # messages: test_the_troubleshooting_messages_…
     ]
     assert list(RECIPE_BLOCKS) == list(RECIPES)
     assert sorted(PROSE_COMMANDS) == sorted([*PROSE, WEB])
@@ -700,3 +710,26 @@ def test_kubernetes_and_compose_name_files_that_exist():
     for name in [*files, "scripts/kubernetes/generate_configmap.py", "docker-compose.yaml"]:
         assert (ROOT / name).is_file(), name
     assert only(blocks_in("A pod with sidecars: `docker compose up`", "")).text.startswith("$ docker compose up\n")
+
+
+TROUBLES = only(blocks_in("Troubleshooting", "")).text.splitlines()
+
+
+def test_the_troubleshooting_messages_of_pending_values_are_the_addons(caplog):
+    """Of the start-up errors the README quotes, those about pending `--set` values, which the addon logs itself."""
+    with caplog.at_level(logging.ERROR), taddons.context() as tctx:
+        tctx.options.set("header_require=maybe", "header_requir=true", defer=True)
+        tctx.master.addons.register(header_augment.HeaderAugment())
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert logged == [line for line in TROUBLES if line.startswith("header-augment: ")]
+
+
+def test_the_troubleshooting_messages_of_unusable_options_are_the_addons():
+    """The others: an unusable configuration's OptionsError, whose traceback mitmdump ends with that line."""
+    addon, raised = header_augment.HeaderAugment(), []
+    with taddons.context(addon) as tctx:
+        for bad in ({"header_refresh_interval": "10x", "header_hosts": ["api.example.com"]}, {}):  # {}: no hosts
+            with pytest.raises(exceptions.OptionsError) as error:
+                tctx.configure(addon, header_provider_url="http://127.0.0.1:9000/headers", **bad)
+            raised.append(f"{type(error.value).__module__}.{type(error.value).__name__}: {error.value}")
+    assert raised == [line for line in TROUBLES if not line.startswith("header-augment: ")]
