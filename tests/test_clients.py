@@ -32,7 +32,7 @@ from conftest import client_for, values_of
 from processes import Running, processes_in_group
 from servers import ROOT, Mitmdump, Upstream, clean_env, wait_until
 
-SECTION = "## Point your clients at it"
+SECTION = "Point your clients at it"
 CONFIG_SUBSECTION = "The same settings in config.yaml"
 HEADLESS = (
     "--headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update "
@@ -58,6 +58,8 @@ HANDSHAKE_FAILED = "Client TLS handshake failed"
 class Block:
     subsection: str
     text: str
+    section: str = ""
+    language: str = "sh"
 
     @property
     def lines(self) -> list[str]:
@@ -76,20 +78,24 @@ class Block:
         return [t for t in TOOLS if re.search(rf"(?:^|[\s(|]){t}\s", self.text, re.M)]
 
 
+def readme_blocks() -> list[Block]:
+    """Every fenced block of the README, in order, with the `##` and `###` headings above it ("" for none)."""
+    blocks, section, subsection = [], "", ""
+    pattern = r"^(##|###) ([^\n]+)$|^```(\w*)\n(.*?)^```$"  # a fence is matched whole: a `#` line inside is no heading
+    for match in re.finditer(pattern, (ROOT / "README.md").read_text(), re.M | re.S):
+        if match.group(1) == "##":
+            section, subsection = match.group(2), ""
+        elif match.group(1):
+            subsection = match.group(2)
+        else:
+            blocks.append(Block(subsection, match.group(4), section, match.group(3)))
+    return blocks
+
+
 def section_blocks() -> tuple[list[Block], list[str]]:
     """The fenced blocks of the section, and the languages of any that are not `sh`."""
-    text = (ROOT / "README.md").read_text()
-    start = text.index(f"\n{SECTION}\n")
-    end = text.find("\n## ", start + 1)
-    blocks, others, subsection = [], [], ""
-    for match in re.finditer(r"^### ([^\n]+)$|^```(\w*)\n(.*?)^```$", text[start:end], re.M | re.S):
-        if match.group(1):
-            subsection = match.group(1)
-        elif match.group(2) == "sh":
-            blocks.append(Block(subsection, match.group(3)))
-        else:
-            others.append(match.group(2))
-    return blocks, others
+    found = [b for b in readme_blocks() if b.section == SECTION]
+    return [b for b in found if b.language == "sh"], [b.language for b in found if b.language != "sh"]
 
 
 BLOCKS, OTHER_BLOCKS = section_blocks()
@@ -111,7 +117,9 @@ def client_command_lines(name: str) -> list[str]:
 
 
 def substitute(text: str, ports: dict[int, int]) -> str:
-    return re.sub(r"(?<![\w.])(8000|8080|8443|9000)(?![\w.])", lambda m: str(ports[int(m.group())]), text)
+    """`text` with each port of `ports` written on its own (not part of a longer number or name) mapped."""
+    numbers = "|".join(map(str, ports))
+    return re.sub(rf"(?<![\w.])({numbers})(?![\w.])", lambda m: str(ports[int(m.group())]), text)
 
 
 def free_port() -> int:

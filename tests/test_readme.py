@@ -1,0 +1,735 @@
+"""The README outside "Point your clients at it" (tests/test_clients.py runs that section): every command it shows is
+run here as written, every fenced block is accounted for, and its tables of options and metrics are the addon's.
+
+How the commands are run (the only liberties taken with their text):
+- As in test_clients: from a scratch directory whose entries link to the repository's top level, with a scratch HOME
+  (so `~/.mitmproxy`, the confdir, is each proxy's own) and the test's environment without its proxy variables. Ports
+  the README names become the test's: 8000 (the echo upstream) and 9090 free ones, 8080 any free port (for
+  scripts/run HEADER_AUGMENT_PORT=0) and, in the curl command, the port that proxy reports; 9000 (your own provider)
+  a test provider's; 9901 (the admin endpoint) 0, which the README says picks a free port and logs it.
+- The quick start's `scripts/run` gets `--set header_hosts=` with scripts/run's own default (127.0.0.1:8000 and
+  localhost:8000), 8000 mapped like the echo upstream's: the default names port 8000, which need not be free here.
+- The recipes' hosts (*.googleapis.com, an EKS endpoint, vault.example.com, api.partner.example, api.example.com) do
+  not resolve here. So each recipe's mitmdump, the projected-token args, `header-augment` and the scripts/run
+  examples of "The two commands" get `--mode upstream:` a `LoopbackProxy`, whose resolver answers 127.0.0.1:
+  mitmproxy still sends each request to the name, which is what header_hosts is matched with, and the test sends
+  its request to such a name on the echo upstream's port (the Vault recipe's port 8200 is mapped to it). Every
+  mitmdump started here but scripts/run's (which take HEADER_AUGMENT_PORT and HOME) also gets `--listen-host
+  127.0.0.1 --listen-port 0 --set confdir=<scratch>`.
+- `--set header_admin_listen=127.0.0.1:9901` (Readiness, liveness and metrics) is given to a mitmdump whose provider
+  the test holds, so that /ready can be seen before and after the first answer.
+- Absolute paths become the same paths under a scratch root (`PATHS`, each named); the files the README assumes are
+  there are created: the Vault Agent's token, the cluster's CA (really the CA of the TLS echo upstream that stands in
+  for the EKS endpoint, so mitmproxy verifies it with that file), the projected volume as the kubelet lays it out,
+  the OAuth2 client secret. The container's /addon/header_augment.py is the clone's.
+- `gcloud` and `aws` are stand-ins (tests/helpers/bin/), first on PATH, answering exactly the recipes' arguments.
+- `header-augment` (Install it) is `python -m header_augment_core.cli` from the clone: the function pyproject.toml
+  installs as that command (tests/test_packaging.py runs the installed command from a wheel).
+Every proxy is started at once by the module's `world`, and each test waits for its own.
+"""
+
+import datetime
+import json
+import logging
+import os
+import re
+import shlex
+import signal
+import ssl
+import stat
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import header_augment
+import httpx
+import pytest
+import yaml
+from conftest import client_for
+from helpers.support import jwt, kubelet_volume
+from mitmproxy import exceptions
+from mitmproxy.test import taddons
+from processes import Running, processes_in_group
+from prometheus_client.parser import text_string_to_metric_families
+from servers import ADDON, MITMDUMP, ROOT, HeldProvider, LoopbackProxy, Mitmdump, Provider, Upstream
+from test_clients import SECTION as CLIENTS_SECTION
+from test_clients import (
+    Block,
+    answers,
+    free_port,
+    has_demo_headers,
+    header,
+    readme_blocks,
+    scratch,
+    shell_env,
+    substitute,
+)
+
+from header_augment_core import settings as shared_settings
+from header_augment_core.durations import parse_duration
+from header_augment_core.kinds import KINDS
+from header_augment_core.options import LOCATORS, OPTIONS
+from header_augment_core.providers_file import load_providers_file
+
+# A dozen proxies start at once: on a busy 2-core machine the first test may wait for most of them.
+pytestmark = pytest.mark.timeout(150)
+
+README = (ROOT / "README.md").read_text()
+BLOCKS = [b for b in readme_blocks() if b.section != CLIENTS_SECTION]
+STAND_INS = ROOT / "tests" / "helpers" / "bin"
+VENV_BIN = MITMDUMP.parent
+START = 90  # bound on a proxy's start-up with a dozen starting at once on a busy machine: only guards against a hang
+LISTENING = r"proxy (?:\(upstream mode\) )?listening at 127\.0\.0\.1:(\d+)"
+# Where the README's blocks keep files, each mapped to the same directory under a test's scratch root.
+PATHS = (
+    "/etc/header-augment",  # the cluster's CA, the static headers file
+    "/vault",  # Vault Agent's sink
+    "/var/run/secrets/api-token",  # the projected volume
+    "/run/secrets",  # the OAuth2 client secret
+)
+IN_THE_CLONE = {"/addon/header_augment.py": ADDON}  # where the pod mounts the addon
+EKS_HOST = "0123456789ABCDEF0123456789ABCDEF.gr7.eu-west-1.eks.amazonaws.com"
+VAULT_TOKEN = "hvs.CAESIJ-stand-in-vault-agent-token"
+OWN_HEADERS = {"Authorization": "Bearer from-your-own-provider", "X-Tenant": "acme"}  # the provider on port 9000
+
+
+def section_text(name: str) -> str:
+    """The README's `## name` section, fenced blocks left out."""
+    start = README.index(f"\n## {name}\n")
+    end = README.find("\n## ", start + 1)
+    return re.sub(r"^```.*?^```$", "", README[start:end], flags=re.M | re.S)
+
+
+def blocks_in(section: str, language: str = "sh") -> list[Block]:
+    return [b for b in BLOCKS if b.section == section and b.language == language]
+
+
+def only(items: list):
+    (item,) = items
+    return item
+
+
+def mapped(text: str, root: Path) -> str:
+    """`text` with each absolute path in it mapped: under `root` (PATHS) or into the clone; any other one fails."""
+    for path in re.findall(r"(?<![\w.:/~-])/[\w./-]+", text):
+        assert path in IN_THE_CLONE or any(path == p or path.startswith(p + "/") for p in PATHS), path
+    for path, there in IN_THE_CLONE.items():
+        text = text.replace(path, str(there))
+    for path in PATHS:
+        text = re.sub(rf"(?<![\w./-]){re.escape(path)}(?![\w.-])", str(root) + path, text)
+    return text
+
+
+def setting(words: list[str], name: str) -> str:
+    """The value of `--set name=…` among a command's words."""
+    return only([w.split("=", 1)[1] for w in words if w.startswith(f"{name}=")])
+
+
+def stand_in_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the stand-ins first on PATH, then the venv's mitmdump."""
+    return env | {"PATH": f"{STAND_INS}:{VENV_BIN}:{env['PATH']}"}
+
+
+def printed(command: str) -> str:
+    """What a stand-in prints for `command`."""
+    result = subprocess.run(shlex.split(command), env=stand_in_env(dict(os.environ)), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def in_use(run: Running, provider: str = ".*?") -> str:
+    """The header names that a provider's first fetch put in use; fails at once on a failed one, naming its reason."""
+    match = run.wait_for(rf"header provider {provider}: (?:headers in use: (.*)|refresh failed: .*)$", START)
+    assert match.group(1) is not None, run.output
+    return match.group(1)
+
+
+def through(proxy_port: int, url: str, **kwargs) -> dict:
+    """What the echo upstream saw of a GET of `url` through the proxy."""
+    with client_for(f"http://127.0.0.1:{proxy_port}", **kwargs) as client:
+        response = client.get(url)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def given(answer: dict, names) -> dict[str, list[str]]:
+    return {name: header(answer, name) for name in names}
+
+
+# -- what the README's recipes must deliver --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recipe:
+    url: str  # a destination the recipe's header_hosts names; {plain}/{tls}: the echo upstreams' ports
+    headers: Callable[[Path], dict[str, str]]  # from the scratch root, once the block ran: what must arrive there
+
+
+RECIPES = {
+    "Google APIs with `gcloud auth print-access-token`": Recipe(
+        "http://storage.googleapis.com:{plain}/",
+        lambda fs: {"Authorization": f"Bearer {printed('gcloud auth print-access-token').strip()}"},
+    ),
+    "A Kubernetes cluster API with `aws eks get-token`": Recipe(
+        f"https://{EKS_HOST}:{{tls}}/",
+        lambda fs: {
+            "Authorization": "Bearer "
+            + json.loads(printed("aws eks get-token --cluster-name my-cluster --region eu-west-1"))["status"]["token"]
+        },
+    ),
+    "A Vault Agent sink file": Recipe(
+        "http://vault.example.com:{plain}/",
+        lambda fs: {"X-Vault-Token": VAULT_TOKEN},  # no prefix, as Vault wants
+    ),
+    "A static file of headers": Recipe(
+        "http://api.partner.example:{plain}/",
+        lambda fs: json.loads((fs / "etc/header-augment/partner.json").read_text()),
+    ),
+}
+RECIPE_BLOCKS = {b.subsection: b for b in blocks_in("Where credentials come from")}
+PROJECTED = only(blocks_in("Where credentials come from", "yaml"))
+PROVIDERS = only(blocks_in("Operating", "yaml"))
+INSTALL = only(blocks_in("Install it"))
+QUICK_START = blocks_in("The two commands")[1]
+PROSE_COMMANDS = [  # the inline commands of "The two commands", line breaks inside them undone
+    " ".join(span.split())
+    for span in re.findall(r"`([^`]+)`", section_text("The two commands"))
+    if re.match(r"(\w+=\S+ )*scripts/run ", span + " ") and span != "scripts/run"
+]
+WEB = "scripts/run --web"  # run by tests/test_scripts_run.py (mitmweb's UI port needs choosing there)
+PROSE = [c for c in PROSE_COMMANDS if c != WEB]
+
+
+# -- the running world -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Launch:
+    """One of the README's commands, started from `base`: work/ and home/ (see test_clients.scratch), fs/ (the root
+    the block's absolute paths are mapped under) and confdir/ (where the test's `--set confdir=` points)."""
+
+    base: Path
+    run: Running
+
+    @property
+    def work(self) -> Path:
+        return self.base / "work"
+
+    @property
+    def home(self) -> Path:
+        return self.base / "home"
+
+    @property
+    def fs(self) -> Path:
+        return self.base / "fs"
+
+    @property
+    def confdir(self) -> Path:
+        return self.base / "confdir"
+
+    def port(self) -> int:
+        return int(self.run.wait_for(LISTENING, START).group(1))
+
+    def interrupt(self) -> None:
+        try:
+            os.killpg(self.run.pgid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+
+def launch(base: Path, command: str | list[str], env: dict[str, str] | None = None) -> Launch:
+    """`command` (shell text, or a program and its arguments) from a scratch directory `base`, which may hold fs/."""
+    work, home = scratch(base)
+    argv = ["bash", "-c", f"set -euo pipefail\n{command}"] if isinstance(command, str) else command
+    env = stand_in_env(shell_env(home)) | (env or {})
+    return Launch(base, Running(argv, cwd=work, env=env))
+
+
+def proxy_args(base: Path, relay: LoopbackProxy | None) -> list[str]:
+    """What the test adds to a recipe's proxy: a free loopback port, a confdir of its own, and the relay."""
+    args = ["--listen-host", "127.0.0.1", "--listen-port", "0", "--set", f"confdir={base / 'confdir'}"]
+    return args + (["--mode", f"upstream:{relay.url}"] if relay else [])
+
+
+@dataclass
+class World:
+    echo: Upstream
+    tls_echo: Upstream
+    relay: LoopbackProxy
+    provider: Provider
+    held: HeldProvider
+    ports: dict[int, int]
+    quick: Launch
+    prose: dict[str, Launch]
+    recipes: dict[str, Launch]
+    projected: Launch
+    providers: Launch
+    install: Launch
+    admin: Mitmdump
+
+    def url(self, template: str) -> str:
+        return template.format(plain=self.echo.port, tls=self.tls_echo.port)
+
+
+def cluster_pki(directory: Path) -> tuple[Path, Path]:
+    """A CA, and signed by it a certificate (with its key) for the EKS endpoint: the cluster's, as `aws eks
+    describe-cluster` would give its CA. Made with the cryptography package mitmproxy uses."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
+
+    def certificate(subject: x509.Name, subject_key, *extensions) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_name)
+            .public_key(subject_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        )
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(ca_key, hashes.SHA256())
+
+    unused = ("content_commitment", "key_encipherment", "data_encipherment", "key_agreement", "encipher_only")
+    ca = certificate(
+        ca_name,
+        ca_key,
+        (x509.BasicConstraints(ca=True, path_length=None), True),
+        (
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                decipher_only=False,
+                **dict.fromkeys(unused, False),
+            ),
+            True,
+        ),
+    )
+    server = certificate(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]),
+        key,
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (x509.SubjectAlternativeName([x509.DNSName(EKS_HOST.lower())]), False),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+    )
+    pem = serialization.Encoding.PEM
+    ca_file, server_file = directory / "cluster-ca.pem", directory / "apiserver.pem"
+    ca_file.write_bytes(ca.public_bytes(pem))
+    private = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    server_file.write_bytes(server.public_bytes(pem) + private)
+    return ca_file, server_file
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("readme")
+    servers: list = []
+    launches: list[Launch] = []
+    admin = None
+
+    def serve(server):
+        servers.append(server)
+        return server
+
+    def started(item: Launch) -> Launch:
+        launches.append(item)
+        return item
+
+    def directory(name: str) -> Path:
+        (base / name).mkdir()
+        return base / name
+
+    try:
+        ca_file, server_file = cluster_pki(base)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(server_file)
+        echo, tls_echo = serve(Upstream()), serve(Upstream(ssl_context=tls))
+        relay, provider, held = serve(LoopbackProxy()), serve(Provider()), serve(HeldProvider())
+        provider.answer(OWN_HEADERS)
+        held.answer({"Authorization": "Bearer admin-t0ken"})
+        ports = {8000: free_port(), 8200: echo.port, 9000: provider.port, 9090: free_port(), 9901: 0}
+
+        run_env = {"HEADER_AUGMENT_PORT": "0"}
+        default_hosts = re.search(r'--set "header_hosts=([^"]+)"', (ROOT / "scripts" / "run").read_text()).group(1)
+        hosts = substitute(default_hosts, ports)
+        quick = started(launch(directory("quick"), f"scripts/run --set header_hosts={hosts}", run_env))
+        prose = {
+            command: started(
+                launch(directory(f"prose{i}"), f"{substitute(command, ports)} --mode upstream:{relay.url}", run_env)
+            )
+            for i, command in enumerate(PROSE)
+        }
+        recipes = {
+            subsection: started(launch_recipe(directory(f"recipe{i}"), block, ports, relay, ca_file))
+            for i, (subsection, block) in enumerate(RECIPE_BLOCKS.items())
+        }
+        projected = started(launch_projected(directory("projected"), relay))
+        providers = started(launch_providers_file(directory("providers")))
+        install = started(launch_install(directory("install"), ports, relay))
+        admin_args = shlex.split(substitute(ADMIN_SETTING, ports))
+        admin = Mitmdump(
+            directory("admin") / "confdir",
+            *("--set", f"header_provider_url={held.url}", "--set", "header_hosts=api.example.com", *admin_args),
+            wait_listening=False,
+        )
+        yield World(
+            echo, tls_echo, relay, provider, held, ports, quick, prose, recipes, projected, providers, install, admin
+        )
+    finally:
+        for item in launches:
+            item.interrupt()
+        if admin is not None:
+            admin.proc.send_signal(signal.SIGINT)
+        for item in launches:
+            try:
+                item.run.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                pass  # killed just below
+            item.run.kill_group()
+        if admin is not None:
+            admin.stop()
+        for server in servers:
+            server.close()
+
+
+def launch_recipe(base: Path, block: Block, ports: dict[int, int], relay: LoopbackProxy, ca_file: Path) -> Launch:
+    """The recipe's commands, its paths and ports mapped, its mitmdump with `proxy_args`; the files it reads made."""
+    fs = base / "fs"
+    if "ssl_verify_upstream_trusted_ca=/etc/header-augment/my-cluster-ca.pem" in block.text:
+        (fs / "etc" / "header-augment").mkdir(parents=True)
+        (fs / "etc" / "header-augment" / "my-cluster-ca.pem").write_bytes(ca_file.read_bytes())
+    if "header_provider_file=/vault/token" in block.text:
+        (fs / "vault").mkdir(parents=True)
+        (fs / "vault" / "token").write_text(VAULT_TOKEN + "\n")  # as Vault Agent's sink writes it
+    extra = shlex.join(proxy_args(base, relay))
+    lines = [mapped(substitute(line, ports), fs) for line in block.lines]
+    assert sum(line.startswith("mitmdump ") for line in lines) == 1, block.text
+    return launch(base, "\n".join(f"{line} {extra}" if line.startswith("mitmdump ") else line for line in lines))
+
+
+# -- the blocks ---------------------------------------------------------------------------------------------------
+
+
+def test_every_block_is_run_or_checked_here():
+    """A new block fails here until a test runs it (or says why it cannot): the README's rule (issue 11)."""
+    assert [(b.section, b.subsection, b.language) for b in BLOCKS] == [
+        ("", "", ""),  # the picture
+        ("The two commands", "", "sh"),  # test_the_two_commands
+        ("The two commands", "", "sh"),  # test_the_quick_start_shows_the_demo_headers
+        ("Where credentials come from", "Google APIs with `gcloud auth print-access-token`", "sh"),  # test_the_recipe…
+        ("Where credentials come from", "A Kubernetes cluster API with `aws eks get-token`", "sh"),  # test_the_recipe…
+        ("Where credentials come from", "A projected service-account token in Kubernetes", "yaml"),  # …_projected_…
+        ("Where credentials come from", "A Vault Agent sink file", "sh"),  # test_the_recipe…
+        ("Where credentials come from", "A static file of headers", "sh"),  # test_the_recipe…
+        ("Operating", "Several providers: `header_providers_file`", "yaml"),  # test_the_providers_file_…
+        ("Install it", "", "sh"),  # test_the_install_command_runs
+        ("A pod with sidecars: `docker compose up`", "", ""),  # its output: test_kubernetes_and_compose_…
+        ("Kubernetes", "", "sh"),  # test_kubernetes_and_compose_name_files_that_exist
+        ("Troubleshooting", "", ""),  # messages: test_the_troubleshooting_messages_…
+    ]
+    assert list(RECIPE_BLOCKS) == list(RECIPES)
+    assert sorted(PROSE_COMMANDS) == sorted([*PROSE, WEB])
+    assert '"--web"' in (ROOT / "tests" / "test_scripts_run.py").read_text()
+
+
+def test_the_two_commands():
+    commands = [line.split("#")[0].split() for line in blocks_in("The two commands")[0].lines]
+    assert commands == [["scripts/run"], ["scripts/test"]]
+    for (command,) in commands:
+        assert os.access(ROOT / command, os.X_OK), command
+    # scripts/run is tested in tests/test_scripts_run.py; scripts/test is what CI runs.
+    assert "scripts/test" in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_quick_start_shows_the_demo_headers(world):
+    quick = world.quick
+    ports = world.ports | {8080: quick.port()}
+    assert in_use(quick.run) == "Authorization, X-Tenant"
+    background, foreground = [], []
+    for line in QUICK_START.lines:
+        (background if re.search(r"&\s*(#.*)?$", line) else foreground).append(substitute(line, ports))
+    assert len(background) == 1 and len(foreground) == 1, QUICK_START.text
+    upstream = Running(["bash", "-c", background[0]], cwd=quick.work, env=shell_env(quick.home))
+    try:
+        upstream.wait_for(rf"echo upstream listening on http://127\.0\.0\.1:{ports[8000]}/", START)
+        result = subprocess.run(
+            ["bash", "-c", foreground[0]], cwd=quick.work, env=shell_env(quick.home), capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        (answer,) = answers(result.stdout)
+        assert header(answer, "Host") == [f"127.0.0.1:{ports[8000]}"]
+        assert has_demo_headers(answer), answer
+    finally:
+        upstream.kill_group()
+
+
+@pytest.mark.parametrize("command", PROSE, ids=lambda c: re.sub(r"\w+://\S+", "URL", c))
+def test_the_commands_in_the_two_commands_prose_run(world, command):
+    launched = world.prose[command]
+    port = launched.port()
+    in_use(launched.run)
+    if "HEADER_AUGMENT_PORT=9090" in command:
+        assert port == world.ports[9090]
+        return
+    answer = through(port, f"http://api.example.com:{world.echo.port}/")
+    if "header_provider_url=" in command:
+        assert given(answer, OWN_HEADERS) == {name: [value] for name, value in OWN_HEADERS.items()}
+        # "the demo provider is then not started"
+        assert "demo provider" not in launched.run.output
+        assert not [c for c in processes_in_group(launched.run.pgid).values() if "demo_provider" in c]
+    else:
+        assert has_demo_headers(answer), answer
+
+
+# -- where credentials come from -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("subsection", RECIPES)
+def test_the_recipe_delivers_its_headers_to_its_hosts_only(world, subsection):
+    launched, recipe = world.recipes[subsection], RECIPES[subsection]
+    port = launched.port()
+    expected = recipe.headers(launched.fs)
+    assert in_use(launched.run) == ", ".join(expected)
+    url = world.url(recipe.url)
+    relayed = len(world.relay.targets)
+    ca = ssl.create_default_context(cafile=launched.confdir / "mitmproxy-ca-cert.pem")
+    answer = through(port, url, verify=ca)
+    assert given(answer, expected) == {name: [value] for name, value in expected.items()}
+    # It went to that name (which the relay sent to the echo upstream), not to an address.
+    assert httpx.URL(url).netloc.decode() in world.relay.targets[relayed:]
+    elsewhere = through(port, f"http://example.org:{world.echo.port}/")
+    assert given(elsewhere, expected) == dict.fromkeys(expected, [])
+
+
+def test_the_static_file_is_readable_by_its_owner_only(world):
+    launched = world.recipes["A static file of headers"]
+    in_use(launched.run)
+    assert stat.S_IMODE((launched.fs / "etc/header-augment/partner.json").stat().st_mode) == 0o600
+
+
+def test_the_stand_ins_answer_only_the_recipes_arguments():
+    assert printed("gcloud auth print-access-token").strip()
+    credential = json.loads(printed("aws eks get-token --cluster-name my-cluster --region eu-west-1"))
+    assert credential["kind"] == "ExecCredential" and credential["status"]["token"]
+    expires = datetime.datetime.fromisoformat(credential["status"]["expirationTimestamp"])
+    left = expires - datetime.datetime.now(datetime.UTC)
+    assert datetime.timedelta(minutes=14) < left <= datetime.timedelta(minutes=15)
+    for command in ("gcloud auth login", "gcloud auth print-access-token --verbosity=debug", "aws eks get-token"):
+        result = subprocess.run(shlex.split(command), env=stand_in_env(dict(os.environ)), capture_output=True)
+        assert result.returncode != 0 and result.stderr, command
+
+
+def projected_fragment() -> dict:
+    return yaml.safe_load(PROJECTED.text)
+
+
+def test_the_projected_token_fragment_is_a_strictly_valid_pod_spec(tmp_path):
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "proxy"}, "spec": projected_fragment()}
+    (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
+    for version in ("1.29.0", "1.37.0"):  # as tests/test_deploy.py validates the sample
+        result = subprocess.run(
+            [str(VENV_BIN / "kubernetes-validate"), "--strict", "-k", version, "--quiet", str(tmp_path / "pod.yaml")],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    # The file the proxy reads is the token the volume projects, where the container mounts it.
+    spec = projected_fragment()
+    (container,) = spec["containers"]
+    (mount,) = container["volumeMounts"]
+    (volume,) = spec["volumes"]
+    (source,) = volume["projected"]["sources"]
+    assert mount["name"] == volume["name"]
+    path = f"{mount['mountPath']}/{source['serviceAccountToken']['path']}"
+    assert setting(container["args"], "header_provider_file") == path
+
+
+def launch_projected(base: Path, relay: LoopbackProxy) -> Launch:
+    """The fragment's container args (mitmdump found on PATH, as in the image), the token in a projected volume as
+    the kubelet lays it out."""
+    (container,) = projected_fragment()["containers"]
+    (mount,) = container["volumeMounts"]
+    volume = Path(mapped(mount["mountPath"], base / "fs"))
+    volume.mkdir(parents=True)
+    kubelet_volume(volume, "token", jwt(int(time.time()) + 3600), "2025_01_01_00_00_00.000000001")
+    return launch(base, [mapped(arg, base / "fs") for arg in container["args"]] + proxy_args(base, relay))
+
+
+def test_the_projected_token_fragment_args_deliver_the_token(world):
+    launched = world.projected
+    port = launched.port()
+    assert in_use(launched.run) == "Authorization"
+    token = (launched.fs / "var/run/secrets/api-token/token").read_text()
+    answer = through(port, f"http://api.example.com:{world.echo.port}/")
+    assert header(answer, "Authorization") == [f"Bearer {token}"]
+
+
+# -- operating -----------------------------------------------------------------------------------------------------
+
+
+def providers_file(base: Path) -> Path:
+    """The README's providers file, its paths mapped, with the files it names."""
+    fs = base / "fs"
+    (fs / "run" / "secrets").mkdir(parents=True)
+    (fs / "run" / "secrets" / "partner-client-secret").write_text("partner-s3cret\n")
+    (fs / "vault").mkdir()
+    (fs / "vault" / "token").write_text(VAULT_TOKEN + "\n")
+    path = base / "providers.yaml"
+    path.write_text(mapped(PROVIDERS.text, fs))
+    return path
+
+
+def test_the_providers_file_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", f"{STAND_INS}:{os.environ['PATH']}")  # the google entry's gcloud must be found
+    entries, _ = load_providers_file(str(providers_file(tmp_path)))
+    assert [(s.name, s.kind) for s, _ in entries] == [
+        ("internal", "http"),
+        ("partner", "oauth2"),
+        ("vault", "file"),
+        ("google", "command"),
+    ]
+
+
+def launch_providers_file(base: Path) -> Launch:
+    command = ["mitmdump", "-s", "addon/header_augment.py", "--set", f"header_providers_file={providers_file(base)}"]
+    return launch(base, command + proxy_args(base, None))
+
+
+def test_the_providers_file_starts_mitmdump(world):
+    """Its providers on 127.0.0.1:9000 and idp.partner.example are not there: their fetches fail, which is no
+    settings error. The two that are there give their headers."""
+    launched = world.providers
+    launched.port()
+    assert in_use(launched.run, r"vault \(.*\)") == "X-Vault-Token"
+    assert in_use(launched.run, r"google \(command gcloud\)") == "Authorization"
+    assert launched.run.proc.poll() is None, launched.run.output
+
+
+ADMIN_SETTING = re.search(r"`(--set header_admin_listen=[^`]+)`", README).group(1)
+ADMIN_REQUESTS = [("GET", "/ready"), ("GET", "/live"), ("GET", "/metrics"), ("GET", "/status"), ("POST", "/refresh")]
+
+
+def test_the_admin_endpoint_answers_as_the_table_says(world):
+    table = re.findall(r"^\| `(GET|POST) (/\w+)` \|", section_text("Operating"), re.M)
+    assert table == ADMIN_REQUESTS
+    admin, held = world.admin, world.held
+    port = int(admin.wait_for(r"admin endpoint listening at 127\.0\.0\.1:(\d+)", START).group(1))
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=10) as client:
+        assert held.arrived.wait(START)
+        waiting = client.get("/ready")
+        assert waiting.status_code == 503 and waiting.text.startswith(f"{held.url}: "), waiting.text
+        held.release()
+        admin.wait_for("headers in use: Authorization$", START)
+        fetches = held.count  # the first; the next is the refresh's (the interval is 6 minutes)
+        answers_ = {(method, path): client.request(method, path) for method, path in ADMIN_REQUESTS}
+    assert {request: r.status_code for request, r in answers_.items()} == {
+        ("GET", "/ready"): 200,
+        ("GET", "/live"): 200,
+        ("GET", "/metrics"): 200,
+        ("GET", "/status"): 200,
+        ("POST", "/refresh"): 202,
+    }
+    held.wait_for_requests(fetches + 1)  # the refresh asked the provider again
+    status = json.loads(answers_[("GET", "/status")].text)
+    assert "Authorization" in json.dumps(status) and "admin-t0ken" not in json.dumps(status)
+    scraped = [s for f in text_string_to_metric_families(answers_[("GET", "/metrics")].text) for s in f.samples]
+    paragraph = re.search(r"^Metrics, each with the label .*?\n\n", section_text("Operating"), re.M | re.S).group()
+    assert sorted(re.findall(r"`(header_augment_\w+)`", paragraph)) == sorted({s.name for s in scraped})
+    assert {s.labels["provider"] for s in scraped} == {held.url}  # an entry without a name: its source
+    for label, values in re.findall(r"`(\w+)`: ((?:`\w+`(?:, )?)+)", paragraph):
+        assert {s.labels[label] for s in scraped if label in s.labels} - {""} == set(re.findall(r"\w+", values))
+
+
+def test_the_install_command_runs(world):
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["header-augment"] == "header_augment_core.cli:main"
+    launched = world.install
+    port = launched.port()
+    assert in_use(launched.run) == "Authorization, X-Tenant"
+    answer = through(port, f"http://api.example.com:{world.echo.port}/")
+    assert given(answer, OWN_HEADERS) == {name: [value] for name, value in OWN_HEADERS.items()}
+
+
+def launch_install(base: Path, ports: dict[int, int], relay: LoopbackProxy) -> Launch:
+    """`header-augment …` as the installed command runs it: header_augment_core.cli's main, here from the clone."""
+    words = shlex.split(substitute(only(INSTALL.lines), ports))
+    assert words[0] == "header-augment"
+    command = [sys.executable, "-m", "header_augment_core.cli", *words[1:], *proxy_args(base, relay)]
+    return launch(base, command, {"PYTHONPATH": str(ROOT / "addon")})
+
+
+# -- options, Kubernetes, compose ------------------------------------------------------------------------------------
+
+
+def test_the_options_table_is_the_addons():
+    rows = re.findall(r"^\| `(header_\w+)` \|([^|]*)\|", section_text("Options"), re.M)
+    shown = {name: cell.strip() for name, cell in rows}
+    assert len(rows) == len(shown) and sorted(shown) == sorted(o.name for o in OPTIONS)
+    described = {  # defaults the table describes rather than shows
+        "header_provider_format": "by source",
+        "header_provider_timeout": "`5s`, `30s` for commands",
+    }
+    for option in OPTIONS:
+        cell = shown[option.name]
+        if option.name in described:
+            assert cell == described[option.name] and option.default == ""
+        elif literal := re.fullmatch(r"`([^`]*)`", cell):
+            default = str(option.default).lower() if isinstance(option.default, bool) else option.default
+            assert literal.group(1) == default, option.name
+        else:
+            assert cell == "" and option.default in ("", []), option.name
+    # "by source": what each source's content is by default, as "Where credentials come from" lists it
+    contents = re.findall(
+        r"^\| [^|]+ \| `(\w+)` \(`\w+`\) \| `(\w+)` \|", section_text("Where credentials come from"), re.M
+    )
+    assert sorted(contents) == sorted((name, kind.DEFAULTS["format"]) for name, kind in LOCATORS.items())
+    assert parse_duration("5s") == shared_settings.DEFAULT_TIMEOUT
+    assert parse_duration("30s") == KINDS["command"].DEFAULTS["timeout"]
+
+
+def test_kubernetes_and_compose_name_files_that_exist():
+    """`kubectl apply` and `docker compose up` cannot run here (no cluster, no container engine); the README says
+    how the tests keep them honest (tests/test_deploy.py). What they name must be there."""
+    kubectl = only(only(blocks_in("Kubernetes")).lines)
+    files = re.findall(r"-f (\S+)", kubectl)
+    assert files == ["scripts/kubernetes/configmap.yaml", "scripts/kubernetes/deployment.yaml"]
+    for name in [*files, "scripts/kubernetes/generate_configmap.py", "docker-compose.yaml"]:
+        assert (ROOT / name).is_file(), name
+    assert only(blocks_in("A pod with sidecars: `docker compose up`", "")).text.startswith("$ docker compose up\n")
+
+
+TROUBLES = only(blocks_in("Troubleshooting", "")).text.splitlines()
+
+
+def test_the_troubleshooting_messages_of_pending_values_are_the_addons(caplog):
+    """Of the start-up errors the README quotes, those about pending `--set` values, which the addon logs itself."""
+    with caplog.at_level(logging.ERROR), taddons.context() as tctx:
+        tctx.options.set("header_require=maybe", "header_requir=true", defer=True)
+        tctx.master.addons.register(header_augment.HeaderAugment())
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert logged == [line for line in TROUBLES if line.startswith("header-augment: ")]
+
+
+def test_the_troubleshooting_messages_of_unusable_options_are_the_addons():
+    """The others: an unusable configuration's OptionsError, whose traceback mitmdump ends with that line."""
+    addon, raised = header_augment.HeaderAugment(), []
+    with taddons.context(addon) as tctx:
+        for bad in ({"header_refresh_interval": "10x", "header_hosts": ["api.example.com"]}, {}):  # {}: no hosts
+            with pytest.raises(exceptions.OptionsError) as error:
+                tctx.configure(addon, header_provider_url="http://127.0.0.1:9000/headers", **bad)
+            raised.append(f"{type(error.value).__module__}.{type(error.value).__name__}: {error.value}")
+    assert raised == [line for line in TROUBLES if not line.startswith("header-augment: ")]
