@@ -8,6 +8,7 @@ Providers are polled on background threads; the request hook only reads the last
 
 import asyncio
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -72,13 +73,15 @@ class Binding:
     scope: flowfilter.TFilter | None
     counters: Any  # RequestCounters
     comment: str  # how a flow's comment names this provider
+    mode: Merge  # settings.merge, one attribute away on the request path
 
     def apply(self, flow: http.HTTPFlow, may_wait: bool = True) -> object:
         """Add the headers to `flow` if it is in scope. Returns WAIT (having done nothing) when the flow should be
         held until the provider's first fetch has finished."""
         counters = self.counters
         request = flow.request
-        if self.hosts is not None and not self.hosts.matches(request.host, request.port):
+        host, port = request.host, request.port
+        if self.hosts is not None and not self.hosts.matches(host, port):
             counters.out_of_scope += 1
             return None
         if self.scope is not None and not self.scope(flow):
@@ -86,7 +89,8 @@ class Binding:
             return None
         refresher = self.refresher
         snapshot = refresher.snapshot  # read once: a request never mixes two answers
-        if not snapshot.usable(time.monotonic()):
+        until = snapshot.usable_until
+        if until != math.inf and time.monotonic() >= until:  # most snapshots are usable forever: no clock read
             if may_wait and snapshot is NOTHING and not refresher.first_attempt_done:
                 return WAIT
             never = snapshot is NOTHING
@@ -98,22 +102,27 @@ class Binding:
                 counters.without += 1
                 _note(flow, f"{self.comment}no usable headers, passed without")
             return None
-        h2 = request.data.http_version in _LOWER_CASE_NAMES
         existing = request.headers.fields
-        fields, clashes = merge(existing, snapshot, self.settings.merge, h2)
+        fields, clashes = merge(existing, snapshot, self.mode, request.data.http_version in _LOWER_CASE_NAMES)
+        if fields is None:
+            if clashes:  # keep mode, and the request had every one of our names
+                counters.already_present += 1
+                _note(flow, self.comment + _clash_note(snapshot, clashes, self.mode))
+            return None
+        request.headers.fields = fields
+        counters.given += 1
         if clashes:
             counters.already_present += 1
-            _note(flow, self.comment + _clash_note(snapshot, clashes, self.settings.merge))
-        elif fields is not None:
-            _note(flow, self.comment + snapshot.summary)
-        if fields is not None:
-            request.headers.fields = fields
-            counters.given += 1
-            given = flow.metadata.get(GIVEN)
-            if given is None:
-                flow.metadata[GIVEN] = (existing, request.host, request.port, set(snapshot.lowered))
-            else:
-                given[3].update(snapshot.lowered)
+            text = self.comment + _clash_note(snapshot, clashes, self.mode)
+        else:
+            text = self.comment + snapshot.summary
+        flow.comment = f"{flow.comment}\n{text}" if flow.comment else text
+        metadata = flow.metadata
+        given = metadata.get(GIVEN)
+        # What RerouteGuard needs to take it all back; a second provider adds its names.
+        metadata[GIVEN] = (
+            (existing, host, port, snapshot.names) if given is None else (*given[:3], given[3] | snapshot.names)
+        )
         return None
 
 
@@ -246,6 +255,7 @@ class HeaderAugment:
                     scope=_compile_scope(settings, label_of),
                     counters=counters.get(self._entry_key(settings, index)) or RequestCounters(),
                     comment=name,
+                    mode=settings.merge,
                 )
             )
         return tuple(bindings)

@@ -68,7 +68,12 @@ def _usable_until(fetched_at: float, max_stale: float, expires_at: float) -> flo
 NOTHING = Snapshot(fields=(), fields_h2=(), lowered=(), names=frozenset(), fetched_at=-math.inf, usable_until=-math.inf)
 
 
-def merge(existing: Fields, snapshot: Snapshot, mode: Merge, h2: bool = False) -> tuple[Fields | None, set[bytes]]:
+NO_CLASHES: frozenset[bytes] = frozenset()
+
+
+def merge(
+    existing: Fields, snapshot: Snapshot, mode: Merge, h2: bool = False
+) -> tuple[Fields | None, frozenset[bytes] | set[bytes]]:
     """The request's new header fields (None when nothing changes), and our (lower-cased) names it had already.
 
     `h2`: the request is HTTP/2 or HTTP/3, whose header names are lower-case (mitmproxy would lower-case ours and
@@ -78,25 +83,27 @@ def merge(existing: Fields, snapshot: Snapshot, mode: Merge, h2: bool = False) -
     get/set on mitmproxy's `Headers` (each of which scans all fields again).
     """
     if not snapshot.fields:
-        return None, set()
+        return None, NO_CLASHES
     names = snapshot.names
-    replace = mode is Merge.REPLACE
-    keep = mode is Merge.KEEP
-    clashes: set[bytes] = set()  # our names the request already has
+    clashes: set[bytes] | None = None  # our names the request already has (made on the first: it is rare)
     kept = []
     for entry in existing:
         name = entry[0].lower()
-        if name == b"connection":
-            entry = _unlisted(entry, names)
-            if entry is None:
-                continue
-        elif name in names:
+        if name in names:
+            if clashes is None:
+                clashes = set()
             clashes.add(name)
-            if replace:
+            if mode is Merge.REPLACE:
+                continue
+        elif name == b"connection" and (b"," in entry[1] or entry[1].strip().lower() in names):
+            entry = _unlisted(entry, names)  # the usual `keep-alive` or `close` never gets here
+            if entry is None:
                 continue
         kept.append(entry)
     added = snapshot.fields_h2 if h2 else snapshot.fields
-    if clashes and keep:
+    if clashes is None:
+        return (*kept, *added), NO_CLASHES
+    if mode is Merge.KEEP:
         added = tuple(f for f, name in zip(added, snapshot.lowered, strict=True) if name not in clashes)
         if not added:
             return None, clashes
@@ -109,8 +116,6 @@ def _unlisted(field: tuple[bytes, bytes], names: frozenset[bytes]) -> tuple[byte
     A client sending `Connection: close, Authorization` would make the next hop treat our Authorization as
     hop-by-hop and strip it (RFC 9110 §7.6.1); the names we add are end-to-end by definition.
     """
-    if b"," not in field[1] and field[1].strip().lower() not in names:
-        return field  # the usual `keep-alive` or `close`
     tokens = [t.strip() for t in field[1].split(b",")]
     if names.isdisjoint(t.lower() for t in tokens):
         return field
