@@ -303,6 +303,87 @@ def hook_cost(rounds: int, flows_per_round: int) -> list[tuple]:
     return rows
 
 
+# -- 1b. hook cost in instructions ------------------------------------------------------------------------------
+
+# (label, header_hosts, header_scope) for our hook; modify_headers gets the `~d` filter, as in part 1.
+INSTRUCTION_VARIANTS = (
+    ("hosts api.example.com", ["api.example.com"], ""),
+    ("scope ~d api.example.com", ["*"], "~d api.example.com"),
+    ("modify_headers", None, ""),
+)
+INSTRUCTION_FLOWS = 3000
+INSTRUCTION_WARMUP = 1000  # calls made in every run: the first calls of a function cost more (caches, specialisation)
+
+
+def hook_run(counts: list[int]) -> None:
+    """Applies each variant's hook to counts[i] of INSTRUCTION_FLOWS flows: every variant is configured and every
+    flow made in each run, whatever the counts, so only the hook calls differ between runs."""
+    import gc
+
+    import header_augment
+    from mitmproxy.addons.modifyheaders import ModifyHeaders
+    from mitmproxy.test import taddons, tflow
+
+    from header_augment_core.snapshot import Snapshot
+
+    # A full garbage collection walks every object of the process (tens of millions of instructions), and when one
+    # comes depends on how much was allocated before: it would land in one run and not the other.
+    gc.disable()
+    base = ((b"Host", b"api.example.com"), (b"User-Agent", b"curl/8.5"), (b"Accept", b"*/*"))
+    flows = [tflow.tflow() for _ in range(INSTRUCTION_FLOWS)]
+    for f in flows:
+        f.request.host = "api.example.com"  # once: setting it also rewrites the Host header, at a cost per header
+    headers = bench_headers(10)
+    ours, theirs = header_augment.HeaderAugment(), ModifyHeaders()
+    with taddons.context(theirs, ours) as tctx:
+        tctx.configure(theirs, modify_headers=[f"/~d api.example.com/{k}/{v}" for k, v in headers.items()])
+        for (_, hosts, scope), n in zip(INSTRUCTION_VARIANTS, counts, strict=True):
+            if hosts is not None:
+                tctx.configure(ours, header_provider_url="http://127.0.0.1:9/x", header_hosts=hosts, header_scope=scope)
+                ours.bindings[0].refresher.snapshot = Snapshot.build(list(headers.items()), time.monotonic(), 0)
+            for f in flows:
+                f.request.headers.fields = base
+                f.comment = ""
+            for f in flows[:n]:
+                if hosts is None:
+                    theirs.requestheaders(f)
+                else:
+                    ours.requestheaders(f)
+                    ours.check_reroute(f)  # the reroute guard's share, in mitmproxy's `request` hook
+        ours.done()
+
+
+def hook_instructions() -> dict[str, float] | None:
+    """Instructions per flow, counted by valgrind's callgrind: the same in every run, whatever else the machine does
+    (the timings of part 1 are medians of a noisy machine). A run with INSTRUCTION_WARMUP calls of each variant, then
+    one per variant with INSTRUCTION_FLOWS of its calls: the difference is that variant's, warmed up. None when
+    valgrind is not installed."""
+    import shutil
+
+    if shutil.which("valgrind") is None:
+        return None
+
+    def collected(counts: list[int]) -> int:
+        run = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__]
+            + ["--hook-run", json.dumps(counts)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=900,
+        )
+        return int(run.stderr.split("Collected : ")[1].split()[0])
+
+    warm = [INSTRUCTION_WARMUP] * len(INSTRUCTION_VARIANTS)
+    baseline = collected(warm)
+    results = {}
+    for i, (label, *_) in enumerate(INSTRUCTION_VARIANTS):
+        counts = list(warm)
+        counts[i] = INSTRUCTION_FLOWS
+        results[label] = (collected(counts) - baseline) / (INSTRUCTION_FLOWS - INSTRUCTION_WARMUP)
+    return results
+
+
 # -- 2. end to end -----------------------------------------------------------------------------------------------
 
 
@@ -515,7 +596,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer and shorter rounds")
     parser.add_argument("--loadgen", help=argparse.SUPPRESS)
     parser.add_argument("--memory", help=argparse.SUPPRESS)
+    parser.add_argument("--hook-run", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.hook_run:
+        hook_run(json.loads(args.hook_run))
+        return
     if args.loadgen:
         print(json.dumps(asyncio.run(_load(*json.loads(args.loadgen)))))
         return
@@ -538,6 +623,15 @@ def main() -> None:
         hook_rows = hook_cost(5 if quick else 9, 2000 if quick else 4000)
         for n, mode, scope, ours, theirs, ratio in hook_rows:
             print(f"   {n:>7} {mode:>8} {scope:>26} {ours:>8.2f} {theirs:>10.2f} {ratio:>6.3f}")
+
+        print("\n1b. Hook cost in instructions per flow, counted by valgrind (10 headers, replace, reroute guard too)")
+        counts = hook_instructions()
+        if counts is None:
+            print("   valgrind is not installed: skipped")
+        else:
+            theirs = counts["modify_headers"]
+            for label, count in counts.items():
+                print(f"   {label:>26} {count:>10,.0f}   {count / theirs:.3f}× modify_headers")
 
         print("\n2. End to end: requests/s through mitmdump, 8 keep-alive connections, loopback upstream")
         e2e = end_to_end(confdir, 3 if quick else 9, 1.5 if quick else 3.0, 8)
