@@ -4,7 +4,7 @@
 This machine is shared and noisy, so every figure is a ratio (or a latency) taken from interleaved rounds and
 reduced to a median; absolute throughput is printed only for context.
 
-    scripts/bench            # all five parts, about three minutes
+    scripts/bench            # all parts, about twelve minutes (five of them under valgrind)
     scripts/bench --quick    # fewer, shorter rounds
 """
 

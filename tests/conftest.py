@@ -7,7 +7,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "addon"))
 
-from servers import Mitmdump, Provider, Upstream
+from servers import Mitmdump, Provider, RawProvider, Upstream, self_signed
 
 
 @pytest.fixture
@@ -56,43 +56,25 @@ def values_of(response: httpx.Response, name: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory):
-    """A self-signed certificate for 127.0.0.1 (PEM with key), made with the cryptography package mitmproxy uses."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("provider.test")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    """A self-signed certificate for 127.0.0.1 and provider.test: cert.pem, and cert-combined.pem with its key."""
     directory = tmp_path_factory.mktemp("tls")
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    (directory / "cert.pem").write_bytes(cert_pem)
-    (directory / "combined.pem").write_bytes(cert_pem + key_pem)
+    self_signed(directory, "127.0.0.1", ("provider.test",), stem="cert")
     return directory
+
+
+@pytest.fixture
+def raw_provider():
+    """Start a `RawProvider(respond)`: `raw_provider(respond)`; every one started is closed at the end."""
+    started = []
+
+    def start(respond):
+        provider = RawProvider(respond)
+        started.append(provider)
+        return provider
+
+    yield start
+    for provider in started:
+        provider.close()
 
 
 @pytest.fixture
@@ -100,7 +82,7 @@ def tls_upstream(tls_files):
     import ssl
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tls_files / "combined.pem")
+    context.load_cert_chain(tls_files / "cert-combined.pem")
     u = Upstream(ssl_context=context)
     yield u
     u.close()

@@ -515,3 +515,44 @@ def brotli_bomb() -> bytes:
     compressor = brotli.Compressor(quality=1)
     zeros = bytes(1 << 20)
     return b"".join(compressor.process(zeros) for _ in range(1024)) + compressor.finish()
+
+
+def self_signed(directory: Path, name: str, dns_names=(), ip: str = "127.0.0.1", stem: str | None = None):
+    """A self-signed certificate (its own CA) for `dns_names` and `ip`, made with the cryptography package mitmproxy
+    uses; writes `<stem>.pem` and `<stem>-combined.pem` (with the key) and returns those two paths."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(ip)), *(x509.DNSName(n) for n in dns_names)]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    stem = stem or name
+    (directory / f"{stem}.pem").write_bytes(cert_pem)
+    (directory / f"{stem}-combined.pem").write_bytes(cert_pem + key_pem)
+    return directory / f"{stem}.pem", directory / f"{stem}-combined.pem"

@@ -6,7 +6,7 @@ import re
 import time
 
 import pytest
-from servers import RawProvider, brotli_bomb, gzip_bomb, http_answer, peak_rss_kib, trickle, wait_until
+from servers import brotli_bomb, gzip_bomb, http_answer, peak_rss_kib, trickle, wait_until
 
 from header_augment_core.rules import MAX_BODY_BYTES
 
@@ -15,20 +15,6 @@ BODY = json.dumps({"X-Token": "t"}).encode()
 # The bound that matters: far above what the proxy needs (see the baseline printed by the tests), far below what
 # decoding a bomb takes (2.25 GB RSS for an 809-byte brotli body before the answers were read undecoded).
 PEAK_RSS_LIMIT_KIB = 150 * 1024
-
-
-@pytest.fixture
-def raw_provider():
-    started = []
-
-    def start(respond):
-        provider = RawProvider(respond)
-        started.append(provider)
-        return provider
-
-    yield start
-    for provider in started:
-        provider.close()
 
 
 def test_a_trickled_head_times_out_at_the_deadline(mitmdump, raw_provider):

@@ -2,7 +2,6 @@
 the whole call, bounded decoding, no cookies, only the configured CA, nothing from an answer in the logs, and a
 reason class for every failure."""
 
-import datetime
 import gzip
 import importlib.util
 import json
@@ -18,7 +17,7 @@ import brotli
 import httpcore
 import httpx
 import pytest
-from servers import RawProvider, gzip_bomb, http_answer, trickle, wait_until
+from servers import gzip_bomb, http_answer, self_signed, trickle, wait_until
 
 from header_augment_core.failures import REASON_CLASSES
 from header_augment_core.http_exchange import THREAD_PREFIX, _AbortableBackend
@@ -39,58 +38,6 @@ def fetch(url, **fields):
         return c.fetch()
     finally:
         c.close()
-
-
-@pytest.fixture
-def raw_provider():
-    started = []
-
-    def start(respond):
-        provider = RawProvider(respond)
-        started.append(provider)
-        return provider
-
-    yield start
-    for provider in started:
-        provider.close()
-
-
-def self_signed(directory, name, dns_names=(), ip="127.0.0.1"):
-    """A self-signed certificate (its own CA) for `dns_names` and `ip`; returns (cert.pem, cert+key.pem) paths."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(ip)), *(x509.DNSName(n) for n in dns_names)]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    (directory / f"{name}.pem").write_bytes(cert_pem)
-    (directory / f"{name}-combined.pem").write_bytes(cert_pem + key_pem)
-    return directory / f"{name}.pem", directory / f"{name}-combined.pem"
 
 
 def serve_tls(provider, combined, client_ca=None):
@@ -313,7 +260,7 @@ def test_cookies_are_neither_kept_nor_sent(provider):
 
 def test_a_configured_ca_is_the_only_one_trusted(provider, tls_files, tmp_path, monkeypatch):
     """header_provider_ca replaces the default trust store; it is not added to it."""
-    serve_tls(provider, tls_files / "combined.pem")
+    serve_tls(provider, tls_files / "cert-combined.pem")
     provider.answer({"X-A": "b"})
     url = f"https://127.0.0.1:{provider.port}/headers"
     monkeypatch.setenv("SSL_CERT_FILE", str(tls_files / "cert.pem"))  # what load_default_certs() reads
@@ -392,7 +339,7 @@ def test_reason_classes(provider, raw_provider, tls_files):
     cases["body"] = fetch(raw_provider(answering(cut)).url)
     cases["status"] = fetch(raw_provider(answering(http_answer(b"", status="500 Oops"))).url)
     cases["size"] = fetch(raw_provider(answering(http_answer(b" " * (MAX_BODY_BYTES + 1)))).url)
-    serve_tls(provider, tls_files / "combined.pem", client_ca=tls_files / "cert.pem")
+    serve_tls(provider, tls_files / "cert-combined.pem", client_ca=tls_files / "cert.pem")
     provider.answer({"X-A": "b"})
     url = f"https://127.0.0.1:{provider.port}/headers"
     cases["tls"] = fetch(url)  # the provider's certificate is not trusted

@@ -148,7 +148,7 @@ def test_unix_socket(tmp_path):
 def tls_provider(tls_files, provider):
     """The provider behind TLS that requires a client certificate signed by our test CA."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tls_files / "combined.pem")
+    context.load_cert_chain(tls_files / "cert-combined.pem")
     context.verify_mode = ssl.CERT_REQUIRED
     context.load_verify_locations(tls_files / "cert.pem")
     provider.server.socket = context.wrap_socket(provider.server.socket, server_side=True)
@@ -158,11 +158,13 @@ def tls_provider(tls_files, provider):
 def test_https_with_ca_client_certificate_and_sni(tls_provider, tls_files):
     tls_provider.answer({"A": "b"})
     url = f"https://127.0.0.1:{tls_provider.port}/headers"
-    ok = client(url, ca=str(tls_files / "cert.pem"), cert=str(tls_files / "combined.pem"), authority="provider.test")
+    ok = client(
+        url, ca=str(tls_files / "cert.pem"), cert=str(tls_files / "cert-combined.pem"), authority="provider.test"
+    )
     assert ok.fetch().ok
     no_cert = client(url, ca=str(tls_files / "cert.pem"))
     assert not no_cert.fetch().ok
-    untrusted = client(url, cert=str(tls_files / "combined.pem"))
+    untrusted = client(url, cert=str(tls_files / "cert-combined.pem"))
     assert "CERTIFICATE_VERIFY_FAILED" in untrusted.fetch().reason
 
 

@@ -76,7 +76,7 @@ class World:
     def start(self, tls_files) -> None:
         directory = self.directory
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        tls.load_cert_chain(tls_files / "combined.pem")
+        tls.load_cert_chain(tls_files / "cert-combined.pem")
         self.a, self.b = self.serve(Upstream()), self.serve(Upstream())
         self.t, self.t2 = self.serve(Upstream(ssl_context=tls)), self.serve(Upstream(ssl_context=tls))
         try:
