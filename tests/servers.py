@@ -25,6 +25,17 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import echo_upstream  # noqa: E402
 
+# How often a test server's loop looks for shutdown(): socketserver's default, 0.5 s, made every test that closes
+# servers wait that long for each.
+POLL_INTERVAL = 0.02
+
+
+def serve_in_background(server) -> threading.Thread:
+    """Run a socketserver in a daemon thread (a test closes it with shutdown() and server_close())."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": POLL_INTERVAL}, daemon=True)
+    thread.start()
+    return thread
+
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
     """Poll `predicate` until it returns something truthy; fail with `what` after `timeout` seconds."""
@@ -85,8 +96,7 @@ class Provider:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/headers"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        self._thread = serve_in_background(self.server)
 
     def answer(
         self,
@@ -129,8 +139,7 @@ class Upstream:
         self.port = self.server.server_address[1]
         scheme = "https" if ssl_context else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        self._thread = serve_in_background(self.server)
 
     def close(self) -> None:
         self.server.shutdown()
@@ -292,7 +301,7 @@ class TokenEndpoint:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/token"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serve_in_background(self.server)
 
     def close(self) -> None:
         self.server.shutdown()
@@ -338,7 +347,7 @@ class Upstream6:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://[::1]:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serve_in_background(self.server)
 
     def close(self) -> None:
         self.server.shutdown()
@@ -405,7 +414,7 @@ class LoopbackProxy:
         self.server = Server(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serve_in_background(self.server)
 
     def _note(self, target: str, connect_head: list[str] | None = None) -> None:
         with self._lock:
@@ -470,7 +479,7 @@ class RawProvider:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/headers"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serve_in_background(self.server)
 
     def close(self) -> None:
         self.server.shutdown()

@@ -8,11 +8,10 @@ import random
 import socket
 import socketserver
 import ssl
-import threading
 import time
 
 import pytest
-from servers import wait_until
+from servers import serve_in_background, wait_until
 
 from header_augment_core.fields import SettingsError
 from header_augment_core.refresher import Refresher
@@ -74,7 +73,7 @@ def test_too_large_without_content_length(provider):
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Chunked)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_background(server)
     try:
         result = client(f"http://127.0.0.1:{server.server_address[1]}/").fetch()
         assert result.reason == "body larger than 1048576 bytes"
@@ -134,7 +133,7 @@ def test_unix_socket(tmp_path):
         daemon_threads = True
 
     server = UnixServer(path, Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_background(server)
     try:
         result = client("http://sidecar/headers", socket=path).fetch()
         assert result.answer.headers == (("X-Via", "sidecar/headers"),)
