@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from servers import wait_until
+from servers import DEADLINE, wait_until
 
 
 class Running:
@@ -129,6 +129,6 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def wait_all_gone(pids, timeout: float = 20.0) -> None:
+def wait_all_gone(pids, timeout: float = DEADLINE) -> None:
     pids = set(pids)
     wait_until(lambda: not any(alive(pid) for pid in pids), timeout, 0.05, f"processes {sorted(pids)} to end")

@@ -37,7 +37,12 @@ def serve_in_background(server) -> threading.Thread:
     return thread
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
+# Deadlines that only guard against a hang: far above what anything takes, even with both cores busy and a test file
+# starting a dozen proxies beside this one (a mitmdump then takes up to ten times its usual 1.5 s to start).
+DEADLINE = 30.0
+
+
+def wait_until(predicate, timeout: float = DEADLINE, interval: float = 0.01, what: str = "condition"):
     """Poll `predicate` until it returns something truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -120,7 +125,7 @@ class Provider:
         with self._lock:
             return len(self.requests)
 
-    def wait_for_requests(self, n: int, timeout: float = 10.0) -> None:
+    def wait_for_requests(self, n: int, timeout: float = DEADLINE) -> None:
         wait_until(lambda: self.count >= n, timeout, what=f"{n} provider requests")
 
     def close(self) -> None:
@@ -200,7 +205,7 @@ class Mitmdump:
         with self._cond:
             return "".join(self._lines)
 
-    def wait_for(self, pattern: str, timeout: float = 10.0, start: int = 0) -> re.Match:
+    def wait_for(self, pattern: str, timeout: float = DEADLINE, start: int = 0) -> re.Match:
         """The first output line (from line `start`) matching `pattern`; fails on timeout or exit."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
@@ -228,7 +233,7 @@ class Mitmdump:
     def proxy(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def stop(self, timeout: float = 10.0) -> int:
+    def stop(self, timeout: float = DEADLINE) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         try:

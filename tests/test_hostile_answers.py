@@ -33,9 +33,9 @@ def test_entry_flood_logs_one_line_per_refresh_and_sigint_still_stops_the_proxy(
     with client_for(m.proxy) as client:
         for _ in range(3):
             provider.answer(body=flood(45_000), response_headers={"Cache-Control": "max-age=1"})
-            provider.wait_for_requests(provider.count + 1, timeout=15)
+            provider.wait_for_requests(provider.count + 1)
             assert values_of(client.get(upstream.url), "X-Good") == ["fine"]
-    wait_until(lambda: len(re.findall("dropped 45000 entries", m.output)) >= 3, timeout=15, what="three summaries")
+    wait_until(lambda: len(re.findall("dropped 45000 entries", m.output)) >= 3, what="three summaries")
     sent = time.monotonic()
     m.proc.send_signal(signal.SIGINT)
     assert m.wait_exit(timeout=10) == 0

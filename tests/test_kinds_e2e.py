@@ -205,7 +205,7 @@ def test_commands_each_format_refresh_expiry_and_failures(mitmdump, upstreams, t
         print("exec-credential runs after:", ", ".join(f"{b - a:.2f}s" for a, b in zip(times, times[1:], strict=False)))
 
         # The JWT is never renewed: once it has expired, header_require refuses.
-        m.wait_for(r"jwt \(command credential\.py\): refresh failed: credential\.py: token expired", timeout=10)
+        m.wait_for(r"jwt \(command credential\.py\): refresh failed: credential\.py: token expired")
         refused = wait_until(lambda: (r := client.get(by_jwt.url)).status_code == 503 and r, what="503")
         assert "the provider's headers expired" in refused.text
 

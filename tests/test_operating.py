@@ -144,7 +144,7 @@ async def refresh_scenario(provider):
             started = time.monotonic()
             tctx.command(addon.refresh)
             assert time.monotonic() - started < 0.1  # the provider takes 0.5 s; the command does not wait
-            provider.wait_for_requests(2, timeout=5)
+            provider.wait_for_requests(2)
         finally:
             addon.done()
 

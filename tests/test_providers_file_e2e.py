@@ -20,7 +20,7 @@ def test_half_written_file_never_sends_the_token_elsewhere(mitmdump, provider, u
         mark = m.mark()
 
         def watch() -> None:
-            m.wait_for(r"provider 1 \(api\): hosts: required.*keeping the previous", timeout=15, start=mark)
+            m.wait_for(r"provider 1 \(api\): hosts: required.*keeping the previous", start=mark)
             refused.set()
 
         watcher = threading.Thread(target=watch)

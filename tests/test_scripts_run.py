@@ -7,7 +7,7 @@ import socket
 import pytest
 from conftest import client_for, values_of
 from processes import Running, port_is_free, processes_in_group, wait_all_gone
-from servers import ROOT, clean_env, wait_until
+from servers import DEADLINE, ROOT, clean_env, wait_until
 
 RUN = ROOT / "scripts" / "run"
 
@@ -36,7 +36,7 @@ class Started:
         wait_all_gone(self.pids.values())
         assert processes_in_group(self.run.pgid) == {}
         for port in (self.proxy_port, self.provider_port, *ports):
-            wait_until(lambda port=port: port_is_free(port), 10, 0.05, f"port {port} to be free")
+            wait_until(lambda port=port: port_is_free(port), DEADLINE, 0.05, f"port {port} to be free")
 
 
 def only(pids) -> int:
@@ -110,8 +110,8 @@ def test_the_exit_status_is_the_proxys(tmp_path):
         provider_port = int(run.wait_for(r"demo provider listening on http://127\.0\.0\.1:(\d+)/").group(1))
         assert run.wait_exit() == 1, run.output
         assert "header_refresh_interval: '10x' is not a duration" in run.output
-        wait_until(lambda: processes_in_group(run.pgid) == {}, 20, 0.05, "the demo provider to end")
-        wait_until(lambda: port_is_free(provider_port), 10, 0.05, f"port {provider_port} to be free")
+        wait_until(lambda: processes_in_group(run.pgid) == {}, DEADLINE, 0.05, "the demo provider to end")
+        wait_until(lambda: port_is_free(provider_port), DEADLINE, 0.05, f"port {provider_port} to be free")
     finally:
         run.kill_group()
 
