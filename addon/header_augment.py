@@ -350,7 +350,7 @@ class HeaderAugment:
             )
 
     def _reload_providers_file(self) -> None:
-        if self._file is None or self._file.check() is None:
+        if self._file is None or not self._file.check():
             return
         path = self._file.path
         try:

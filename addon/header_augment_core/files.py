@@ -55,17 +55,18 @@ def read_regular(path: str, limit: int) -> tuple[bytes, Stamp]:
 class SettledChange:
     """Tells when a file has changed and then stopped changing: a new stamp, seen the same on two checks in a row.
 
-    A file being written in several steps is never taken half-written (as long as each check sees a step).
+    A file being written in several steps is never taken half-written (as long as each check sees a step). A file
+    that goes away is a change too (its stamp becomes None).
     """
 
     def __init__(self, path: str, current: Stamp | None) -> None:
         self.path = path
-        self.current = current  # the stamp of what is in use
-        self._seen = current
+        self.current = current  # the stamp of what is in use (or was last read)
+        self.seen = current  # the stamp the last check saw
 
-    def check(self) -> Stamp | None:
-        """Call once per check: the new stamp once a change has settled, else None."""
+    def check(self) -> bool:
+        """Call once per check: whether a change has settled."""
         now = stamp(self.path)
-        settled = now != self.current and now == self._seen
-        self._seen = now
-        return now if settled else None
+        settled = now != self.current and now == self.seen
+        self.seen = now
+        return settled

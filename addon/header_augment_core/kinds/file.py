@@ -7,7 +7,7 @@ from typing import ClassVar
 from ..failures import Failed
 from ..fetch import Client, FetchResult
 from ..fields import Option, SettingsError, setting, text
-from ..files import Stamp, read_regular, stamp
+from ..files import SettledChange, read_regular, stamp
 from ..formats import Content, read
 from ..rules import MAX_BODY_BYTES
 from .base import Source
@@ -55,32 +55,29 @@ class FileClient(Client):
 
     def __init__(self, source: FileSource) -> None:
         self.source = source
-        # As in files.SettledChange, but a file that goes away is a change too. `_read`: the stamp of the content
-        # last read (used, or refused: a bad file is not read again until it changes or its retry is due).
-        self._read: Stamp | None = None
-        self._seen: Stamp | None = None  # the stamp the last look saw
+        # `current`: the stamp of the content last read (used, or refused: a bad file is not read again until it
+        # changes or its retry is due).
+        self._watch = SettledChange(source.path, None)
         self._first = True
 
     def changed(self) -> bool:
         """Whether the file has a new stamp, the same on two looks in a row (so not still being written)."""
-        now = stamp(self.source.path)
-        settled = now != self._read and now == self._seen
-        self._seen = now
-        return settled
+        return self._watch.check()
 
     def _fetch(self) -> FetchResult:
+        watch = self._watch
         first, self._first = self._first, False
         try:
             data, got = read_regular(self.source.path, MAX_BODY_BYTES)
         except Failed:
-            self._read = stamp(self.source.path)
+            watch.current = stamp(self.source.path)
             raise
         # What is read must be what two looks in a row saw (the last look and this read), or what was read before:
         # a file written in place is not taken half-written. The first read has nothing to compare with.
-        if not first and got not in (self._read, self._seen):
-            self._seen = got
+        if not first and got not in (watch.current, watch.seen):
+            watch.seen = got
             raise Failed("changing: it is read again once it has stopped changing", "file")
-        self._read = self._seen = got
+        watch.current = watch.seen = got
         if not data.strip():
             raise Failed("empty")
         parsed = read(self.source, data)
