@@ -4,7 +4,7 @@ mitmproxy loads an addon as a script given by path (`-s`), and after an install 
 header_augment.py. This command finds it and runs mitmproxy in-process with `-s <that path>` followed by the
 user's arguments unchanged, so that an install is used like `mitmdump -s addon/header_augment.py` from a clone:
 
-    header-augment --set header_provider_url=http://127.0.0.1:9000/headers --set header_scope='~d example.com'
+    header-augment --set header_provider_url=http://127.0.0.1:9000/headers --set header_hosts=api.example.com
     header-augment --web ...     # mitmweb instead of mitmdump
     header-augment --version
 """
