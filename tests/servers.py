@@ -189,7 +189,12 @@ class Mitmdump:
         self._reader.start()
         self.port = 0
         if wait_listening:
-            self.port = int(self.wait_for(r"proxy listening at 127\.0\.0\.1:(\d+)").group(1))
+            try:
+                self.port = int(self.wait_for(r"proxy listening at 127\.0\.0\.1:(\d+)").group(1))
+            except AssertionError:
+                self.proc.kill()  # nobody else holds it yet: a failed start must not leave a proxy running
+                self.proc.wait()
+                raise
 
     def _read(self) -> None:
         for line in self.proc.stdout:
