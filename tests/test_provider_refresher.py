@@ -11,7 +11,7 @@ import ssl
 import time
 
 import pytest
-from servers import serve_in_background, wait_until
+from servers import DEADLINE, serve_in_background, wait_until
 
 from header_augment_core.fields import SettingsError
 from header_augment_core.refresher import Refresher
@@ -83,11 +83,11 @@ def test_too_large_without_content_length(provider):
 
 
 def test_timeout(provider):
-    provider.answer({"A": "b"}, delay=2)
+    provider.answer({"A": "b"}, delay=60)
     started = time.monotonic()
     result = client(provider.url, timeout=0.3).fetch()
     assert result.reason == "timed out"
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < DEADLINE  # not the minute the answer takes
 
 
 def test_connection_refused():
@@ -255,8 +255,8 @@ def test_stop_does_not_wait_for_a_hanging_provider(provider):
     provider.wait_for_requests(1)
     started = time.monotonic()
     r.stop()
-    assert time.monotonic() - started < 1.2
-    assert not r.is_alive()
+    wait_until(lambda: not r.is_alive(), what="the refresher to end")
+    assert time.monotonic() - started < DEADLINE  # not the minute of its call's timeout: the call was aborted
     assert r.snapshot.fields == () and r.counts.failed == 0  # an aborted call is not counted as a failure
 
 
