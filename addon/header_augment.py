@@ -104,19 +104,15 @@ class Binding:
             return None
         existing = request.headers.fields
         fields, clashes = merge(existing, snapshot, self.mode, request.data.http_version in _LOWER_CASE_NAMES)
-        if fields is None:
-            if clashes:  # keep mode, and the request had every one of our names
-                counters.already_present += 1
-                _note(flow, self.comment + _clash_note(snapshot, clashes, self.mode))
+        if clashes:
+            counters.already_present += 1
+            _note(flow, self.comment + _clash_note(snapshot, clashes, self.mode))
+        elif fields is not None:
+            _note(flow, self.comment + snapshot.summary)
+        if fields is None:  # nothing to add: {} from the provider, or keep mode and the request had every name
             return None
         request.headers.fields = fields
         counters.given += 1
-        if clashes:
-            counters.already_present += 1
-            text = self.comment + _clash_note(snapshot, clashes, self.mode)
-        else:
-            text = self.comment + snapshot.summary
-        flow.comment = f"{flow.comment}\n{text}" if flow.comment else text
         metadata = flow.metadata
         given = metadata.get(GIVEN)
         # What RerouteGuard needs to take it all back; a second provider adds its names.
