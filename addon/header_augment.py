@@ -11,6 +11,7 @@ import logging
 import math
 import sys
 import time
+import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from mitmproxy import command, ctx, exceptions, flowfilter, http  # noqa: E402
 
 from header_augment_core.admin import OPTION as ADMIN_OPTION  # noqa: E402
 from header_augment_core.admin import AdminEndpoint  # noqa: E402
+from header_augment_core.carried import Carried, masked, scrub_body, scrub_headers, without_markers  # noqa: E402
 from header_augment_core.counters import RequestCounters, request_summary  # noqa: E402
 from header_augment_core.fields import SettingsError  # noqa: E402
 from header_augment_core.files import SettledChange, stamp  # noqa: E402
@@ -41,15 +43,17 @@ FILE_CHECK_INTERVAL = 1.0
 # A request held for a provider's first answer waits at most the fetch's own timeout plus this.
 FIRST_FETCH_GRACE = 1.0
 HOOK_ERROR_LOG_INTERVAL = 60.0
+# An upstream's 401 to our credentials asks their provider again at once, but at most this often per provider.
+REASK_AFTER_401_GAP = 10.0
 # Filters that search the request's host (or its Host header) with a regex: not a way to pick hosts.
 _HOST_SEARCHING_FILTERS = {"d", "h", "hq", "u"}
 _LOWER_CASE_NAMES = (b"HTTP/2.0", b"HTTP/3")  # versions whose header names must be lower-case
 
 Label = Callable[[str], str]
 WAIT = object()  # from Binding.apply: hold the request until the provider's first fetch has finished
-# flow.metadata key: what a flow had before we added headers, where it was going and the names we added, so that
-# `request` can take them back if another addon reroutes the flow after the match (map_remote does, in `request`).
-GIVEN = "header-augment given"
+# What each flow in flight carries from us (header_augment_core.carried), kept beside the flow rather than in its
+# metadata, which saved flows hold. Weak: a flow that never ends takes its record with it.
+Ledger = weakref.WeakKeyDictionary
 
 
 class RerouteGuard:
@@ -74,6 +78,7 @@ class Binding:
     counters: Any  # RequestCounters
     comment: str  # how a flow's comment names this provider
     mode: Merge  # settings.merge, one attribute away on the request path
+    ledger: Ledger  # the addon's, shared by every binding
 
     def apply(self, flow: http.HTTPFlow, may_wait: bool = True) -> object:
         """Add the headers to `flow` if it is in scope. Returns WAIT (having done nothing) when the flow should be
@@ -113,12 +118,11 @@ class Binding:
             return None
         request.headers.fields = fields
         counters.given += 1
-        metadata = flow.metadata
-        given = metadata.get(GIVEN)
-        # What RerouteGuard needs to take it all back; a second provider adds its names.
-        metadata[GIVEN] = (
-            (existing, host, port, snapshot.names) if given is None else (*given[:3], given[3] | snapshot.names)
-        )
+        carried = self.ledger.get(flow)
+        if carried is None:
+            self.ledger[flow] = Carried(existing, host, port, snapshot.names, [(self, snapshot)])
+        else:  # a second entry for the same flow
+            carried.add(self, snapshot)
         return None
 
 
@@ -176,6 +180,8 @@ class HeaderAugment:
         self._hook_error_logged_at = -HOOK_ERROR_LOG_INTERVAL
         self._admin = AdminEndpoint(lambda: self.bindings, self.refresh)
         self._guard = RerouteGuard(self.check_reroute)
+        self._ledger: Ledger = Ledger()
+        self._reasked_at: weakref.WeakKeyDictionary[Refresher, float] = weakref.WeakKeyDictionary()
 
     # -- configuration ------------------------------------------------------------------------------------------
 
@@ -252,6 +258,7 @@ class HeaderAugment:
                     counters=counters.get(self._entry_key(settings, index)) or RequestCounters(),
                     comment=name,
                     mode=settings.merge,
+                    ledger=self._ledger,
                 )
             )
         return tuple(bindings)
@@ -364,26 +371,76 @@ class HeaderAugment:
     def requestheaders(self, flow: http.HTTPFlow) -> Coroutine | None:
         if flow.response or flow.error or not flow.live:
             return None
+        request = flow.request
+        if flow.is_replay == "request" and (fields := without_markers(request.headers.fields)) is not None:
+            request.headers.fields = fields  # a saved flow replayed: the markers go, the live values come back
+        if request.data.method == b"TRACE":  # the upstream would send the request, with our headers, back
+            _note(flow, "header-augment: no headers for TRACE")
+            return None
         return self._apply(flow, self.bindings, set())
 
     def check_reroute(self, flow: http.HTTPFlow) -> None:
         """The match was made in `requestheaders` against the destination then. If an addon has rerouted the flow
         since (map_remote does, in `request`), what we added goes back out, and the headers are applied again for
         where it goes now: credentials never follow a flow to a host not named. Called by `RerouteGuard`."""
-        given = flow.metadata.pop(GIVEN, None)
-        if given is None:
+        carried = self._ledger.get(flow)
+        if carried is None:
             return
-        original, host, port, names = given
         request = flow.request
-        if request.host == host and request.port == port:
+        if request.host == carried.host and request.port == carried.port:
             return
-        touched = names | {b"connection"}  # and the Connection header we may have edited
+        del self._ledger[flow]
+        touched = carried.names | {b"connection"}  # and the Connection header we may have edited
         request.headers.fields = tuple(f for f in request.headers.fields if f[0].lower() not in touched) + tuple(
-            f for f in original if f[0].lower() in touched
+            f for f in carried.original if f[0].lower() in touched
         )
-        _note(flow, f"header-augment: headers taken back: rerouted from {host}:{port} after the match")
+        _note(flow, f"header-augment: headers taken back: rerouted from {carried.host}:{carried.port} after the match")
         if not (flow.response or flow.error):
             self._apply(flow, self.bindings, {b.refresher for b in self.bindings})  # no waiting here
+
+    # -- once the request has left: nothing we added stays in the flow or comes back in the answer -------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        carried = self._ledger.get(flow)
+        if carried is None:
+            return
+        response = flow.response
+        if response.status_code == 401:
+            self._unauthorized(carried)
+        self._mask(flow, carried)
+        if scrub_headers(response, carried.secrets()):
+            _note(flow, "header-augment: scrubbed our values from the response headers")
+        if response.stream:  # the body is passed on as it comes, never held: nothing more to do
+            del self._ledger[flow]
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        carried = self._ledger.pop(flow, None)
+        if carried is not None and scrub_body(flow.response, carried.secrets()):
+            _note(flow, "header-augment: scrubbed our values from the response body")
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        carried = self._ledger.pop(flow, None)
+        if carried is not None:
+            self._mask(flow, carried)
+
+    def _mask(self, flow: http.HTTPFlow, carried: Carried) -> None:
+        """The request has been sent: what savers, exporters and mitmweb see from now on holds markers instead."""
+        if ctx.options.header_keep_values:
+            return
+        if (fields := masked(flow.request.headers.fields, carried.given)) is not None:
+            flow.request.headers.fields = fields
+
+    def _unauthorized(self, carried: Carried) -> None:
+        """The upstream refused credentials we added (revoked, rotated): ask their providers again now, not at the
+        next interval — coalesced, so a stream of 401s makes at most one fetch per provider per REASK gap."""
+        now = time.monotonic()
+        for binding, _ in carried.given:
+            binding.counters.unauthorized += 1
+            refresher = binding.refresher
+            if now - self._reasked_at.get(refresher, -math.inf) >= REASK_AFTER_401_GAP:
+                self._reasked_at[refresher] = now
+                binding.counters.reasked += 1
+                refresher.refresh_now()
 
     def _apply(self, flow: http.HTTPFlow, bindings: tuple[Binding, ...], waited: set) -> Coroutine | None:
         """Apply `bindings` in order; a coroutine (for mitmproxy to await) if one must wait for a first fetch."""

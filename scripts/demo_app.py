@@ -11,6 +11,8 @@ import time
 import urllib.error
 import urllib.request
 
+from echo_upstream import received
+
 SHOWN = ("Authorization", "X-Tenant")
 
 
@@ -48,7 +50,7 @@ def main() -> int:
         if status != 200:
             print(f"app: HTTP {status}: {body}", flush=True)
             return 1
-        seen = {name: value for name, value in body["headers"] if name in SHOWN}
+        seen = {name: value for name, value in received(body) if name in SHOWN}
         shown = ", ".join(f"{name}: {redact(name, seen[name])}" for name in SHOWN if name in seen) or "none"
         print(f"app: upstream saw {shown}", flush=True)
         sent += 1

@@ -2,6 +2,10 @@
 """An upstream that answers every request with the request it got, as JSON: method, path, headers (in order,
 repeats kept) and the number of body bytes. Used by the tests, the benchmark and the compose stack.
 Standard library only.
+
+header-augment scrubs the values it added from every answer (a client never holds them), so the echoed `headers`
+show `<header-augment: NAME>` where a value of ours arrived; `received` holds the same headers with each value
+hex-encoded, for the tests and the demo to see what really arrived (read it with `received()`).
 """
 
 import argparse
@@ -22,6 +26,7 @@ class EchoHandler(http.server.BaseHTTPRequestHandler):
             "method": self.command,
             "path": self.path,
             "headers": [[name, value] for name, value in self.headers.items()],
+            "received": [[name, value.encode("latin-1").hex()] for name, value in self.headers.items()],
             "body_bytes": body_bytes,
         }
         self._send(json.dumps(payload).encode(), "application/json")
@@ -57,6 +62,11 @@ class EchoHandler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+
+def received(answer: dict) -> list[tuple[str, str]]:
+    """The headers an echo answer says arrived, in order, with their real values."""
+    return [(name, bytes.fromhex(value).decode("latin-1")) for name, value in answer["received"]]
 
 
 def serve(host: str, port: int) -> http.server.ThreadingHTTPServer:

@@ -6,7 +6,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "addon"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
+from echo_upstream import received
 from servers import Mitmdump, Provider, RawProvider, Upstream, self_signed
 
 
@@ -47,7 +49,7 @@ def client_for(proxy: str, **kwargs) -> httpx.Client:
 def seen_headers(response: httpx.Response) -> list[tuple[str, str]]:
     """The headers the echo upstream received, in order."""
     assert response.status_code == 200, response.text
-    return [(name, value) for name, value in response.json()["headers"]]
+    return received(response.json())
 
 
 def values_of(response: httpx.Response, name: str) -> list[str]:

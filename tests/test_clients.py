@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from conftest import client_for, values_of
+from echo_upstream import received
 from processes import Running, processes_in_group
 from servers import ROOT, Mitmdump, Upstream, clean_env, wait_until
 
@@ -159,7 +160,7 @@ def answers(output: str) -> list[dict]:
 
 
 def header(answer: dict, name: str) -> list[str]:
-    return [v for n, v in answer["headers"] if n.lower() == name.lower()]
+    return [v for n, v in received(answer) if n.lower() == name.lower()]
 
 
 def has_demo_headers(answer: dict) -> bool:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from echo_upstream import received
 from servers import ROOT, clean_env
 
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
@@ -72,7 +73,7 @@ def test_http2_upstream_gets_lower_case_names_and_nothing_is_logged_per_request(
             ).stdout
             body, version = out.rsplit("\n", 1)
             assert version == "2"
-            seen = {name.lower(): value for name, value in json.loads(body)["headers"]}
+            seen = {name.lower(): value for name, value in received(json.loads(body))}
             assert seen["authorization"] == "Bearer h2-token" and seen["x-tenant"] == "acme"
         m.stop()
         assert "Lowercased" not in m.output

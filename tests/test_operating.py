@@ -108,6 +108,8 @@ def test_counters_and_status(provider):
         "without": 0,
         "already_present": 1,
         "waited": 0,
+        "unauthorized": 0,
+        "reasked": 0,
     }
     assert data["fetches"] == {
         "ok": 1,

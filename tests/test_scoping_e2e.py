@@ -28,6 +28,7 @@ import threading
 import urllib.parse
 
 import pytest
+from echo_upstream import received
 from servers import ROOT, LoopbackProxy, Mitmdump, Provider, Upstream, Upstream6, clean_env
 
 SECRET = "SECRET-TOKEN"
@@ -161,7 +162,7 @@ def echo(response: http.client.HTTPResponse) -> dict:
 
 def granted(seen: dict) -> set[str]:
     """The grants whose header reached the upstream, each with its own value, once."""
-    names = [(name.lower(), value) for name, value in seen["headers"] if name.lower().startswith("x-token-")]
+    names = [(name.lower(), value) for name, value in received(seen) if name.lower().startswith("x-token-")]
     found = {name.removeprefix("x-token-"): value for name, value in names}
     assert len(found) == len(names), seen
     assert all(value == f"{TOKEN}-{grant}" for grant, value in found.items()), seen
@@ -169,7 +170,7 @@ def granted(seen: dict) -> set[str]:
 
 
 def host_seen(seen: dict) -> str:
-    return next(value for name, value in seen["headers"] if name.lower() == "host")
+    return next(value for name, value in received(seen) if name.lower() == "host")
 
 
 def request(conn: http.client.HTTPConnection, target: str, host: str | None, method: str) -> dict:
@@ -546,7 +547,7 @@ def test_http2_authority_inside_a_tunnel_is_not_the_destination(mitmdump, provid
         )
         body, version = out.rsplit("\n", 1)
         assert version == "2"
-        authorization[port] = [v for n, v in json.loads(body)["headers"] if n.lower() == "authorization"]
+        authorization[port] = [v for n, v in received(json.loads(body)) if n.lower() == "authorization"]
     assert authorization == {world.t.port: [TOKEN], world.t2.port: []}
     assert SECRET not in m.output
 
@@ -656,7 +657,7 @@ def test_emptying_the_hosts_at_runtime_is_refused(mitmdump, provider, world):
 
     def tokens(port: int, host: str | None = None) -> list[str]:
         seen = via_proxy(proxy, f"http://127.0.0.1:{port}/", host)
-        return [value for name, value in seen["headers"] if name.lower() == "authorization"]
+        return [value for name, value in received(seen) if name.lower() == "authorization"]
 
     for command in ['set header_hosts ""', "set header_hosts", 'set header_hosts " , "']:
         status, answer = console(proxy, command)
@@ -684,5 +685,5 @@ def test_a_flow_rerouted_after_the_match_does_not_take_the_token_along(mitmdump,
     kept = via_proxy(proxy, f"http://127.0.0.1:{a}/kept")
     rerouted = via_proxy(proxy, f"http://127.0.0.1:{a}/rerouted")
     assert host_seen(rerouted) == f"127.0.0.1:{b}"  # map_remote did reroute it to upstream B
-    assert [v for n, v in kept["headers"] if n.lower() == "authorization"] == [TOKEN]
-    assert [v for n, v in rerouted["headers"] if n.lower() == "authorization"] == []
+    assert [v for n, v in received(kept) if n.lower() == "authorization"] == [TOKEN]
+    assert [v for n, v in received(rerouted) if n.lower() == "authorization"] == []

@@ -23,6 +23,8 @@ REQUEST_OUTCOMES = (
 REQUEST_EXTRAS = (
     CounterDef("already_present", "with a header already present", "in scope and already had one of the names"),
     CounterDef("waited", "waited for the first answer", "in scope and held until the first fetch had finished"),
+    CounterDef("unauthorized", "answered 401", "left with this provider's headers and answered 401 by the upstream"),
+    CounterDef("reasked", "made the provider be asked again", "answered 401 and made the provider be asked at once"),
 )
 REQUEST_COUNTERS = REQUEST_OUTCOMES + REQUEST_EXTRAS
 

@@ -52,6 +52,14 @@ OTHER_OPTIONS = (
         "Serve /ready, /live, /metrics, /status and POST /refresh at host:port (127.0.0.1:9901, [::1]:9901; port 0 "
         "picks a free one); empty: off. It has no authentication: keep it on loopback or a network you trust.",
     ),
+    Option(
+        "header_keep_values",
+        bool,
+        False,
+        "Keep the values header-augment added in each flow once its request has been sent. By default they are "
+        "replaced by <header-augment: NAME> there, so that -w flow files, hardump, the export commands and mitmweb "
+        "never hold them; set this only to debug your own traffic.",
+    ),
 )
 TABLE = _table()
 OPTIONS = tuple(option for option, _ in TABLE)
