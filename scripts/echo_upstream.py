@@ -58,7 +58,7 @@ class EchoHandler(http.server.BaseHTTPRequestHandler):
             remaining -= len(chunk)
         return length - remaining
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _echo
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_TRACE = _echo
 
     def log_message(self, format: str, *args: object) -> None:
         pass
