@@ -24,7 +24,17 @@ from mitmproxy import command, ctx, exceptions, flowfilter, http  # noqa: E402
 
 from header_augment_core.admin import OPTION as ADMIN_OPTION  # noqa: E402
 from header_augment_core.admin import AdminEndpoint  # noqa: E402
-from header_augment_core.carried import Carried, masked, scrub_body, scrub_headers, without_markers  # noqa: E402
+from header_augment_core.carried import (  # noqa: E402
+    MAX_SCRUBBED_BODY,
+    Carried,
+    carried_by,
+    carry,
+    drop_carried,
+    masked,
+    scrub_body,
+    scrub_headers,
+    without_markers,
+)
 from header_augment_core.counters import RequestCounters, request_summary  # noqa: E402
 from header_augment_core.fields import SettingsError  # noqa: E402
 from header_augment_core.files import SettledChange, stamp  # noqa: E402
@@ -45,15 +55,14 @@ FIRST_FETCH_GRACE = 1.0
 HOOK_ERROR_LOG_INTERVAL = 60.0
 # An upstream's 401 to our credentials asks their provider again at once, but at most this often per provider.
 REASK_AFTER_401_GAP = 10.0
+# A response body larger than this is scrubbed on a worker thread (zlib, brotli and zstd let go of the GIL).
+SCRUB_ON_LOOP = 64 * 1024
 # Filters that search the request's host (or its Host header) with a regex: not a way to pick hosts.
 _HOST_SEARCHING_FILTERS = {"d", "h", "hq", "u"}
 _LOWER_CASE_NAMES = (b"HTTP/2.0", b"HTTP/3")  # versions whose header names must be lower-case
 
 Label = Callable[[str], str]
 WAIT = object()  # from Binding.apply: hold the request until the provider's first fetch has finished
-# What each flow in flight carries from us (header_augment_core.carried), kept beside the flow rather than in its
-# metadata, which saved flows hold. Weak: a flow that never ends takes its record with it.
-Ledger = weakref.WeakKeyDictionary
 
 
 class RerouteGuard:
@@ -78,7 +87,6 @@ class Binding:
     counters: Any  # RequestCounters
     comment: str  # how a flow's comment names this provider
     mode: Merge  # settings.merge, one attribute away on the request path
-    ledger: Ledger  # the addon's, shared by every binding
 
     def apply(self, flow: http.HTTPFlow, may_wait: bool = True) -> object:
         """Add the headers to `flow` if it is in scope. Returns WAIT (having done nothing) when the flow should be
@@ -118,9 +126,9 @@ class Binding:
             return None
         request.headers.fields = fields
         counters.given += 1
-        carried = self.ledger.get(flow)
+        carried = carried_by(flow)
         if carried is None:
-            self.ledger[flow] = Carried(existing, host, port, snapshot.names, [(self, snapshot)])
+            carry(flow, Carried(existing, host, port, snapshot.names, [(self, snapshot)]))
         else:  # a second entry for the same flow
             carried.add(self, snapshot)
         return None
@@ -180,7 +188,7 @@ class HeaderAugment:
         self._hook_error_logged_at = -HOOK_ERROR_LOG_INTERVAL
         self._admin = AdminEndpoint(lambda: self.bindings, self.refresh)
         self._guard = RerouteGuard(self.check_reroute)
-        self._ledger: Ledger = Ledger()
+        self._keep_values = False  # header_keep_values, read once per change: options are slow to read per flow
         self._reasked_at: weakref.WeakKeyDictionary[Refresher, float] = weakref.WeakKeyDictionary()
 
     # -- configuration ------------------------------------------------------------------------------------------
@@ -194,7 +202,9 @@ class HeaderAugment:
         try:
             if ADMIN_OPTION in updated:
                 self._admin.want(ctx.options.header_admin_listen)
-            if any(name.startswith("header_") and name != ADMIN_OPTION for name in updated):
+            if "header_keep_values" in updated:
+                self._keep_values = ctx.options.header_keep_values
+            if any(name.startswith("header_") and name not in (ADMIN_OPTION, "header_keep_values") for name in updated):
                 self._configure_providers()
             if ADMIN_OPTION in updated and self._running:
                 self._admin.serve()
@@ -258,7 +268,6 @@ class HeaderAugment:
                     counters=counters.get(self._entry_key(settings, index)) or RequestCounters(),
                     comment=name,
                     mode=settings.merge,
-                    ledger=self._ledger,
                 )
             )
         return tuple(bindings)
@@ -383,13 +392,13 @@ class HeaderAugment:
         """The match was made in `requestheaders` against the destination then. If an addon has rerouted the flow
         since (map_remote does, in `request`), what we added goes back out, and the headers are applied again for
         where it goes now: credentials never follow a flow to a host not named. Called by `RerouteGuard`."""
-        carried = self._ledger.get(flow)
+        carried = carried_by(flow)
         if carried is None:
             return
         request = flow.request
         if request.host == carried.host and request.port == carried.port:
             return
-        del self._ledger[flow]
+        drop_carried(flow)
         touched = carried.names | {b"connection"}  # and the Connection header we may have edited
         request.headers.fields = tuple(f for f in request.headers.fields if f[0].lower() not in touched) + tuple(
             f for f in carried.original if f[0].lower() in touched
@@ -401,7 +410,7 @@ class HeaderAugment:
     # -- once the request has left: nothing we added stays in the flow or comes back in the answer -------------
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        carried = self._ledger.get(flow)
+        carried = carried_by(flow)
         if carried is None:
             return
         response = flow.response
@@ -411,21 +420,32 @@ class HeaderAugment:
         if scrub_headers(response, carried.secrets()):
             _note(flow, "header-augment: scrubbed our values from the response headers")
         if response.stream:  # the body is passed on as it comes, never held: nothing more to do
-            del self._ledger[flow]
+            drop_carried(flow)
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        carried = self._ledger.pop(flow, None)
-        if carried is not None and scrub_body(flow.response, carried.secrets()):
+    def response(self, flow: http.HTTPFlow) -> Coroutine | None:
+        carried = drop_carried(flow)
+        raw = flow.response.raw_content
+        if carried is None or not raw or len(raw) > MAX_SCRUBBED_BODY:  # a larger one is passed on as it is
+            return None
+        if len(raw) > SCRUB_ON_LOOP:  # decoding and searching it would hold every other flow
+            return asyncio.to_thread(self._scrub_body, flow, carried)
+        self._scrub_body(flow, carried)
+        return None
+
+    @staticmethod
+    def _scrub_body(flow: http.HTTPFlow, carried: Carried) -> None:
+        """Only this flow's task touches it while its `response` hook runs: safe on a worker thread."""
+        if scrub_body(flow.response, carried.secrets()):
             _note(flow, "header-augment: scrubbed our values from the response body")
 
     def error(self, flow: http.HTTPFlow) -> None:
-        carried = self._ledger.pop(flow, None)
+        carried = drop_carried(flow)
         if carried is not None:
             self._mask(flow, carried)
 
     def _mask(self, flow: http.HTTPFlow, carried: Carried) -> None:
         """The request has been sent: what savers, exporters and mitmweb see from now on holds markers instead."""
-        if ctx.options.header_keep_values:
+        if self._keep_values:
             return
         if (fields := masked(flow.request.headers.fields, carried.given)) is not None:
             flow.request.headers.fields = fields

@@ -3,6 +3,7 @@ exports, mitmweb) or comes back to the client in the answer; TRACE gets nothing;
 
 import gzip
 import json
+import os
 import time
 import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -64,7 +65,18 @@ def test_the_flow_holds_markers_once_the_request_has_left(configured):
     assert f.request.headers["X-Tenant"] == "<header-augment: X-Tenant>"  # every value we added
     state = json.dumps(f.get_state(), default=repr)
     assert CREDENTIAL not in state and MARK in state
-    assert addon._ledger.get(f) is None  # nothing kept once the exchange is over
+    assert carried.carried_by(f) is None  # nothing kept once the exchange is over
+
+
+def test_what_a_flow_carries_is_neither_saved_nor_copied(configured):
+    """The seam carried.py relies on: an attribute of a flow stays out of its state, its copies and its metadata."""
+    addon, _ = configured
+    f = flow_to("api.example.com")
+    addon.requestheaders(f)
+    assert carried.carried_by(f) is not None
+    state = f.get_state()  # in flight, the request holds the value, and nothing of ours is beside it
+    assert json.dumps(state["metadata"]) == "{}" and "_header_augment_carried" not in json.dumps(state, default=repr)
+    assert carried.carried_by(f.copy()) is None
 
 
 def test_a_failed_flow_is_masked_too(configured):
@@ -162,6 +174,29 @@ def test_the_credential_alone_is_scrubbed_too(configured):
     assert f.response.content == f"token={MARK}".encode()
 
 
+def test_a_large_body_is_scrubbed_off_the_event_loop(configured):
+    import asyncio
+    import threading
+
+    addon, _ = configured
+    f = flow_to("api.example.com")
+    addon.requestheaders(f)
+    addon.check_reroute(f)
+    f.response = http.Response.make(200, os.urandom(200_000).hex().encode() + TOKEN.encode())
+    f.response.encode("gzip")  # still larger than what is scrubbed on the loop
+    addon.responseheaders(f)
+    threads = []
+    original = carried.scrub_body
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(header_augment, "scrub_body", lambda *a: threads.append(threading.get_ident()) or original(*a))
+        pending = addon.response(f)
+        assert pending is not None  # awaited by mitmproxy: this flow waits, the loop goes on
+        main = threading.get_ident()
+        asyncio.run(pending)
+    assert threads and threads[0] != main
+    assert f.response.content.endswith(MARK.encode())
+
+
 def test_a_body_larger_than_the_bound_is_passed_as_it_is(configured):
     addon, _ = configured
     f = flow_to("api.example.com")
@@ -184,7 +219,7 @@ def test_a_compression_bomb_is_not_expanded(encoding):
         "zstd": zstd.compress,
     }[encoding](payload)
     del payload
-    secrets = ((CREDENTIAL.encode(), MARK.encode()),)
+    secrets = (((CREDENTIAL.encode(), MARK.encode()),), (CREDENTIAL.encode(),))
     tracemalloc.start()
     try:
         assert carried.scrub_body(bomb, secrets) is False
@@ -212,7 +247,7 @@ def test_a_streamed_answer_keeps_nothing_for_the_body(configured):
     f.response.stream = True
     addon.responseheaders(f)
     assert f.response.headers["X-Echo"] == MARK  # the headers are still scrubbed
-    assert addon._ledger.get(f) is None
+    assert carried.carried_by(f) is None
 
 
 def test_a_flow_that_carried_nothing_is_untouched(configured):

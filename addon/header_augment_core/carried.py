@@ -6,10 +6,9 @@ from what the upstream answers: an in-scope upstream that echoes request headers
 endpoint) must not hand the credential to a client that was never meant to hold it.
 """
 
-import re
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import brotli  # mitmproxy's own dependency for `br`
@@ -20,21 +19,13 @@ try:
 except ImportError:  # pragma: no cover - the Python mitmproxy 12 runs on here is 3.12 or 3.13
     from backports import zstd  # what mitmproxy itself imports for `zstd` before 3.14
 
-from .snapshot import Fields, Snapshot
+from .snapshot import MARKER_PREFIX, Fields, Snapshot, probes_of
 
-MARKER_PREFIX = b"<header-augment: "
-# Values shorter than this (`X-Tenant: eu`) are no secret, and replacing them would mangle unrelated text in bodies.
-MIN_SCRUBBED = 8
+Secrets = tuple[tuple[tuple[bytes, bytes], ...], tuple[bytes, ...]]  # ((value, marker), longest first), probes
+
 # Bodies are scrubbed up to this size once decoded; a streamed body is never held, so never scrubbed.
 MAX_SCRUBBED_BODY = 1024 * 1024
-# "Bearer <token>", "Basic <credentials>": an echo may show the credential without its scheme word.
-_SCHEME_AND_CREDENTIALS = re.compile(rb"[A-Za-z][A-Za-z0-9._~+/-]* +(\S+)")
 _ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
-
-
-def marker(name: str) -> bytes:
-    """What stands in a flow, or in an answer, where one of our values was."""
-    return MARKER_PREFIX + name.encode("ascii") + b">"
 
 
 @dataclass(slots=True)
@@ -46,41 +37,49 @@ class Carried:
     port: int
     names: frozenset[bytes]  # lower-cased names every entry added (or replaced)
     given: list[tuple[Any, Snapshot]]  # (binding, the snapshot it added), in the order they were applied
-    _secrets: tuple[tuple[bytes, bytes], ...] | None = field(default=None)
 
     def add(self, binding: Any, snapshot: Snapshot) -> None:
         self.names |= snapshot.names
         self.given.append((binding, snapshot))
 
-    def secrets(self) -> tuple[tuple[bytes, bytes], ...]:
-        """(value, marker) for each value worth scrubbing, longest first (a value before the credential in it)."""
-        if self._secrets is None:
-            found: dict[bytes, bytes] = {}
-            for _, snapshot in self.given:
-                for name, (_, value) in zip(snapshot.display_names, snapshot.fields, strict=True):
-                    stand_in = marker(name)
-                    credentials = _SCHEME_AND_CREDENTIALS.fullmatch(value)
-                    for needle in (value, credentials and credentials[1]):
-                        if needle and len(needle) >= MIN_SCRUBBED:
-                            found.setdefault(needle, stand_in)
-            self._secrets = tuple(sorted(found.items(), key=lambda item: -len(item[0])))
-        return self._secrets
+    def secrets(self) -> Secrets:
+        """What to scrub from the answer: (value, marker) longest first, and the values to search for."""
+        if len(self.given) == 1:
+            snapshot = self.given[0][1]
+            return snapshot.secrets, snapshot.probes
+        pairs = {pair for _, snapshot in self.given for pair in snapshot.secrets}
+        return tuple(sorted(pairs, key=lambda pair: -len(pair[0]))), probes_of(value for value, _ in pairs)
+
+
+# The record is an attribute of the flow object, not an entry of flow.metadata: metadata is saved with the flow (and
+# deep-copied by get_state and copy), an attribute is not, and it goes when the flow goes; a dict beside the flows
+# (weak or not) cost a quarter of the request hook. Checked against mitmproxy 12.3.1: Flow has no __slots__, and
+# get_state() reads only its declared state attributes (tests/test_flows_and_echoes.py checks both).
+_ATTRIBUTE = "_header_augment_carried"
+
+
+def carried_by(flow: http.HTTPFlow) -> Carried | None:
+    return flow.__dict__.get(_ATTRIBUTE)
+
+
+def carry(flow: http.HTTPFlow, carried: Carried) -> None:
+    flow.__dict__[_ATTRIBUTE] = carried
+
+
+def drop_carried(flow: http.HTTPFlow) -> Carried | None:
+    return flow.__dict__.pop(_ATTRIBUTE, None)
 
 
 def masked(fields: Fields, given: Iterable[tuple[Any, Snapshot]]) -> Fields | None:
     """The request's fields with each value we added replaced by its marker (None if there was none)."""
-    ours: dict[tuple[bytes, bytes], bytes] = {}
+    out, changed = list(fields), False
     for _, snapshot in given:
-        for name, low, (_, value) in zip(snapshot.display_names, snapshot.lowered, snapshot.fields, strict=True):
-            ours[(low, value)] = marker(name)
-    out, changed = [], False
-    for name, value in fields:
-        stand_in = ours.get((name.lower(), value))
-        if stand_in is not None:
-            out.append((name, stand_in))
-            changed = True
-        else:
-            out.append((name, value))
+        masks = snapshot.masks
+        for index, (name, value) in enumerate(out):
+            stand_in = masks.get((name.lower(), value))
+            if stand_in is not None:
+                out[index] = (name, stand_in)
+                changed = True
     return tuple(out) if changed else None
 
 
@@ -91,31 +90,29 @@ def without_markers(fields: Fields) -> Fields | None:
     return kept if len(kept) != len(fields) else None
 
 
-def _scrubbed(data: bytes, secrets: tuple[tuple[bytes, bytes], ...]) -> bytes | None:
+def _scrubbed(data: bytes, secrets: Secrets) -> bytes | None:
     """`data` with every secret replaced by its marker, or None if it holds none."""
-    found = False
-    for needle, stand_in in secrets:
-        if needle in data:
-            data = data.replace(needle, stand_in)
-            found = True
-    return data if found else None
+    pairs, probes = secrets
+    if not any(probe in data for probe in probes):  # most answers: a search per probe, nothing more
+        return None
+    for value, stand_in in pairs:
+        data = data.replace(value, stand_in)
+    return data
 
 
-def scrub_headers(message: http.Message, secrets: tuple[tuple[bytes, bytes], ...]) -> bool:
+def scrub_headers(message: http.Message, secrets: Secrets) -> bool:
     """Replace our values in `message`'s header values; whether any was there."""
-    changed = False
-    fields = []
-    for name, value in message.headers.fields:
-        clean = _scrubbed(value, secrets)
-        if clean is not None:
-            value, changed = clean, True
-        fields.append((name, value))
-    if changed:
-        message.headers.fields = tuple(fields)
-    return changed
+    fields = message.headers.fields
+    block = b"\n".join(value for _, value in fields)  # one search per probe, not one per header and probe
+    if not any(probe in block for probe in secrets[1]):
+        return False
+    message.headers.fields = tuple(
+        (name, value if (clean := _scrubbed(value, secrets)) is None else clean) for name, value in fields
+    )
+    return True
 
 
-def scrub_body(message: http.Message, secrets: tuple[tuple[bytes, bytes], ...]) -> bool:
+def scrub_body(message: http.Message, secrets: Secrets) -> bool:
     """Replace our values in `message`'s body, decoded as mitmproxy decodes it (gzip, deflate, br, zstd), if it is at
     most MAX_SCRUBBED_BODY decoded; whether any was there. The body is encoded again as it was."""
     raw = message.raw_content

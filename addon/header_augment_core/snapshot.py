@@ -1,11 +1,24 @@
 """The cache the request path reads: one immutable object per provider answer, swapped by reference."""
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from types import MappingProxyType
 
 Fields = tuple[tuple[bytes, bytes], ...]
+
+MARKER_PREFIX = b"<header-augment: "
+# Values shorter than this (`X-Tenant: eu`) are no secret, and replacing them would mangle unrelated text in bodies.
+MIN_SCRUBBED = 8
+# "Bearer <token>", "Basic <credentials>": an echo may show the credential without its scheme word.
+_SCHEME_AND_CREDENTIALS = re.compile(rb"[A-Za-z][A-Za-z0-9._~+/-]* +(\S+)")
+
+
+def marker(name: str) -> bytes:
+    """What stands in a flow, or in an answer, where one of our values was."""
+    return MARKER_PREFIX + name.encode("ascii") + b">"
 
 
 class Merge(Enum):
@@ -31,6 +44,10 @@ class Snapshot:
     expires_at: float = math.inf
     display_names: tuple[str, ...] = field(default=())
     summary: str = ""  # for a flow's comment: "added A, B"
+    # Made with the snapshot, on the refresher's thread, so that the event loop only looks them up:
+    masks: Mapping[tuple[bytes, bytes], bytes] = MappingProxyType({})  # (lower-cased name, value) → its marker
+    secrets: tuple[tuple[bytes, bytes], ...] = ()  # (value worth scrubbing from answers, marker), longest first
+    probes: tuple[bytes, ...] = ()  # the fewest of those values that any of them contains: what is searched for
 
     @classmethod
     def build(
@@ -40,6 +57,13 @@ class Snapshot:
         fields = tuple((name.encode("ascii"), value.encode("ascii")) for name, value in headers)
         lowered = tuple(name.lower() for name, _ in fields)
         expires_at = math.inf if lifetime is None else fetched_at + lifetime
+        markers = tuple(marker(name) for name, _ in headers)
+        secrets: dict[bytes, bytes] = {}
+        for (_, value), stand_in in zip(fields, markers, strict=True):
+            credentials = _SCHEME_AND_CREDENTIALS.fullmatch(value)
+            for needle in (value, credentials and credentials[1]):
+                if needle and len(needle) >= MIN_SCRUBBED:
+                    secrets.setdefault(needle, stand_in)
         return cls(
             fields=fields,
             fields_h2=tuple(zip(lowered, (value for _, value in fields), strict=True)),
@@ -50,6 +74,11 @@ class Snapshot:
             expires_at=expires_at,
             display_names=tuple(name for name, _ in headers),
             summary=f"added {', '.join(name for name, _ in headers)}",
+            masks=MappingProxyType(
+                {(low, value): m for low, (_, value), m in zip(lowered, fields, markers, strict=True)}
+            ),
+            secrets=tuple(sorted(secrets.items(), key=lambda item: -len(item[0]))),
+            probes=probes_of(secrets),
         )
 
     def restamped(self, max_stale: float) -> "Snapshot":
@@ -58,6 +87,16 @@ class Snapshot:
 
     def usable(self, now: float) -> bool:
         return now < self.usable_until
+
+
+def probes_of(values) -> tuple[bytes, ...]:
+    """The values that contain no other: an answer holds one of `values` only if it holds one of these."""
+    ordered = sorted(set(values), key=len)
+    kept: list[bytes] = []
+    for value in ordered:
+        if not any(shorter in value for shorter in kept):
+            kept.append(value)
+    return tuple(kept)
 
 
 def _usable_until(fetched_at: float, max_stale: float, expires_at: float) -> float:
