@@ -96,6 +96,8 @@ class Binding:
         host, port = request.host, request.port
         if self.hosts is not None and not self.hosts.matches(host, port):
             counters.out_of_scope += 1
+            if not host.isascii() and (why := self.hosts.why_unmatchable(host)) is not None:  # no call for ASCII
+                _note(flow, f"{self.comment}not sent: {why}")
             return None
         if self.scope is not None and not self.scope(flow):
             counters.out_of_scope += 1

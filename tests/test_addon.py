@@ -153,6 +153,23 @@ def test_hosts_match_the_routed_destination_never_the_host_header():
         assert "X-Token" not in spoofed.request.headers
 
 
+def test_a_host_idna_reads_as_two_names_gets_nothing_and_its_comment_says_why():
+    """x.xn--bank-cwr.example reaches the hook as x.ba\u115fnk.example (mitmproxy decodes it with IDNA 2003), which
+    IDNA 2008 reads as x.bank.example while the connection resolves x.xn--bank-cwr.example again."""
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, header_provider_url=VALID["header_provider_url"], header_hosts=["*.bank.example"])
+        give(addon, ("X-Token", "secret-value"))
+        two_names, named, other = (make_flow(host=h) for h in ("x.ba\u115fnk.example", "x.bank.example", "a.test"))
+        for f in (two_names, named, other):
+            addon.requestheaders(f)
+        assert "X-Token" not in two_names.request.headers and "X-Token" not in other.request.headers
+        assert named.request.headers["X-Token"] == "secret-value"
+        assert addon.bindings[0].counters.out_of_scope == 2
+        assert two_names.comment.startswith("header-augment: not sent: ") and "secret-value" not in two_names.comment
+        assert other.comment == ""  # an ordinary host out of scope is not worth a note
+
+
 def test_require_refuses_until_an_answer_and_after_max_stale():
     addon = header_augment.HeaderAugment()
     with taddons.context(addon) as tctx:

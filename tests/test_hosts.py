@@ -42,6 +42,19 @@ CASES = [
     ("*.bücher.example", "a.xn--bcher-kva.example", 443, True),
     ("*.xn--bcher-kva.example", "a.bücher.example", 443, True),
     ("*.bücher.example", "bücher.example", 443, False),
+    # IDNA 2003 (what mitmproxy decodes xn-- with, and the socket encodes with) against IDNA 2008 (how patterns are
+    # read): a Unicode host is compared in the form the connection resolves, and only where both agree on it
+    ("*.bank.example", "x.bank.example", 443, True),
+    ("*.bank.example", "x.ba\u115fnk.example", 443, False),  # resolved as x.xn--bank-cwr.example; 2008 drops U+115F
+    ("*.example", "x.ba\u115fnk.example", 443, False),  # two names at once: no pattern but * is for it
+    ("*", "x.ba\u115fnk.example", 443, True),
+    ("*.bank.example", "x.ba\u00adnk.example", 443, False),  # a soft hyphen, mapped to nothing by both
+    ("*.bank.example", "x.ba\uff4ek.example", 443, False),  # a fullwidth n: not the spelling of the name resolved
+    ("*.bank.example", "x.xn--bank-cwr.example", 443, False),  # ASCII, as SOCKS5 hands it on: the labels resolved
+    ("x.xn--bank-cwr.example", "x.xn--bank-cwr.example", 443, True),
+    ("straße.example", "straße.example", 443, False),  # IDNA 2003 resolves strasse.example
+    ("strasse.example", "straße.example", 443, False),
+    ("straße.example", "xn--strae-oqa.example", 443, True),  # the ASCII labels resolved, which the pattern names
     # below a name, never the name itself nor a name that merely ends like it
     ("*.example.com", "api.example.com", 443, True),
     ("*.example.com", "a.b.example.com", 443, True),
@@ -104,6 +117,28 @@ CASES = [
 @pytest.mark.parametrize(("patterns", "host", "port", "expected"), CASES)
 def test_matches(patterns, host, port, expected):
     assert parse_hosts(patterns).matches(host, port) is expected
+
+
+def test_no_unicode_name_matches_a_name_it_is_not_resolved_as():
+    """The scan of issue 18: x.ba<c>nk.example for every code point c from U+0080 to U+2FFFF. Whatever c is, the
+    connection resolves a name that is not below bank.example (or none), so none may match; before, every c that
+    IDNA 2008 drops or maps to an ASCII letter (U+115F, U+00AD, U+FF4E, ...) matched."""
+    hosts = parse_hosts("*.bank.example")
+    matched = [hex(c) for c in range(0x80, 0x30000) if hosts.matches(f"x.ba{chr(c)}nk.example", 443)]
+    assert matched == []
+
+
+@pytest.mark.parametrize("host", ["x.ba\u115fnk.example", "x.ba\u00adnk.example", "straße.example", "a..bücher"])
+def test_a_host_that_can_match_nothing_says_why(host):
+    hosts = parse_hosts("*.bank.example, straße.example")
+    assert not hosts.matches(host, 443)
+    assert hosts.why_unmatchable(host)
+    assert parse_hosts("*").why_unmatchable(host) is None  # it matches there
+
+
+@pytest.mark.parametrize("host", ["x.bank.example", "bücher.example", "other.example", "x.xn--bank-cwr.example"])
+def test_a_host_compared_as_usual_has_no_reason(host):
+    assert parse_hosts("*.bank.example").why_unmatchable(host) is None
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ processes, and the refresher driving them with an injected clock."""
 
 import datetime
 import json
+import math
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from helpers.support import (
     CREDENTIAL,
     HANG,
     LEAVE_CHILD,
+    NO_EXP,
     atomic_write,
     exec_credential,
     jwt,
@@ -184,9 +186,36 @@ def test_jwt_expiry_bounds_the_token():
         with pytest.raises(Failed) as e:
             read(content("token"), jwt(exp).encode(), now=now)
         assert (e.value.reason, e.value.reason_class) == (f"token expired {ago} ago", "expired")
-    # Not a JWT with a numeric exp: no lifetime of its own.
-    for token in (jwt("soon"), "a.b.c", "e30.e30.x", "plain-token"):
+    # Not a JWT, or one without exp: no lifetime of its own.
+    for token in ("a.b.c", "e30.e30.x", "plain-token", jwt(NO_EXP)):
         assert read(content("token"), token.encode(), now=now).lifetime is None
+
+
+@pytest.mark.parametrize(
+    ("exp", "what", "reason_class"),
+    [
+        ("soon", "a string", "format"),
+        (str(1_800_000_100), "a string", "format"),
+        (True, "a boolean", "format"),
+        (False, "a boolean", "format"),
+        (None, "null", "format"),
+        ([1_800_000_100], "a list", "format"),
+        (math.nan, "NaN", "format"),
+        (math.inf, "infinite", "format"),
+        (-math.inf, "infinite", "format"),
+        (10**400, "infinite", "format"),  # beyond any float
+        (0, "0 or negative", "expired"),
+        (-1, "0 or negative", "expired"),
+        (-1e300, "0 or negative", "expired"),
+    ],
+)
+def test_a_jwt_exp_that_is_no_time_refuses_the_token(exp, what, reason_class):
+    """Issue 18: such an exp was read as "no expiry", and the token used forever."""
+    token = jwt(exp)
+    with pytest.raises(Failed) as e:
+        read(content("token"), token.encode(), now=1_800_000_000.0)
+    assert e.value.reason_class == reason_class and f"exp claim is {what}" in e.value.reason
+    assert token.split(".")[1] not in e.value.reason and len(e.value.reason) < 100
 
 
 def test_exec_credential_format():
@@ -377,6 +406,20 @@ def test_jwt_file_is_used_until_exp_and_refreshed_before(tmp_path):
     assert [r.client.changed(), r.client.changed()] == [False, True]
     r.refresh()
     assert (r.last_error, r.counts.failed_by_class["expired"]) == ("token expired 10m ago", 1)
+
+
+def test_a_jwt_file_whose_exp_is_no_time_is_never_used(tmp_path):
+    path = tmp_path / "token"
+    path.write_text(jwt("never"))
+    s = settings(path=str(path), format="token", interval="1h")
+    r = Refresher(s.source.client(s.timeout), s, clock=FakeClock())
+    r.refresh()
+    assert r.snapshot.fields == () and r.counts.failed_by_class["format"] == 1
+    assert r.last_error == "the token's JWT exp claim is a string, not a number of seconds"
+    path.write_text(jwt(0))
+    assert [r.client.changed(), r.client.changed()] == [False, True]
+    r.refresh()
+    assert r.snapshot.fields == () and r.counts.failed_by_class["expired"] == 1
 
 
 # -- command client ------------------------------------------------------------------------------------------------

@@ -4,14 +4,16 @@ headers          a JSON object of header names to values, checked entry by entry
 token            the whole content, surrounding white space stripped, is one credential: `header: prefix + token`
 exec-credential  a Kubernetes ExecCredential (client.authentication.k8s.io/v1 or v1beta1): status.token as Bearer
 
-A token that is a JWT with a numeric `exp` is never used at or after `exp` (no signature check: only the expiry is
-read), and so is an ExecCredential past its status.expirationTimestamp.
+A token that is a JWT with an `exp` claim is never used at or after `exp` (no signature check: only the expiry is
+read), and so is an ExecCredential past its status.expirationTimestamp. An `exp` that is not a finite number (a
+string, NaN, an infinity, a boolean, null) refuses the token: it is no reason to use it forever.
 """
 
 import base64
 import binascii
 import datetime
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -129,7 +131,8 @@ def bearer_token(token: str, now: float | None = None) -> Parsed:
 
 
 def jwt_expiry(token: str) -> float | None:
-    """The numeric `exp` claim (seconds since the epoch) of a JWT, or None if the token is not a JWT with one."""
+    """The `exp` claim (seconds since the epoch) of a JWT, or None if the token is not a JWT or has no `exp`. Raises
+    Failed for an `exp` that is no finite number, or is 0 or less (never valid: and too far back to say how far)."""
     parts = token.split(".")
     if len(parts) != 3:
         return None
@@ -138,10 +141,21 @@ def jwt_expiry(token: str) -> float | None:
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (binascii.Error, ValueError, RecursionError):
         return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    if isinstance(exp, bool) or not isinstance(exp, int | float) or not 0 < exp < 1e11:
+    if not isinstance(claims, dict) or "exp" not in claims:
         return None
-    return float(exp)
+    exp = claims["exp"]
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        kind = {bool: "a boolean", str: "a string", type(None): "null", list: "a list", dict: "an object"}[type(exp)]
+        raise Failed(f"the token's JWT exp claim is {kind}, not a number of seconds")
+    try:
+        exp = float(exp)
+    except OverflowError:  # an integer beyond any float: no time at all
+        exp = math.inf
+    if not math.isfinite(exp):
+        raise Failed(f"the token's JWT exp claim is {'NaN' if math.isnan(exp) else 'infinite'}, not a finite number")
+    if exp <= 0:
+        raise Failed("the token's JWT exp claim is 0 or negative: it was never valid", "expired")
+    return exp
 
 
 def _exec_credential(data: bytes, now: float) -> Parsed:

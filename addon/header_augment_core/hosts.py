@@ -11,8 +11,16 @@ They are matched against the destination mitmproxy routes the request to (`flow.
 CONNECT target or absolute URL in regular and upstream mode, the backend in reverse mode, the SOCKS target in socks5
 mode), never against the Host header or :authority the client wrote. No name is ever resolved: an IP address
 matches only an IP pattern.
+
+A host is compared in the ASCII form the connection will resolve. For an xn-- name mitmproxy holds Unicode (its
+parser decodes xn-- labels with Python's IDNA 2003 codec), and the socket encodes that string with the same codec
+again, while patterns are read with IDNA 2008: where the two disagree (x.xn--bank-cwr.example decodes to a name
+holding a Hangul filler that IDNA 2003 keeps and IDNA 2008 drops, giving x.bank.example), the name is two domains at
+once, so a Unicode host matches no pattern unless both standards give it the same ASCII form and it is that form's
+own Unicode spelling. ASCII hosts (xn-- labels as SOCKS5 hands them on) are the exact labels resolved.
 """
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -31,6 +39,31 @@ _ANY_PORT = None
 def _to_ascii(name: str) -> str:
     """An internationalised name in its ASCII (xn--) form; raises UnicodeError (IDNAError) if it has none."""
     return idna.encode(name, uts46=True).decode("ascii")
+
+
+@functools.lru_cache(maxsize=256)  # a Unicode host is encoded once per binding per request: cache the work
+def _resolved_form(host: str) -> tuple[str, str | None]:
+    """(the ASCII name the connection resolves for a Unicode `host`, None), or ("", why it can match no pattern)."""
+    host = host.removesuffix(".")
+    try:
+        mapped = idna.uts46_remap(host, std3_rules=False)
+    except UnicodeError:
+        return "", "the host is not a name under IDNA 2008"
+    # Checked first, as it is cheap: a name that IDNA maps (case aside) is not the name the connection is given.
+    if mapped != host.lower():
+        return "", f"IDNA 2008 reads the host as {mapped!r}: a Unicode host is compared only as IDNA spells it"
+    try:
+        # As written, not lower-cased: the socket, and mitmproxy for an SNI or upstream CONNECT, encode it so.
+        resolved = host.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return "", "the host has no IDNA 2003 form, the one the connection would resolve"
+    try:
+        read = idna.encode(mapped).decode("ascii")
+    except UnicodeError:
+        return "", f"the host has no IDNA 2008 form; the connection would resolve {resolved}"
+    if read != resolved:
+        return "", f"IDNA 2003 and IDNA 2008 read the host as different names: {resolved} is resolved, not {read}"
+    return resolved, None
 
 
 def _ascii_name(name: str) -> str:
@@ -75,9 +108,8 @@ class Hosts:
         if key.endswith("."):
             key = key[:-1]
         if not key.isascii():
-            try:
-                key = _to_ascii(key)
-            except UnicodeError:
+            key, why = _resolved_form(host)
+            if why is not None:
                 return False
         elif ":" in key:
             try:
@@ -96,6 +128,13 @@ class Hosts:
                     return True
                 dot = key.find(".", dot + 1)
         return False
+
+    def why_unmatchable(self, host: str) -> str | None:
+        """Why `host` can match no pattern but `*` (for the flow's comment), or None when it is compared as usual.
+        Called only for a host that did not match."""
+        if self.everything or host.isascii():
+            return None
+        return _resolved_form(host)[1]
 
 
 NO_HOSTS = Hosts()

@@ -15,13 +15,17 @@ HANG = str(HELPERS / "hang.sh")
 LEAVE_CHILD = str(HELPERS / "leave-child.sh")
 
 
+NO_EXP = object()
+
+
 def jwt(exp: object) -> str:
-    """An unsigned JWT (header.payload.signature, base64url) with this `exp`."""
+    """An unsigned JWT (header.payload.signature, base64url) with this `exp` (none at all for NO_EXP)."""
 
     def part(obj: dict) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
 
-    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({'sub': 'test', 'exp': exp})}.c2ln"
+    claims = {"sub": "test"} | ({} if exp is NO_EXP else {"exp": exp})
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}.c2ln"
 
 
 def exec_credential(token="ec-token", stamp=None, version="client.authentication.k8s.io/v1", **status) -> bytes:
