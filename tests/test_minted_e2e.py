@@ -64,7 +64,7 @@ def test_each_minting_kind_through_mitmdump_and_nothing_secret_in_its_output(mit
         entries = f"""
 - name: github
   kind: github-app
-  app_id: "123456"
+  app_id: 123456
   installation_id: 7890
   private_key_file: {tmp_path / "app.pem"}
   api_url: {github.base}

@@ -24,6 +24,12 @@ JWT_LIFETIME = 600
 API_VERSION = "2022-11-28"
 
 
+def _app_id(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # a YAML number
+    return text(value)
+
+
 def _installation_id(value: object) -> str:
     number = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
     if not isinstance(number, str) or not number.isdigit():
@@ -47,7 +53,7 @@ def _permissions(value: object) -> tuple[tuple[str, str], ...]:
 class GitHubAppSource(Source):
     KIND: ClassVar[str] = "github-app"
 
-    app_id: str = setting("", text)  # the app's id or its client id: GitHub takes either as the JWT's issuer
+    app_id: str = setting("", _app_id)  # the app's id or its client id: GitHub takes either as the JWT's issuer
     installation_id: str = setting("", _installation_id)
     private_key_file: str = setting("", text)
     api_url: str = setting(DEFAULT_API_URL, _url)

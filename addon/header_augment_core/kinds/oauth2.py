@@ -95,6 +95,8 @@ class OAuth2Source(Endpoint, Source):
                 raise SettingsError(
                     f"{label('client_secret_file')}: required for kind oauth2 (or client_assertion_file)"
                 )
+        if self.client_secret_file and not self.client_id:
+            raise SettingsError(f"{label('client_id')}: required with client_secret_file")
         if self.client_secret_file and self.client_assertion_file:
             raise SettingsError(f"{label('client_assertion_file')}: not with client_secret_file (give one of them)")
         if "client_auth" in given and not self.client_secret_file:
@@ -146,10 +148,7 @@ class OAuth2Client(Client):
                 headers["Authorization"] = basic_credentials(source.client_id, secret)
         elif source.client_id:  # a public client (RFC 6749 §3.2.1) names itself
             form["client_id"] = source.client_id
-        # RFC 8693 §2.2.1: "N_A" when the issued token is not an access token (an ID token, a JWT), still sent as
-        # Bearer by what asked for it.
-        token_types = ("bearer", "n_a") if source.grant == "token-exchange" else ("bearer",)
-        return token_grant(self._exchange, form, headers, token_types)
+        return token_grant(self._exchange, form, headers)
 
     def abort(self) -> None:
         self._exchange.abort()
@@ -158,25 +157,23 @@ class OAuth2Client(Client):
         self._exchange.close()
 
 
-def token_grant(
-    exchange: HttpExchange, form: dict[str, str], headers: dict[str, str], token_types: tuple[str, ...] = ("bearer",)
-) -> FetchResult:
+def token_grant(exchange: HttpExchange, form: dict[str, str], headers: dict[str, str]) -> FetchResult:
     """One grant at a token endpoint (RFC 6749 §5): its access token as `Authorization: Bearer …`, with the lifetime
     its `expires_in` (or a JWT's `exp`, if sooner) gives it. Raises Failed."""
     answer = exchange.send("POST", headers=headers, data=form)
     if answer.status != 200:
         raise Failed(_status_reason(answer), "status")
-    return _token_response(answer.body, token_types)
+    return _token_response(answer.body)
 
 
-def _token_response(body: bytes, token_types: tuple[str, ...]) -> FetchResult:
+def _token_response(body: bytes) -> FetchResult:
     try:
         token = json.loads(body)
     except (ValueError, RecursionError):
         raise Failed("token response is not JSON") from None
     if not isinstance(token, dict) or not isinstance(token.get("access_token"), str):
         raise Failed("token response has no access_token")
-    if str(token.get("token_type", "")).lower() not in token_types:
+    if str(token.get("token_type", "")).lower() != "bearer":
         raise Failed("token_type is not Bearer")
     expires_in = token.get("expires_in")
     if expires_in is not None and (
