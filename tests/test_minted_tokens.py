@@ -164,6 +164,7 @@ def test_token_exchange_uses_the_rotated_subject_token_at_the_next_exchange(tmp_
             "audience": audience,
             "scope": "https://www.googleapis.com/auth/cloud-platform",
             "requested_token_type": ACCESS_TOKEN_TYPE,
+            "resource": "https://storage.googleapis.com/",
         },
         expires_in=3600,
     )
@@ -180,6 +181,7 @@ def test_token_exchange_uses_the_rotated_subject_token_at_the_next_exchange(tmp_
             audience=audience,
             token_scope="https://www.googleapis.com/auth/cloud-platform",
             requested_token_type=ACCESS_TOKEN_TYPE,
+            resource="https://storage.googleapis.com/",
         )
         refresher.refresh()
         assert bearer(refresher) == sts.issued[0] and sts.requests[0]["claims"]["jti"] == "first"
