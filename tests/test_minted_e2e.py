@@ -118,6 +118,8 @@ def test_each_minting_kind_through_mitmdump_and_nothing_secret_in_its_output(mit
                 r"provider 1 \(github\): private_key_file: not an unencrypted PEM private key; keeping", start=mark
             )
             assert values_of(client.get(to_github.url), "Authorization") == [f"Bearer {github.issued[-1]}"]
+            status = client.get("http://console.test/augment.status").text
+            assert "] github (github-app 123456 installation 7890 at " in status
         assert m.stop() == 0
         assert not (github.refusals or google.refusals or sts.refusals or entra.refusals)
         secrets = [
@@ -130,9 +132,9 @@ def test_each_minting_kind_through_mitmdump_and_nothing_secret_in_its_output(mit
         ]
         for secret in secrets:
             for value in [secret] if isinstance(secret, str) else secret:
-                assert value not in m.output
+                assert value not in m.output and value not in status
         for value in ["ghs_", "ya29.", "fed-", "eyJ"]:  # not even a piece of a token or a JWT
-            assert value not in m.output
+            assert value not in m.output and value not in status
     finally:
         for issuer in (github, google, sts, entra):
             issuer.close()
