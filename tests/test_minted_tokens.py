@@ -141,6 +141,12 @@ def test_google_service_account_token_renewed_and_dropped_at_expiry(tmp_path):
         google.fail_status = 0
         refresher.refresh()
         assert google.requests[-1]["header"]["kid"] == "kid-2" and bearer(refresher) == google.issued[-1]
+
+        # A key file broken on disk: the mint fails naming the field, and the token in use stays until it expires.
+        key_path.write_text('{"type": "service_account"')
+        refresher.refresh()
+        assert refresher.last_error == "key_file: not a JSON key file"
+        assert bearer(refresher) == google.issued[-1] and refresher.snapshot.usable(clock.now)
     finally:
         google.close()
 

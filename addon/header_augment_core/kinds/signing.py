@@ -6,6 +6,7 @@ import json
 import time
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -28,8 +29,8 @@ def rsa_key(pem: bytes | str) -> rsa.RSAPrivateKey:
     except (ValueError, TypeError):
         # cryptography's messages say what it could not parse, never the bytes; ours say even less.
         raise Failed("not an unencrypted PEM private key", "file") from None
-    except Exception:  # an unsupported algorithm in the PEM: refused like any unusable key
-        raise Failed("not a usable private key", "file") from None
+    except UnsupportedAlgorithm:
+        raise Failed("not a usable private key (its algorithm is not supported)", "file") from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise Failed("not an RSA private key (RS256 needs one)", "file")
     return key
