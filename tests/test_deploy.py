@@ -25,6 +25,7 @@ def test_runtime_pins_are_exact_and_in_requirements_txt():
         "mitmproxy",
         "httpx",
         "prometheus_client",
+        "PyJWT",
     }
     assert "-r requirements/runtime.txt" in (ROOT / "requirements.txt").read_text().splitlines()
 

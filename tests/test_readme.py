@@ -68,6 +68,16 @@ from test_clients import (
     shell_env,
     substitute,
 )
+from token_issuers import (
+    ACCESS_TOKEN_TYPE,
+    JWT_BEARER_ASSERTION,
+    JWT_TYPE,
+    FederationEndpoint,
+    GitHubApi,
+    GoogleTokenEndpoint,
+    rsa_key,
+    signed,
+)
 
 from header_augment_core import settings as shared_settings
 from header_augment_core.durations import parse_duration
@@ -90,11 +100,21 @@ PATHS = (
     "/vault",  # Vault Agent's sink
     "/var/run/secrets/api-token",  # the projected volume
     "/run/secrets",  # the OAuth2 client secret
+    "/var/run/secrets/tokens",  # the projected token exchanged for Google Cloud's
+    "/var/run/secrets/azure",  # the token Azure workload identity projects
 )
 IN_THE_CLONE = {"/addon/header_augment.py": ADDON}  # where the pod mounts the addon
 EKS_HOST = "0123456789ABCDEF0123456789ABCDEF.gr7.eu-west-1.eks.amazonaws.com"
 VAULT_TOKEN = "hvs.CAESIJ-stand-in-vault-agent-token"
 OWN_HEADERS = {"Authorization": "Bearer from-your-own-provider", "X-Tenant": "acme"}  # the provider on port 9000
+# What the recipes of the kinds that mint tokens name, which their token endpoints' stand-ins check.
+GITHUB_APP, GITHUB_INSTALLATION = "123456", "7890123"
+GOOGLE_ACCOUNT = "egress@my-project.iam.gserviceaccount.com"
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+POOL = "//iam.googleapis.com/projects/123456789/locations/global/workloadIdentityPools/my-pool/providers/my-cluster"
+AZURE_CLIENT = "00000000-1111-2222-3333-444444444444"
+AZURE_TOKEN_URL = "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/oauth2/v2.0/token"
+WORKLOAD = "system:serviceaccount:default:app"
 
 
 def section_text(name: str) -> str:
@@ -115,7 +135,7 @@ def only(items: list):
 
 def mapped(text: str, root: Path) -> str:
     """`text` with each absolute path in it mapped: under `root` (PATHS) or into the clone; any other one fails."""
-    for path in re.findall(r"(?<![\w.:/~-])/[\w./-]+", text):
+    for path in re.findall(r"(?<![\w.:/~-])/(?!/)[\w./-]+", text):  # `//host/…` is a network path, not a file
         assert path in IN_THE_CLONE or any(path == p or path.startswith(p + "/") for p in PATHS), path
     for path, there in IN_THE_CLONE.items():
         text = text.replace(path, str(there))
@@ -166,28 +186,40 @@ def given(answer: dict, names) -> dict[str, list[str]]:
 @dataclass(frozen=True)
 class Recipe:
     url: str  # a destination the recipe's header_hosts names; {plain}/{tls}: the echo upstreams' ports
-    headers: Callable[[Path], dict[str, str]]  # from the scratch root, once the block ran: what must arrive there
+    # From the scratch root and the world, once the block ran and its first fetch is done: what must arrive there.
+    headers: Callable[[Path, "World"], dict[str, str]]
+
+
+def issued(name: str) -> Callable[[Path, "World"], dict[str, str]]:
+    """The last token the stand-in for the recipe's token endpoint (`World.issuers`) issued, as Bearer."""
+    return lambda fs, world: {"Authorization": f"Bearer {world.issuers[name].issued[-1]}"}
 
 
 RECIPES = {
     "Google APIs with `gcloud auth print-access-token`": Recipe(
         "http://storage.googleapis.com:{plain}/",
-        lambda fs: {"Authorization": f"Bearer {printed('gcloud auth print-access-token').strip()}"},
+        lambda fs, world: {"Authorization": f"Bearer {printed('gcloud auth print-access-token').strip()}"},
     ),
     "A Kubernetes cluster API with `aws eks get-token`": Recipe(
         f"https://{EKS_HOST}:{{tls}}/",
-        lambda fs: {
+        lambda fs, world: {
             "Authorization": "Bearer "
             + json.loads(printed("aws eks get-token --cluster-name my-cluster --region eu-west-1"))["status"]["token"]
         },
     ),
     "A Vault Agent sink file": Recipe(
         "http://vault.example.com:{plain}/",
-        lambda fs: {"X-Vault-Token": VAULT_TOKEN},  # no prefix, as Vault wants
+        lambda fs, world: {"X-Vault-Token": VAULT_TOKEN},  # no prefix, as Vault wants
     ),
+    "The GitHub API as a GitHub App": Recipe("http://api.github.com:{plain}/", issued("github")),
+    "A Google service-account key": Recipe("http://storage.googleapis.com:{plain}/", issued("google")),
+    "Kubernetes to Google Cloud with Workload Identity Federation": Recipe(
+        "http://storage.googleapis.com:{plain}/", issued("gcp")
+    ),
+    "An AKS workload with Azure workload identity": Recipe("http://management.azure.com:{plain}/", issued("azure")),
     "A static file of headers": Recipe(
         "http://api.partner.example:{plain}/",
-        lambda fs: json.loads((fs / "etc/header-augment/partner.json").read_text()),
+        lambda fs, world: json.loads((fs / "etc/header-augment/partner.json").read_text()),
     ),
 }
 RECIPE_BLOCKS = {b.subsection: b for b in blocks_in("Where credentials come from")}
@@ -270,9 +302,71 @@ class World:
     providers: Launch
     install: Launch
     admin: Mitmdump
+    issuers: dict[str, object]  # the stand-ins for the recipes' token endpoints, by provider name
 
     def url(self, template: str) -> str:
         return template.format(plain=self.echo.port, tls=self.tls_echo.port)
+
+
+@dataclass
+class Issuers:
+    """Stand-ins for the token endpoints the minting recipes call (tests/token_issuers.py, each verifying the JWT it
+    is sent with the public key), the files those recipes read, and their endpoints' URLs mapped to the stand-ins'."""
+
+    by_name: dict
+    files: dict[str, bytes]  # path (as the README writes it) → content
+    urls: dict[str, str]
+
+    @classmethod
+    def start(cls) -> "Issuers":
+        app_pem, app_public = rsa_key()
+        account_pem, account_public = rsa_key()
+        cluster_pem, cluster_public = rsa_key()  # the cluster's service-account issuer
+        github = GitHubApi(GITHUB_APP, GITHUB_INSTALLATION, app_public)
+        google = GoogleTokenEndpoint(GOOGLE_ACCOUNT, {"4f2a9c": account_public}, [CLOUD_PLATFORM])
+        exchange = {
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token_type": JWT_TYPE,
+            "audience": POOL,
+            "scope": CLOUD_PLATFORM,
+            "requested_token_type": ACCESS_TOKEN_TYPE,
+        }
+        gcp = FederationEndpoint(cluster_public, "https:" + POOL, "subject_token", exchange)
+        assertion = {
+            "grant_type": "client_credentials",
+            "client_id": AZURE_CLIENT,
+            "client_assertion_type": JWT_BEARER_ASSERTION,
+            "scope": "https://management.azure.com/.default",
+        }
+        azure = FederationEndpoint(cluster_public, "api://AzureADTokenExchange", "client_assertion", assertion)
+        files = {
+            "/etc/header-augment/github-app.pem": app_pem,
+            "/etc/header-augment/google-key.json": google.key_file(account_pem, "4f2a9c").encode(),
+            "/var/run/secrets/tokens/gcp-token": signed(cluster_pem, sub=WORKLOAD, aud="https:" + POOL).encode(),
+            "/var/run/secrets/azure/tokens/azure-identity-token": signed(
+                cluster_pem, sub=WORKLOAD, aud="api://AzureADTokenExchange"
+            ).encode(),
+        }
+        urls = {"https://api.github.com": github.base, "https://sts.googleapis.com/v1/token": gcp.url}
+        urls[AZURE_TOKEN_URL] = azure.url
+        return cls({"github": github, "google": google, "gcp": gcp, "azure": azure}, files, urls)
+
+    def prepare(self, block: Block, fs: Path) -> list[str]:
+        """Write the files the block reads under `fs`; its lines with the endpoints' URLs mapped."""
+        for path, content in self.files.items():
+            if path in block.text:
+                (fs / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+                (fs / path.lstrip("/")).write_bytes(content)
+        lines = []
+        for line in block.lines:
+            for url, stand_in in self.urls.items():
+                line = line.replace(url, stand_in)
+            lines.append(line)
+        return lines
+
+    def close(self) -> None:
+        for issuer in self.by_name.values():
+            issuer.close()
 
 
 def cluster_pki(directory: Path) -> tuple[Path, Path]:
@@ -359,6 +453,7 @@ def world(tmp_path_factory):
         tls.load_cert_chain(server_file)
         echo, tls_echo = serve(Upstream()), serve(Upstream(ssl_context=tls))
         relay, provider, held = serve(LoopbackProxy()), serve(Provider()), serve(HeldProvider())
+        issuers = serve(Issuers.start())
         provider.answer(OWN_HEADERS)
         held.answer({"Authorization": "Bearer admin-t0ken"})
         ports = {8000: free_port(), 8200: echo.port, 9000: provider.port, 9090: free_port(), 9901: 0}
@@ -374,7 +469,7 @@ def world(tmp_path_factory):
             for i, command in enumerate(PROSE)
         }
         recipes = {
-            subsection: started(launch_recipe(directory(f"recipe{i}"), block, ports, relay, ca_file))
+            subsection: started(launch_recipe(directory(f"recipe{i}"), block, ports, relay, ca_file, issuers))
             for i, (subsection, block) in enumerate(RECIPE_BLOCKS.items())
         }
         projected = started(launch_projected(directory("projected"), relay))
@@ -387,7 +482,20 @@ def world(tmp_path_factory):
             wait_listening=False,
         )
         yield World(
-            echo, tls_echo, relay, provider, held, ports, quick, prose, recipes, projected, providers, install, admin
+            echo,
+            tls_echo,
+            relay,
+            provider,
+            held,
+            ports,
+            quick,
+            prose,
+            recipes,
+            projected,
+            providers,
+            install,
+            admin,
+            issuers.by_name,
         )
     finally:
         for item in launches:
@@ -406,8 +514,11 @@ def world(tmp_path_factory):
             server.close()
 
 
-def launch_recipe(base: Path, block: Block, ports: dict[int, int], relay: LoopbackProxy, ca_file: Path) -> Launch:
-    """The recipe's commands, its paths and ports mapped, its mitmdump with `proxy_args`; the files it reads made."""
+def launch_recipe(
+    base: Path, block: Block, ports: dict[int, int], relay: LoopbackProxy, ca_file: Path, issuers: Issuers
+) -> Launch:
+    """The recipe's commands, its paths, ports and token endpoints mapped, its mitmdump with `proxy_args`; the files it
+    reads made."""
     fs = base / "fs"
     if "ssl_verify_upstream_trusted_ca=/etc/header-augment/my-cluster-ca.pem" in block.text:
         (fs / "etc" / "header-augment").mkdir(parents=True)
@@ -416,7 +527,7 @@ def launch_recipe(base: Path, block: Block, ports: dict[int, int], relay: Loopba
         (fs / "vault").mkdir(parents=True)
         (fs / "vault" / "token").write_text(VAULT_TOKEN + "\n")  # as Vault Agent's sink writes it
     extra = shlex.join(proxy_args(base, relay))
-    lines = [mapped(substitute(line, ports), fs) for line in block.lines]
+    lines = [mapped(substitute(line, ports), fs) for line in issuers.prepare(block, fs)]
     assert sum(line.startswith("mitmdump ") for line in lines) == 1, block.text
     return launch(base, "\n".join(f"{line} {extra}" if line.startswith("mitmdump ") else line for line in lines))
 
@@ -434,6 +545,10 @@ def test_every_block_is_run_or_checked_here():
         ("Where credentials come from", "A Kubernetes cluster API with `aws eks get-token`", "sh"),  # test_the_recipe…
         ("Where credentials come from", "A projected service-account token in Kubernetes", "yaml"),  # …_projected_…
         ("Where credentials come from", "A Vault Agent sink file", "sh"),  # test_the_recipe…
+        ("Where credentials come from", "The GitHub API as a GitHub App", "sh"),  # test_the_recipe…
+        ("Where credentials come from", "A Google service-account key", "sh"),  # test_the_recipe…
+        ("Where credentials come from", "Kubernetes to Google Cloud with Workload Identity Federation", "sh"),  # …
+        ("Where credentials come from", "An AKS workload with Azure workload identity", "sh"),  # test_the_recipe…
         ("Where credentials come from", "A static file of headers", "sh"),  # test_the_recipe…
         ("Operating", "Several providers: `header_providers_file`", "yaml"),  # test_the_providers_file_…
         ("Install it", "", "sh"),  # test_the_install_command_runs
@@ -502,8 +617,9 @@ def test_the_commands_in_the_two_commands_prose_run(world, command):
 def test_the_recipe_delivers_its_headers_to_its_hosts_only(world, subsection):
     launched, recipe = world.recipes[subsection], RECIPES[subsection]
     port = launched.port()
-    expected = recipe.headers(launched.fs)
-    assert in_use(launched.run) == ", ".join(expected)
+    names = in_use(launched.run)
+    expected = recipe.headers(launched.fs, world)
+    assert names == ", ".join(expected)
     url = world.url(recipe.url)
     relayed = len(world.relay.targets)
     ca = ssl.create_default_context(cafile=launched.confdir / "mitmproxy-ca-cert.pem")

@@ -443,13 +443,21 @@ class HttpExchange:
             self._headers["Host"] = endpoint.authority
             self._extensions["sni_hostname"] = httpx.URL(f"//{endpoint.authority}").host
 
-    def send(self, method: str, headers: dict[str, str] | None = None, data: dict[str, str] | None = None) -> Answer:
-        """One call to the endpoint's URL; its status, headers and body, read within the limits. Raises Failed."""
+    def send(
+        self,
+        method: str,
+        headers: dict[str, str] | None = None,
+        data: dict[str, str] | None = None,
+        json: object = None,
+    ) -> Answer:
+        """One call to the endpoint's URL (with a form `data` or a JSON `json` body); its status, headers and body,
+        read within the limits. Raises Failed."""
         request = self._client.build_request(
             method,
             self.endpoint.url,
             headers={**self._headers, **(headers or {})},
             data=data,
+            json=json,
             extensions=self._extensions,
         )
         try:

@@ -3,7 +3,12 @@
 from .base import Source
 from .command import CommandSource
 from .file import FileSource
+from .github_app import GitHubAppSource
+from .google_service_account import GoogleServiceAccountSource
 from .http import HttpSource
 from .oauth2 import OAuth2Source
 
-KINDS: dict[str, type[Source]] = {cls.KIND: cls for cls in (HttpSource, OAuth2Source, FileSource, CommandSource)}
+KINDS: dict[str, type[Source]] = {
+    cls.KIND: cls
+    for cls in (HttpSource, OAuth2Source, FileSource, CommandSource, GitHubAppSource, GoogleServiceAccountSource)
+}

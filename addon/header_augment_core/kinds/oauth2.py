@@ -1,5 +1,10 @@
-"""kind `oauth2`: an OAuth2 token endpoint, asked for a client-credentials grant (RFC 6749 §4.4); the access token
-becomes `Authorization: Bearer …`, used at most for its lifetime (`expires_in`, or a JWT's `exp` if sooner)."""
+"""kind `oauth2`: an OAuth2 token endpoint, asked for a client-credentials grant (RFC 6749 §4.4) or a token exchange
+(RFC 8693) of a token read from a file; the client authenticates with a secret (Basic or in the form), with a client
+assertion read from a file (RFC 7523 §2.2), or not at all (a token exchange). The access token becomes
+`Authorization: Bearer …`, used at most for its lifetime (`expires_in`, or a JWT's `exp` if sooner).
+
+What every OAuth2 grant shares (the call to the token endpoint, its answer, the RFC 6749 error code in a reason) is
+`token_grant`, also used by the kinds that sign their own assertion (google-service-account)."""
 
 import base64
 import json
@@ -16,6 +21,12 @@ from ..http_exchange import Answer, Endpoint, HttpExchange
 from .base import Source
 
 CLIENT_AUTH = ("basic", "post")
+GRANTS = ("client-credentials", "token-exchange")
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# Only with a token exchange: the settings of the token given in exchange and of the one asked for.
+EXCHANGE_ONLY = ("subject_token_file", "subject_token_type", "resource", "requested_token_type")
 # RFC 6749 §5.2 error codes are short ASCII words; anything else from a token endpoint is not echoed into logs.
 _OAUTH_ERROR = re.compile(r"[a-z_]{1,64}")
 
@@ -26,27 +37,76 @@ def read_secret(path: str) -> str:
         return f.read().rstrip("\r\n")
 
 
+def _read_file(source: "OAuth2Source", field: str) -> str:
+    """What the file in `field` holds, at the moment of use (the kubelet and Vault rotate them). Raises Failed, its
+    reason starting with the field."""
+    try:
+        value = read_secret(getattr(source, field))
+    except OSError as e:
+        raise Failed(f"{field}: cannot read it ({e.strerror})", "file") from None
+    except UnicodeDecodeError:
+        raise Failed(f"{field}: cannot read it (not UTF-8)", "file") from None
+    if field != "client_secret_file":
+        value = value.strip()  # a token or an assertion: white space around it is not part of it
+        if not value:
+            raise Failed(f"{field}: empty", "file")
+    return value
+
+
+def basic_credentials(client_id: str, secret: str) -> str:
+    """The Basic authorization value of RFC 6749 §2.3.1: both parts encoded, then joined by a colon.
+
+    Percent-encoded with space as %20, not form-encoded (space as +): servers decode with `unquote` (authlib) or
+    `unquote_plus`, and only %20 reads back the same with both."""
+    user, password = urllib.parse.quote(client_id, safe=""), urllib.parse.quote(secret, safe="")
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 @dataclass(frozen=True)
 class OAuth2Source(Endpoint, Source):
     KIND: ClassVar[str] = "oauth2"
 
+    grant: str = setting("client-credentials", choice(*GRANTS))
     client_id: str = setting("", text)
     client_secret_file: str = setting("", text)
+    client_assertion_file: str = setting("", text)
     token_scope: str = setting("", text)  # the grant's `scope` (the field `scope` is the flow filter)
     audience: str = setting("", text)
     client_auth: str = setting("basic", choice(*CLIENT_AUTH))
+    subject_token_file: str = setting("", text)
+    subject_token_type: str = setting(JWT_TOKEN_TYPE, text)
+    resource: str = setting("", text)
+    requested_token_type: str = setting("", text)
 
     def check(self, label, given):
         if not self.url:
             raise SettingsError(f"{label('url')}: required for kind oauth2")
-        if not self.client_id:
-            raise SettingsError(f"{label('client_id')}: required for kind oauth2")
-        if not self.client_secret_file:
-            raise SettingsError(f"{label('client_secret_file')}: required for kind oauth2")
-        try:
-            read_secret(self.client_secret_file)
-        except OSError as e:
-            raise SettingsError(f"{label('client_secret_file')}: cannot read it ({e.strerror})") from None
+        exchange = self.grant == "token-exchange"
+        if exchange:
+            if not self.subject_token_file:
+                raise SettingsError(f"{label('subject_token_file')}: required for grant token-exchange")
+        else:
+            for name in EXCHANGE_ONLY:
+                if name in given:
+                    raise SettingsError(f"{label(name)}: only with grant token-exchange")
+            if not self.client_id:
+                raise SettingsError(f"{label('client_id')}: required for kind oauth2")
+            if not self.client_secret_file and not self.client_assertion_file:
+                raise SettingsError(
+                    f"{label('client_secret_file')}: required for kind oauth2 (or client_assertion_file)"
+                )
+        if self.client_secret_file and not self.client_id:
+            raise SettingsError(f"{label('client_id')}: required with client_secret_file")
+        if self.client_secret_file and self.client_assertion_file:
+            raise SettingsError(f"{label('client_assertion_file')}: not with client_secret_file (give one of them)")
+        if "client_auth" in given and not self.client_secret_file:
+            raise SettingsError(f"{label('client_auth')}: only with client_secret_file")
+        for name in ("client_secret_file", "client_assertion_file", "subject_token_file"):
+            if getattr(self, name):
+                try:
+                    _read_file(self, name)
+                except Failed as e:
+                    raise SettingsError(label(name) + e.reason.removeprefix(name)) from None
 
     def client(self, timeout: float) -> Client:
         return OAuth2Client(self, timeout)
@@ -59,32 +119,51 @@ class OAuth2Client(Client):
 
     def _fetch(self) -> FetchResult:
         source = self.source
-        try:
-            secret = read_secret(source.client_secret_file)
-        except OSError as e:
-            raise Failed(f"cannot read client_secret_file ({e.strerror})", "file") from None
-        form = {"grant_type": "client_credentials"}
+        if source.grant == "token-exchange":
+            form = {
+                "grant_type": TOKEN_EXCHANGE,
+                "subject_token": _read_file(source, "subject_token_file"),
+                "subject_token_type": source.subject_token_type,
+            }
+            for name in ("requested_token_type", "resource"):
+                if getattr(source, name):
+                    form[name] = getattr(source, name)
+        else:
+            form = {"grant_type": "client_credentials"}
         if source.token_scope:
             form["scope"] = source.token_scope
         if source.audience:
             form["audience"] = source.audience
         headers = {}
-        if source.client_auth == "post":
-            form |= {"client_id": source.client_id, "client_secret": secret}
-        else:  # RFC 6749 §2.3.1: both parts form-encoded, then Basic
-            user = urllib.parse.quote_plus(source.client_id)
-            password = urllib.parse.quote_plus(secret)
-            headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-        answer = self._exchange.send("POST", headers=headers, data=form)
-        if answer.status != 200:
-            raise Failed(_status_reason(answer), "status")
-        return _token_response(answer.body)
+        if source.client_assertion_file:  # RFC 7523 §2.2: the assertion instead of a secret, and no Basic header
+            if source.client_id:
+                form["client_id"] = source.client_id
+            form["client_assertion_type"] = JWT_BEARER_ASSERTION
+            form["client_assertion"] = _read_file(source, "client_assertion_file")
+        elif source.client_secret_file:
+            secret = _read_file(source, "client_secret_file")
+            if source.client_auth == "post":
+                form |= {"client_id": source.client_id, "client_secret": secret}
+            else:
+                headers["Authorization"] = basic_credentials(source.client_id, secret)
+        elif source.client_id:  # a public client (RFC 6749 §3.2.1) names itself
+            form["client_id"] = source.client_id
+        return token_grant(self._exchange, form, headers)
 
     def abort(self) -> None:
         self._exchange.abort()
 
     def close(self) -> None:
         self._exchange.close()
+
+
+def token_grant(exchange: HttpExchange, form: dict[str, str], headers: dict[str, str]) -> FetchResult:
+    """One grant at a token endpoint (RFC 6749 §5): its access token as `Authorization: Bearer …`, with the lifetime
+    its `expires_in` (or a JWT's `exp`, if sooner) gives it. Raises Failed."""
+    answer = exchange.send("POST", headers=headers, data=form)
+    if answer.status != 200:
+        raise Failed(_status_reason(answer), "status")
+    return _token_response(answer.body)
 
 
 def _token_response(body: bytes) -> FetchResult:
