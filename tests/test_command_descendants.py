@@ -166,3 +166,14 @@ def test_through_mitmdump_no_daemon_outlives_its_run_nor_the_proxy(mitmdump, tmp
             u.close()
     everything = pids_in(held) + pids_in(closed) + pids_in(hanging)
     wait_until(lambda: none_left(everything), what="every command and daemon gone")
+
+
+def test_a_killed_proxy_leaves_no_command_nor_daemon(mitmdump, tmp_path):
+    """SIGKILL gives the proxy no chance to stop anything: the supervisor's parent-death signal does it."""
+    pidfile = tmp_path / "pids"
+    m = mitmdump("--set", "header_hosts=*", "--set", f"header_provider_command={DAEMONS} hang {pidfile}")
+    pid_lines(pidfile, 2)  # the daemon and the command have started
+    pids = pids_in(pidfile)
+    m.proc.kill()
+    m.wait_exit()
+    wait_until(lambda: none_left(pids), what="the hanging command and its daemon gone")
