@@ -2,6 +2,7 @@
 the command exits even if a daemon it left still holds its output: the client, the refresher and a real mitmdump
 with the processes checked in /proc."""
 
+import signal
 import sys
 import threading
 import time
@@ -177,3 +178,12 @@ def test_a_killed_proxy_leaves_no_command_nor_daemon(mitmdump, tmp_path):
     m.proc.kill()
     m.wait_exit()
     wait_until(lambda: none_left(pids), what="the hanging command and its daemon gone")
+
+
+def test_the_command_gets_sigpipe_and_sigxfsz_as_any_program_does():
+    """The supervisor is Python, which ignores both: a command must not inherit that (a writer to a closed pipe
+    would go on writing, failing with EPIPE, instead of ending)."""
+    script = "sed -n 's/^SigIgn:[[:space:]]*//p' /proc/self/status"
+    result = client(command=["sh", "-c", script], format="token").fetch()
+    ignored = int(dict(result.answer.headers)["Authorization"].removeprefix("Bearer "), 16)
+    assert ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)) == 0

@@ -136,6 +136,8 @@ class CommandClient(Client):
             if self._aborted:
                 raise Failed(f"{program}: stopped", "command")
             status_read, status_write = os.pipe()
+            # The supervisor's parent-death signal comes when the thread that started it ends: this one, which
+            # waits for it below whatever happens.
             try:
                 proc = subprocess.Popen(
                     [sys.executable, "-I", "-S", REAPER, str(status_write), str(os.getpid()), *self.source.command],

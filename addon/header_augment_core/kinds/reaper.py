@@ -63,12 +63,12 @@ def main(argv: list[str]) -> None:
     status_fd, proxy, command = int(argv[1]), int(argv[2]), argv[3:]
     os.set_inheritable(status_fd, False)  # the command must not hold it
     signal.signal(signal.SIGTERM, _stop)
-    libc = ctypes.CDLL(None, use_errno=True)
-    for option, value in ((PR_SET_CHILD_SUBREAPER, 1), (PR_SET_PDEATHSIG, signal.SIGTERM)):
-        if libc.prctl(option, value, 0, 0, 0) != 0:
-            sys.exit(f"prctl: {os.strerror(ctypes.get_errno())}")
     status = ""
     try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for option, value in ((PR_SET_CHILD_SUBREAPER, 1), (PR_SET_PDEATHSIG, signal.SIGTERM)):
+            if libc.prctl(option, value, 0, 0, 0) != 0:
+                sys.exit(f"prctl: {os.strerror(ctypes.get_errno())}")
         if os.getppid() != proxy:
             raise Stop  # the proxy died before the parent-death signal was set
         try:
