@@ -6,16 +6,19 @@ import signal
 import sys
 import threading
 import time
+from urllib.parse import quote
 
 import pytest
 from conftest import client_for, values_of
 from helpers.support import DAEMONS, pid_lines, processes, zombie_children
-from servers import Upstream, wait_until
+from servers import ROOT, Upstream, wait_until
 
 from header_augment_core.fields import SettingsError
 from header_augment_core.kinds import command as command_kind
 from header_augment_core.refresher import Refresher
 from header_augment_core.settings import parse_settings
+
+CONSOLE = str(ROOT / "tests" / "console_set.py")
 
 
 def settings(**values):
@@ -187,3 +190,18 @@ def test_the_command_gets_sigpipe_and_sigxfsz_as_any_program_does():
     result = client(command=["sh", "-c", script], format="token").fetch()
     ignored = int(dict(result.answer.headers)["Authorization"].removeprefix("Bearer "), 16)
     assert ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)) == 0
+
+
+def test_a_reconfiguration_kills_the_running_command_and_its_daemon(mitmdump, tmp_path):
+    hung, held = tmp_path / "hung", tmp_path / "held"
+    m = mitmdump(
+        *("-s", CONSOLE, "--set", "header_hosts=127.0.0.1"),
+        *("--set", "header_provider_timeout=60s", "--set", f"header_provider_command={DAEMONS} hang {hung}"),
+    )
+    pid_lines(hung, 2)  # the daemon and the command have started
+    pids = pids_in(hung)
+    with client_for(m.proxy) as c:
+        answer = c.get("http://console.test/" + quote(f"set header_provider_command '{DAEMONS} held {held}'"))
+    assert answer.status_code == 200, answer.text
+    wait_until(lambda: none_left(pids), what="the replaced provider's command and daemon gone")
+    wait_until(lambda: held.exists() and none_left(pids_in(held)), what="the new provider's run, its daemon gone")
