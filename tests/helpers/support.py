@@ -13,6 +13,7 @@ HELPERS = Path(__file__).resolve().parent
 CREDENTIAL = str(HELPERS / "credential.py")
 HANG = str(HELPERS / "hang.sh")
 LEAVE_CHILD = str(HELPERS / "leave-child.sh")
+DAEMONS = str(HELPERS / "daemons.sh")
 
 
 NO_EXP = object()
@@ -71,21 +72,6 @@ def processes() -> dict[int, tuple[str, int, int]]:
                 continue  # it has just gone
             seen[int(entry)] = (fields[0], int(fields[1]), int(fields[2]))
     return seen
-
-
-def group_gone(pgid: int) -> bool:
-    """No process of the group is left, not even a zombie (orphans are reaped by pid 1, which takes a moment)."""
-    return not any(group == pgid for _, _, group in processes().values())
-
-
-def no_live_member(pgid: int) -> bool:
-    """Every process of the group has been killed: at most zombies are left, waiting for their parent (pid 1 for
-    orphans) to reap them."""
-    return all(state == "Z" for state, _, group in processes().values() if group == pgid)
-
-
-def wait_gone(*pgids: int) -> None:
-    wait_until(lambda: all(group_gone(p) for p in pgids), what=f"process groups {pgids} gone")
 
 
 def wait_dead(pid: int) -> None:

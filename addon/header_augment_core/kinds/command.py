@@ -2,6 +2,7 @@
 print-access-token` or `aws eks get-token`. Run at start, at every interval (sooner for a token about to expire) and
 on `augment.refresh`; never through a shell, never two at once, and never outliving its run."""
 
+import errno
 import json
 import os
 import re
@@ -10,9 +11,11 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from ..durations import format_duration
@@ -28,9 +31,12 @@ DEFAULT_TIMEOUT = 30.0  # CLI helpers (gcloud, aws) often take seconds to start
 # Of stderr only the end is kept: its last line goes into the failure reason, cut to this many characters.
 STDERR_TAIL_BYTES = 4096
 STDERR_LINE_CHARS = 200
-# How often the run checks whether the program has exited while its pipes are still open (a child it started
-# may hold them): then its process group is ended, so nothing it started outlives it.
-EXIT_POLL = 0.05
+# Every run is under this supervisor (see it): it kills whatever the command started, however detached. Run by path,
+# isolated and without `site`, so that it starts fast.
+REAPER = str(Path(__file__).with_name("reaper.py"))
+# How long the supervisor has to kill what is left once it is asked to; then its process group is killed (the
+# command is in it, and every child that has not left it).
+KILL_GRACE = 5.0
 # What kubectl tells an exec credential plugin (client-go sets it for every plugin): the ExecCredential version
 # we read, and that nobody can answer a prompt. Plugins such as `aws eks get-token` pick their output's apiVersion
 # from it; without it some default to a version we might not read, and some would try to prompt on a terminal.
@@ -96,6 +102,11 @@ class CommandSource(Content, Source):
     def check(self, label, given):
         if not self.command:
             raise SettingsError(f"{label('command')}: required for kind command")
+        if not sys.platform.startswith("linux"):
+            raise SettingsError(
+                f"{label('command')}: commands are run on Linux only (where a child subreaper can find and kill "
+                "every process a command starts)"
+            )
         program = self.command[0]
         if "/" in program:
             if not os.path.isfile(program) or not os.access(program, os.X_OK):
@@ -124,33 +135,50 @@ class CommandClient(Client):
         with self._lock:
             if self._aborted:
                 raise Failed(f"{program}: stopped", "command")
+            status_read, status_write = os.pipe()
+            # The supervisor's parent-death signal comes when the thread that started it ends: this one, which
+            # waits for it below whatever happens.
             try:
                 proc = subprocess.Popen(
-                    self.source.command,
+                    [sys.executable, "-I", "-S", REAPER, str(status_write), str(os.getpid()), *self.source.command],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     env=self._env,
-                    start_new_session=True,  # its own process group, so all it starts can be ended with it
+                    start_new_session=True,  # its own process group: the last resort if the supervisor is stuck
+                    pass_fds=(status_write,),
                 )
-            except FileNotFoundError:
-                raise Failed(f"{program}: not found", "command") from None
             except OSError as e:
-                raise Failed(f"{program}: cannot run it ({e.strerror})", "command") from None
+                os.close(status_read)
+                raise Failed(f"{program}: cannot start its supervisor ({e.strerror})", "command") from None
+            finally:
+                os.close(status_write)
             self._running = proc
         try:
-            out, err = _collect(proc, time.monotonic() + self.timeout, program, self.timeout)
+            try:
+                out, err = _collect(proc, time.monotonic() + self.timeout, program, self.timeout)
+            finally:
+                with self._lock:
+                    self._running = None
+                _end(proc)
+            status = _read_all(status_read)  # the supervisor has exited: nothing else holds the pipe
         finally:
-            with self._lock:
-                self._running = None
-            _end_group(proc)
+            os.close(status_read)
         if self._aborted:
             raise Failed(f"{program}: stopped", "command")
+        what, _, number = status.partition(" ")
+        if what == "spawn":
+            if int(number) == errno.ENOENT:
+                raise Failed(f"{program}: not found", "command")
+            raise Failed(f"{program}: cannot run it ({os.strerror(int(number))})", "command")
         line = _last_line(err)
-        if proc.returncode < 0:
-            raise _failed(program, f"killed by {_signal_name(-proc.returncode)}", line)
-        if proc.returncode != 0:
-            raise _failed(program, f"exit status {proc.returncode}", line)
+        if what != "exit":
+            raise _failed(program, "its supervisor failed", line)
+        returncode = os.waitstatus_to_exitcode(int(number))
+        if returncode < 0:
+            raise _failed(program, f"killed by {_signal_name(-returncode)}", line)
+        if returncode != 0:
+            raise _failed(program, f"exit status {returncode}", line)
         if not out.strip():
             raise _failed(program, "printed nothing", line, "format")
         try:
@@ -163,12 +191,13 @@ class CommandClient(Client):
         with self._lock:
             self._aborted = True
             if self._running is not None:
-                _kill_group(self._running.pid)
+                self._running.send_signal(signal.SIGTERM)  # the supervisor kills all the command started
 
 
 def _collect(proc: subprocess.Popen, deadline: float, program: str, timeout: float) -> tuple[bytes, bytes]:
-    """stdout (at most MAX_BODY_BYTES) and the tail of stderr, read together until both end and the program has
-    exited, all within `deadline`. Raises Failed (the caller ends the process group)."""
+    """stdout (at most MAX_BODY_BYTES) and the tail of stderr, read together until both end and the supervisor has
+    exited, all within `deadline`. They end when the command exits: the supervisor then kills every other process
+    holding them. Raises Failed (the caller ends the run)."""
     out, err = bytearray(), bytearray()
     with selectors.DefaultSelector() as selector:
         selector.register(proc.stdout, selectors.EVENT_READ, out)
@@ -177,9 +206,7 @@ def _collect(proc: subprocess.Popen, deadline: float, program: str, timeout: flo
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _failed(program, f"timed out after {format_duration(timeout)}", _last_line(err), "timeout")
-            if proc.returncode is None and proc.poll() is not None:
-                _kill_group(proc.pid)  # what it left running would hold the pipes open
-            for key, _ in selector.select(min(remaining, EXIT_POLL)):
+            for key, _ in selector.select(remaining):
                 chunk = os.read(key.fd, 65536)
                 if not chunk:
                     selector.unregister(key.fileobj)
@@ -191,25 +218,36 @@ def _collect(proc: subprocess.Popen, deadline: float, program: str, timeout: flo
                 if buffer is err and len(err) > STDERR_TAIL_BYTES:
                     del err[:-STDERR_TAIL_BYTES]
     try:
-        proc.wait(max(0.0, deadline - time.monotonic()))  # it closed its output but may still be running
+        proc.wait(max(0.0, deadline - time.monotonic()))  # the command closed its output but may still be running
     except subprocess.TimeoutExpired:
         raise _failed(program, f"timed out after {format_duration(timeout)}", _last_line(err), "timeout") from None
     return bytes(out), bytes(err)
 
 
-def _kill_group(pgid: int) -> None:
+def _end(proc: subprocess.Popen) -> None:
+    """Have the supervisor kill what is left of the run (nothing once it has exited by itself) and reap it, then kill
+    its process group: the last resort, should it have been killed itself or not have finished within KILL_GRACE,
+    for the command and every child that has not left the group. Then close the pipes."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(KILL_GRACE)
+        except subprocess.TimeoutExpired:
+            pass
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
     except OSError:
-        pass  # the group is gone already
-
-
-def _end_group(proc: subprocess.Popen) -> None:
-    """Kill whatever is left of the run's process group, reap the program and close its pipes."""
-    _kill_group(proc.pid)
+        pass  # the group is empty: the supervisor did its work
     proc.wait()
     proc.stdout.close()
     proc.stderr.close()
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    while chunk := os.read(fd, 256):
+        chunks.append(chunk)
+    return b"".join(chunks).decode("ascii", "replace")
 
 
 def _signal_name(number: int) -> str:
