@@ -154,6 +154,8 @@ def _compile_scope(settings: ProviderSettings, label_of: Label) -> flowfilter.TF
 
 def _searches_hosts(node: object) -> bool:
     """Whether a compiled filter uses ~d, ~h, ~hq or ~u (a bare word is ~u too)."""
+    # flowfilter's undocumented node attributes (a filter's `code`, FAnd/FOr's `lst`, FNot's `itm`): the only way to
+    # look inside a compiled filter (checked against mitmproxy 12.3.1; tests/test_seams.py fails if they move).
     if getattr(node, "code", None) in _HOST_SEARCHING_FILTERS:
         return True
     children = getattr(node, "lst", None) or ([node.itm] if hasattr(node, "itm") else [])
