@@ -1,12 +1,5 @@
-import sys
-from pathlib import Path
-
 import httpx
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "addon"))
-
 from servers import Mitmdump, Provider, RawProvider, Upstream, self_signed
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from helpers.ports import free_port
 from servers import ROOT, clean_env, wait_until
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
@@ -230,14 +231,6 @@ def test_init_container_installs_every_runtime_pin_but_mitmproxy():
         ["sh", "-c", 'pip() { printf "%s\\n" "$@"; }; ' + command], capture_output=True, text=True, check=True
     ).stdout.splitlines()
     assert printed == ["install", "--no-cache-dir", "--target=/deps", *(p for p in RUNTIME_PINS if p != MITMPROXY_PIN)]
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def healthy(service: str, ports: dict[int, int]) -> bool:

@@ -7,7 +7,7 @@ import socket
 import httpx
 import pytest
 from conftest import client_for, values_of
-from processes import Running, port_is_free, processes_in_group, wait_all_gone
+from processes import Running, free_port, port_is_free, processes_in_group, wait_all_gone
 from prometheus_client.parser import text_string_to_metric_families
 from servers import DEADLINE, ROOT, clean_env, wait_until
 
@@ -44,12 +44,6 @@ class Started:
 def only(pids) -> int:
     (pid,) = pids
     return pid
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_scripts_run_uses_the_demo_provider(tmp_path, upstream):
