@@ -7,6 +7,7 @@ Providers are polled on background threads; the request hook only reads the last
 """
 
 import asyncio
+import ipaddress
 import logging
 import math
 import sys
@@ -21,6 +22,7 @@ for _name in [m for m in sys.modules if m == "header_augment_core" or m.startswi
     del sys.modules[_name]
 
 from mitmproxy import command, ctx, exceptions, flowfilter, http  # noqa: E402
+from mitmproxy.proxy import mode_specs  # noqa: E402
 
 from header_augment_core.admin import OPTION as ADMIN_OPTION  # noqa: E402
 from header_augment_core.admin import AdminEndpoint  # noqa: E402
@@ -168,10 +170,33 @@ def _compile_scope(settings: ProviderSettings, label_of: Label) -> flowfilter.TF
 
 def _searches_hosts(node: object) -> bool:
     """Whether a compiled filter uses ~d, ~h, ~hq or ~u (a bare word is ~u too)."""
+    # flowfilter's undocumented node attributes (a filter's `code`, FAnd/FOr's `lst`, FNot's `itm`): the only way to
+    # look inside a compiled filter (checked against mitmproxy 12.3.1; tests/test_seams.py fails if they move).
     if getattr(node, "code", None) in _HOST_SEARCHING_FILTERS:
         return True
     children = getattr(node, "lst", None) or ([node.itm] if hasattr(node, "itm") else [])
     return any(_searches_hosts(child) for child in children)
+
+
+def _open_listen_hosts(options) -> list[str]:
+    """The proxy's listen addresses that are not loopback, when no proxyauth asks clients who they are: whoever
+    reaches one sends requests with the providers' credentials. (A WireGuard mode's keys are its authentication; a
+    local redirector listens nowhere.)"""
+    if "proxyauth" in options and options.proxyauth:  # declared by mitmproxy's proxyauth addon, not its core
+        return []
+    found = []
+    for spec in options.mode:
+        mode = mode_specs.ProxyMode.parse(spec)
+        if isinstance(mode, mode_specs.WireGuardMode) or mode.listen_port(options.listen_port) is None:
+            continue
+        host = mode.listen_host(options.listen_host)
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False  # "" (every interface) or a name
+        if not loopback:
+            found.append(host or "every interface")
+    return found
 
 
 def _resolve(future: asyncio.Future) -> None:
@@ -321,6 +346,12 @@ class HeaderAugment:
 
     def running(self) -> None:
         self._running = True
+        if open_hosts := _open_listen_hosts(ctx.options):
+            logger.warning(
+                "the proxy listens on %s, not only loopback, and proxyauth is not set: whoever can reach it sends "
+                "requests with the providers' credentials; listen on 127.0.0.1 or set proxyauth",
+                ", ".join(dict.fromkeys(open_hosts)),
+            )
         self._start()
         ctx.master.addons.add(self._guard)
         self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="header-augment ticker")

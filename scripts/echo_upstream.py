@@ -29,7 +29,7 @@ class EchoHandler(http.server.BaseHTTPRequestHandler):
             "received": [[name, value.encode("latin-1").hex()] for name, value in self.headers.items()],
             "body_bytes": body_bytes,
         }
-        self._send(json.dumps(payload).encode(), "application/json")
+        self._send(json.dumps(payload).encode() + b"\n", "application/json")  # a line of its own in a terminal
 
     def _send(self, body: bytes, content_type: str) -> None:
         self.send_response(200)

@@ -1,13 +1,5 @@
-import sys
-from pathlib import Path
-
 import httpx
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "addon"))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
 from echo_upstream import received
 from servers import Mitmdump, Provider, RawProvider, Upstream, self_signed
 

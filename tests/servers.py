@@ -4,7 +4,6 @@ import functools
 import http.server
 import json
 import os
-import re
 import signal
 import socket
 import socketserver
@@ -17,13 +16,16 @@ import zlib
 from pathlib import Path
 
 import brotli
+import echo_upstream  # scripts/ is on the tests' path (pyproject.toml)
+from helpers.procfs import peak_rss_kib
+from helpers.running import Running
+from helpers.waiting import DEADLINE, wait_until
+
+__all__ = ["DEADLINE", "peak_rss_kib", "wait_until"]  # the tests import them from here, as before the helpers package
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDON = ROOT / "addon" / "header_augment.py"
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import echo_upstream  # noqa: E402
 
 # How often a test server's loop looks for shutdown(): socketserver's default, 0.5 s, made every test that closes
 # servers wait that long for each.
@@ -35,23 +37,6 @@ def serve_in_background(server) -> threading.Thread:
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": POLL_INTERVAL}, daemon=True)
     thread.start()
     return thread
-
-
-# Deadlines that only guard against a hang: far above what anything takes, even with both cores busy and a test file
-# starting a dozen proxies beside this one (a mitmdump then takes up to ten times its usual 1.5 s to start).
-DEADLINE = 30.0
-
-
-def wait_until(predicate, timeout: float = DEADLINE, interval: float = 0.01, what: str = "condition"):
-    """Poll `predicate` until it returns something truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Provider:
@@ -157,7 +142,7 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-class Mitmdump:
+class Mitmdump(Running):
     """A real `mitmdump -s addon/header_augment.py` on 127.0.0.1 with an ephemeral port; its output is collected."""
 
     def __init__(self, confdir: Path, *args: str, cwd: Path | None = None, wait_listening: bool = True) -> None:
@@ -174,19 +159,7 @@ class Mitmdump:
             str(ADDON),
             *args,
         ]
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=cwd or ROOT,
-            env=clean_env(),
-            stdin=subprocess.DEVNULL,
-        )
-        self._lines: list[str] = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__(cmd, cwd=cwd or ROOT, env=clean_env(), new_session=False)
         self.port = 0
         if wait_listening:
             try:
@@ -195,44 +168,6 @@ class Mitmdump:
                 self.proc.kill()  # nobody else holds it yet: a failed start must not leave a proxy running
                 self.proc.wait()
                 raise
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            with self._cond:
-                self._lines.append(line)
-                self._cond.notify_all()
-        with self._cond:
-            self._lines.append("")  # end of output
-            self._cond.notify_all()
-
-    @property
-    def output(self) -> str:
-        with self._cond:
-            return "".join(self._lines)
-
-    def wait_for(self, pattern: str, timeout: float = DEADLINE, start: int = 0) -> re.Match:
-        """The first output line (from line `start`) matching `pattern`; fails on timeout or exit."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self._lines[start:]:
-                    if match := regex.search(line):
-                        return match
-                if self._lines and self._lines[-1] == "":
-                    raise AssertionError(f"mitmdump exited before printing {pattern!r}:\n{self.output_unlocked()}")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"no {pattern!r} within {timeout}s:\n{self.output_unlocked()}")
-                self._cond.wait(remaining)
-
-    def mark(self) -> int:
-        """A position in the output, for `wait_for(..., start=mark)`."""
-        with self._cond:
-            return len(self._lines)
-
-    def output_unlocked(self) -> str:
-        return "".join(self._lines)
 
     @property
     def proxy(self) -> str:
@@ -251,9 +186,7 @@ class Mitmdump:
             self._reader.join(5)
 
     def wait_exit(self, timeout: float = 20.0) -> int:
-        rc = self.proc.wait(timeout)
-        self._reader.join(5)
-        return rc
+        return super().wait_exit(timeout)
 
 
 class TokenEndpoint:
@@ -512,12 +445,6 @@ def trickle(data: bytes, gap: float):
             time.sleep(gap)
 
     return respond
-
-
-def peak_rss_kib(pid: int) -> int:
-    """The process's peak resident set size so far (VmHWM), in KiB."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)[1])
 
 
 @functools.cache

@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from pathlib import Path
 import pytest
 from conftest import client_for, values_of
 from echo_upstream import received
-from processes import Running, processes_in_group
+from processes import Running, free_port, processes_in_group
 from servers import ROOT, Mitmdump, Upstream, clean_env, wait_until
 
 SECTION = "Point your clients at it"
@@ -121,12 +120,6 @@ def substitute(text: str, ports: dict[int, int]) -> str:
     """`text` with each port of `ports` written on its own (not part of a longer number or name) mapped."""
     numbers = "|".join(map(str, ports))
     return re.sub(rf"(?<![\w.])({numbers})(?![\w.])", lambda m: str(ports[int(m.group())]), text)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scratch(base: Path) -> tuple[Path, Path]:

@@ -1,5 +1,7 @@
 """Keeps docker-compose.yaml and the Kubernetes sample honest where no container runtime runs."""
 
+import ast
+import importlib.metadata
 import json
 import re
 import shlex
@@ -10,6 +12,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from helpers.ports import free_port
 from servers import ROOT, clean_env, wait_until
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
@@ -25,9 +28,57 @@ def test_runtime_pins_are_exact_and_in_requirements_txt():
         "mitmproxy",
         "httpx",
         "prometheus_client",
+        "httpcore",
+        "certifi",
+        "idna",
+        "tornado",
+        "ruamel.yaml",
         "PyJWT",
     }
     assert "-r requirements/runtime.txt" in (ROOT / "requirements.txt").read_text().splitlines()
+
+
+def imported_packages() -> dict[str, set[str]]:
+    """Top-level package → the modules under addon/ that import it (absolute imports only; the addon's own
+    modules and the standard library left out)."""
+    addon = ROOT / "addon"
+    own = {p.stem for p in addon.glob("*.py")} | {p.name for p in addon.iterdir() if p.is_dir()}
+    found: dict[str, set[str]] = {}
+    for path in addon.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.partition(".")[0]
+                if top not in own and top not in sys.stdlib_module_names:
+                    found.setdefault(top, set()).add(path.relative_to(ROOT).as_posix())
+    return found
+
+
+def canonical_name(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def test_every_package_the_addon_imports_is_a_runtime_pin():
+    """Each import under addon/ comes from a distribution pinned in requirements/runtime.txt (not one that only
+    arrives with another's dependencies), and each pin is imported (importlib.metadata maps import names to the
+    distributions installed here)."""
+    declared = {canonical_name(pin.partition("==")[0]) for pin in RUNTIME_PINS}
+    providers = importlib.metadata.packages_distributions()
+    imported = imported_packages()
+    assert {"mitmproxy", "httpx", "httpcore", "tornado", "ruamel"} <= set(imported)  # the parse sees the imports
+    undeclared = {
+        top: sorted(modules)
+        for top, modules in imported.items()
+        if not {canonical_name(d) for d in providers.get(top, [top])} & declared
+    }
+    assert not undeclared, f"imported but not pinned in requirements/runtime.txt: {undeclared}"
+    used = {canonical_name(d) for top in imported for d in providers.get(top, [top])}
+    assert declared <= used, f"pinned but imported nowhere under addon/: {sorted(declared - used)}"
 
 
 def test_compose_file_is_valid_against_the_compose_specification():
@@ -181,14 +232,6 @@ def test_init_container_installs_every_runtime_pin_but_mitmproxy():
         ["sh", "-c", 'pip() { printf "%s\\n" "$@"; }; ' + command], capture_output=True, text=True, check=True
     ).stdout.splitlines()
     assert printed == ["install", "--no-cache-dir", "--target=/deps", *(p for p in RUNTIME_PINS if p != MITMPROXY_PIN)]
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def healthy(service: str, ports: dict[int, int]) -> bool:

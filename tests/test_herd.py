@@ -2,15 +2,10 @@
 Refresher, driven in virtual time."""
 
 import functools
-import sys
 from dataclasses import replace
-from pathlib import Path
 
+import herd  # scripts/ is on the tests' path (pyproject.toml)
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-import herd
 
 # The bin: at N = 2,000 and 360 s the mean rate is 5.6 calls/s, so a 30 s bin holds 167 calls on average, and its
 # counting noise (about Poisson) is sqrt(167) = 13 calls, 8% of that. The noisiest of an hour's 120 bins is about

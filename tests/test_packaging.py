@@ -39,11 +39,16 @@ def pip(*args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    # From a copy of the tree, so that the build's build/ and *.egg-info never land in (or come from) the clone.
+def source(tmp_path_factory) -> Path:
+    # A copy of the tree, so that the build's build/ and *.egg-info never land in (or come from) the clone.
     source = tmp_path_factory.mktemp("source") / "header-augment"
     skip = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache")
     shutil.copytree(ROOT, source, ignore=skip)
+    return source
+
+
+@pytest.fixture(scope="module")
+def wheel(source, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     pip("wheel", "--no-deps", "--wheel-dir", str(out), str(source))
     (built,) = out.glob("*.whl")
@@ -58,6 +63,36 @@ def venv(wheel, tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     pip("--python", str(venv / "bin" / "python"), "install", "--no-compile", str(wheel))
     return venv
+
+
+def older_python() -> str | None:
+    """A Python below requires-python with a pip, if the machine has one (Debian 12's python3.11 has)."""
+    for name in ("python3.11", "python3.10", "python3.9"):
+        if (path := shutil.which(name)) and subprocess.run(
+            [path, "-m", "pip", "--version"], capture_output=True
+        ).returncode == 0:
+            return path
+    return None
+
+
+def test_an_older_python_is_refused_naming_requires_python(source, tmp_path):
+    """Before pip 24, pip resolved the pins first and said only "No matching distribution found for
+    mitmproxy==12.3.1"; setup.py refuses first, with pyproject.toml's requirement."""
+    python = older_python()
+    if python is None:
+        pytest.skip("no Python older than 3.12 with pip on this machine")
+    result = subprocess.run(
+        [python, "-m", "pip", "wheel", "--wheel-dir", str(tmp_path), str(source)],
+        capture_output=True,
+        text=True,
+        env=os.environ,
+        timeout=180,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and not list(tmp_path.glob("*.whl"))
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert f"requires Python {requires} (requires-python in pyproject.toml)" in output, output
+    assert "No matching distribution" not in output
 
 
 def canonical(pin: str) -> str:

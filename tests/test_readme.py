@@ -541,6 +541,7 @@ def test_every_block_is_run_or_checked_here():
         ("", "", ""),  # the picture
         ("The two commands", "", "sh"),  # test_the_two_commands
         ("The two commands", "", "sh"),  # test_the_quick_start_shows_the_demo_headers
+        ("The two commands", "", ""),  # its output: test_the_quick_start_shows_the_demo_headers
         ("Where credentials come from", "Google APIs with `gcloud auth print-access-token`", "sh"),  # test_the_recipe…
         ("Where credentials come from", "A Kubernetes cluster API with `aws eks get-token`", "sh"),  # test_the_recipe…
         ("Where credentials come from", "A projected service-account token in Kubernetes", "yaml"),  # …_projected_…
@@ -559,6 +560,14 @@ def test_every_block_is_run_or_checked_here():
     assert list(RECIPE_BLOCKS) == list(RECIPES)
     assert sorted(PROSE_COMMANDS) == sorted([*PROSE, WEB])
     assert '"--web"' in (ROOT / "tests" / "test_scripts_run.py").read_text()
+
+
+def test_the_table_of_contents_lists_every_section():
+    listed = re.findall(r"^- \[(.+)\]\(#([\w-]+)\)$", README[: README.index("\n## ")], re.M)
+    sections = re.findall(r"^## (.+)$", README, re.M)
+    assert [title for title, _ in listed] == sections
+    for title, anchor in listed:  # GitHub's anchors: lower case, punctuation dropped, spaces as hyphens
+        assert anchor == re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-"), title
 
 
 def test_the_two_commands():
@@ -588,6 +597,9 @@ def test_the_quick_start_shows_the_demo_headers(world):
         (answer,) = answers(result.stdout)
         assert header(answer, "Host") == [f"127.0.0.1:{ports[8000]}"]
         assert has_demo_headers(answer), answer
+        shown = only([b for b in BLOCKS if b.section == "The two commands" and b.language == ""]).text
+        expected = re.escape(shown.replace("127.0.0.1:8000", f"127.0.0.1:{ports[8000]}")).replace("…", ".+?")
+        assert re.fullmatch(expected, result.stdout), result.stdout  # one line, as shown, with its newline
     finally:
         upstream.kill_group()
 

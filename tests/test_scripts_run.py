@@ -4,9 +4,11 @@ import os
 import signal
 import socket
 
+import httpx
 import pytest
 from conftest import client_for, values_of
-from processes import Running, port_is_free, processes_in_group, wait_all_gone
+from processes import Running, free_port, port_is_free, processes_in_group, wait_all_gone
+from prometheus_client.parser import text_string_to_metric_families
 from servers import DEADLINE, ROOT, clean_env, wait_until
 
 RUN = ROOT / "scripts" / "run"
@@ -44,20 +46,20 @@ def only(pids) -> int:
     return pid
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_scripts_run_uses_the_demo_provider(tmp_path, upstream):
-    run = start_run(tmp_path, "--set", "header_hosts=127.0.0.1")  # the test's upstream has an ephemeral port
+    # The test's upstream has an ephemeral port; the admin endpoint shows the metrics.
+    run = start_run(tmp_path, "--set", "header_hosts=127.0.0.1", "--set", "header_admin_listen=127.0.0.1:0")
     try:
         started = Started(run)
         with client_for(f"http://127.0.0.1:{started.proxy_port}") as client:
             response = client.get(upstream.url)
         assert values_of(response, "Authorization")[0].startswith("Bearer demo.")
         assert values_of(response, "X-Tenant") == ["demo"]
+        # The demo provider is named: its metrics' label is `demo`, not its URL with this start's random port.
+        admin = int(run.wait_for(r"admin endpoint listening at 127\.0\.0\.1:(\d+)").group(1))
+        metrics = httpx.get(f"http://127.0.0.1:{admin}/metrics", trust_env=False, timeout=10).text
+        samples = [s for family in text_string_to_metric_families(metrics) for s in family.samples]
+        assert {s.labels["provider"] for s in samples if "provider" in s.labels} == {"demo"}
         os.killpg(run.pgid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground process group
         assert run.wait_exit() == 0, run.output
         started.assert_all_gone()
@@ -135,6 +137,15 @@ def test_web_runs_mitmweb_with_the_addon(tmp_path, upstream):
         with client_for(f"http://127.0.0.1:{started.proxy_port}") as client:
             response = client.get(upstream.url)
         assert values_of(response, "X-Tenant") == ["demo"]
+        # The README: the UI and its API need the token of the start-up line; the flow's comment names the demo
+        # provider and the headers added, never their values.
+        ui = run.wait_for(r"Web server listening at (http://127\.0\.0\.1:\d+/)\?token=(\w+)")
+        with httpx.Client(base_url=ui.group(1), trust_env=False, timeout=10) as web:
+            assert web.get("/flows").status_code == 403
+            flows = web.get("/flows", params={"token": ui.group(2)}).json()
+        comments = [flow["comment"] for flow in flows]
+        assert comments == ["header-augment (demo): added Authorization, X-Tenant"]
+        assert values_of(response, "Authorization")[0] not in comments[0]
         os.kill(run.proc.pid, signal.SIGTERM)
         assert run.wait_exit() == 0, run.output
         started.assert_all_gone(web_port)

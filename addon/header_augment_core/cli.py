@@ -2,7 +2,8 @@
 
 mitmproxy loads an addon as a script given by path (`-s`), and after an install nobody knows where pip put
 header_augment.py. This command finds it and runs mitmproxy in-process with `-s <that path>` followed by the
-user's arguments unchanged, so that an install is used like `mitmdump -s addon/header_augment.py` from a clone:
+user's arguments, so that an install is used like `mitmdump -s addon/header_augment.py` from a clone, but for one
+default: it listens on 127.0.0.1 (mitmdump's default is every interface), as `scripts/run` does:
 
     header-augment --set header_provider_url=http://127.0.0.1:9000/headers --set header_hosts=api.example.com
     header-augment --web ...     # mitmweb instead of mitmdump
@@ -14,6 +15,11 @@ import importlib.util
 import sys
 
 SCRIPT_MODULE = "header_augment"
+LISTEN_HOST = "127.0.0.1"
+HELP = f"""header-augment: mitmdump with the header-augment addon loaded (mitmweb with --web); mitmdump's own
+options follow. Unlike mitmdump, it listens on {LISTEN_HOST} unless you pass --listen-host (or set listen_host with
+--set or in config.yaml): the proxy adds credentials to the requests it forwards, so whoever can reach it can use them.
+"""
 
 
 def script_path() -> str:
@@ -24,6 +30,13 @@ def script_path() -> str:
     return spec.origin
 
 
+def sets_listen_host(args: list[str]) -> bool:
+    """Whether the arguments give listen_host with --set (mitmproxy refuses two values for one option)."""
+    values = [b for a, b in zip(args, args[1:], strict=False) if a == "--set"]
+    values += [a.removeprefix("--set=") for a in args if a.startswith("--set=")]
+    return any(v.partition("=")[0] == "listen_host" for v in values)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if "--version" in args:
@@ -32,6 +45,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     web = "--web" in args
     args = [arg for arg in args if arg != "--web"]
+    if "-h" in args or "--help" in args:
+        print(HELP)
+    if not sets_listen_host(args):
+        # As a --set, the first of the ways to set an option that mitmproxy applies: config.yaml and --listen-host
+        # still override it.
+        args = ["--set", f"listen_host={LISTEN_HOST}", *args]
 
     from mitmproxy.tools.main import mitmdump, mitmweb
 

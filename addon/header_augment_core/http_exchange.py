@@ -339,6 +339,88 @@ class _TrackedStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
+# httpcore's exceptions as httpx's (most specific first): what httpx's own transport raises, so that callers see
+# httpx's classes and names whichever transport made the call.
+_HTTPX_ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+@contextlib.contextmanager
+def _as_httpx_errors() -> Iterator[None]:
+    try:
+        yield
+    except Exception as e:
+        for core, mapped in _HTTPX_ERRORS:
+            if isinstance(e, core):
+                raise mapped(str(e)) from e
+        raise
+
+
+class _Body(httpx.SyncByteStream):
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _as_httpx_errors():
+            yield from self._inner
+
+    def close(self) -> None:
+        with _as_httpx_errors():
+            self._inner.close()
+
+
+class _PoolTransport(httpx.BaseTransport):
+    """An httpx transport over an httpcore pool built with httpcore's public constructor, whose `network_backend`
+    takes ours: httpx.HTTPTransport builds its pool itself and offers no way to give it a backend. What it does
+    besides is mirrored here: the request handed over as is (its extensions carry the timeouts and the SNI name),
+    httpcore's errors raised as httpx's, httpx's default limits."""
+
+    def __init__(self, backend: httpcore.NetworkBackend, ssl_context: ssl.SSLContext | None, uds: str | None) -> None:
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=100,  # httpx.HTTPTransport's default limits (httpx 0.28.1)
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+            uds=uds,
+            network_backend=backend,
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        core = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _as_httpx_errors():
+            answer = self._pool.handle_request(core)
+        return httpx.Response(
+            status_code=answer.status,
+            headers=answer.headers,
+            stream=_Body(answer.stream),
+            extensions=answer.extensions,
+        )
+
+    def close(self) -> None:
+        self._pool.close()
+
+
 # gzip and deflate (the zlib format, RFC 9110 §8.4.1) can be decoded a bounded piece at a time; the provider is asked
 # for identity, so these are only what some servers send anyway.
 _ZLIB_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -420,15 +502,12 @@ class HttpExchange:
         self.endpoint = endpoint
         self.timeout = timeout
         self._backend = _AbortableBackend()
-        transport = httpx.HTTPTransport(
-            verify=endpoint.ssl_context() if endpoint.url.startswith("https:") else False,
-            uds=endpoint.socket or None,
-        )
-        # httpx offers no hook for the network backend; the pool's own attribute is the one seam. httpx is pinned to
-        # 0.28.1 (requirements.txt) for it, and test_stop_does_not_wait_for_a_hanging_provider fails if it moves.
-        transport._pool._network_backend = self._backend
         self._client = httpx.Client(
-            transport=transport,
+            transport=_PoolTransport(
+                self._backend,
+                endpoint.ssl_context() if endpoint.url.startswith("https:") else None,
+                endpoint.socket or None,
+            ),
             trust_env=False,  # never through HTTP(S)_PROXY: the proxy must not call itself
             follow_redirects=False,
             timeout=timeout,

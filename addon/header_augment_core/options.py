@@ -101,6 +101,7 @@ def settings_from_options(options: optmanager.OptManager) -> ProviderSettings | 
     return parse_settings(values, label)
 
 
+# optmanager._Option is private: the class of OptManager._options' values (mitmproxy 12.3.1; see tests/test_seams.py).
 def _why(option: optmanager._Option, error: Exception) -> str:
     if option.typespec is bool:
         return "accepted: true, false, toggle, or no value (meaning true)"
@@ -118,12 +119,12 @@ def check_deferred(options: optmanager.OptManager) -> None:
             hint = f"; did you mean {close[0]}?" if close else f"; header-augment's options: {', '.join(OPTION_NAMES)}"
             problem = f"unknown option {name}{hint}"
         else:
-            known = options._options[name]
+            known = options._options[name]  # private: the declared option, typespec included (mitmproxy 12.3.1)
             if known.typespec is str and isinstance(value, int | float) and not isinstance(value, bool):
                 options.deferred[name] = value = str(value)  # `header_refresh_interval: 30` in config.yaml
             try:
-                if isinstance(value, optmanager._UnconvertedStrings):  # from --set
-                    options._parse_setval(known, value.val)
+                if isinstance(value, optmanager._UnconvertedStrings):  # from --set (private, mitmproxy 12.3.1)
+                    options._parse_setval(known, value.val)  # private: mitmproxy's own --set conversion, as is
                 else:  # from a config file, already typed by YAML
                     typecheck.check_option_type(name, value, known.typespec)
             except (exceptions.OptionsError, TypeError) as e:
@@ -134,6 +135,6 @@ def check_deferred(options: optmanager.OptManager) -> None:
 
 
 def _shown(value: object) -> str:
-    if isinstance(value, optmanager._UnconvertedStrings):
+    if isinstance(value, optmanager._UnconvertedStrings):  # private: what --set defers (mitmproxy 12.3.1)
         return ", ".join(repr(v) for v in value.val) or "no value"
     return repr(value)

@@ -31,7 +31,17 @@ class ProviderSettings:
     """`source` holds the kind's own settings; the fields here apply to every kind."""
 
     source: Source
-    name: str = setting("", text)
+    name: str = setting(
+        "",
+        text,
+        Option(
+            "header_provider_name",
+            str,
+            "",
+            "Name of the provider in logs, the status, flow comments and the metrics' provider label (which is "
+            "otherwise its URL, file or command).",
+        ),
+    )
     hosts: Hosts = setting(
         NO_HOSTS,
         parse_hosts,

@@ -17,20 +17,12 @@ noisy-stderr                several stderr lines, the last one long, with escape
 signal                      end by SIGTERM
 """
 
-import base64
 import datetime
 import json
 import os
 import signal
 import sys
 import time
-
-
-def jwt(exp: float) -> str:
-    def part(obj: dict) -> str:
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
-
-    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({'sub': 'test', 'exp': exp})}.c2ln"
 
 
 def exec_credential(token: str, expires: float | None = None) -> str:
@@ -60,6 +52,10 @@ def main(mode: str, *args: str) -> int:
             json.dump(seen, f)
         print(exec_credential("ec-info"))
     elif mode == "jwt":
+        # tokens.py is beside this file, first on a program's path; imported here only, so that a copy of this
+        # program elsewhere (a test's) still runs every other mode.
+        from tokens import jwt
+
         if not os.path.exists(args[1]):
             with open(args[1], "w") as f:
                 f.write(str(int(time.time() + float(args[0]))))

@@ -1,32 +1,22 @@
 """What the tests of kinds `file` and `command` share: the helper programs, credentials as providers write them,
 files changed the ways they are changed in production, and a look at processes through /proc."""
 
-import base64
 import json
 import os
 import shutil
 from pathlib import Path
 
-from servers import wait_until
+from helpers.procfs import processes
+from helpers.tokens import NO_EXP, jwt
+from helpers.waiting import wait_until
+
+__all__ = ["NO_EXP", "jwt"]  # the tests import them from here
 
 HELPERS = Path(__file__).resolve().parent
 CREDENTIAL = str(HELPERS / "credential.py")
 HANG = str(HELPERS / "hang.sh")
 LEAVE_CHILD = str(HELPERS / "leave-child.sh")
 DAEMONS = str(HELPERS / "daemons.sh")
-
-
-NO_EXP = object()
-
-
-def jwt(exp: object) -> str:
-    """An unsigned JWT (header.payload.signature, base64url) with this `exp` (none at all for NO_EXP)."""
-
-    def part(obj: dict) -> str:
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
-
-    claims = {"sub": "test"} | ({} if exp is NO_EXP else {"exp": exp})
-    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}.c2ln"
 
 
 def exec_credential(token="ec-token", stamp=None, version="client.authentication.k8s.io/v1", **status) -> bytes:
@@ -58,20 +48,6 @@ def kubelet_volume(directory: Path, name: str, data: str, version: str) -> Path:
     if not (directory / name).is_symlink():
         (directory / name).symlink_to(f"..data/{name}")
     return directory / name
-
-
-def processes() -> dict[int, tuple[str, int, int]]:
-    """pid → (state, parent pid, process group) for every process /proc shows."""
-    seen = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # it has just gone
-            seen[int(entry)] = (fields[0], int(fields[1]), int(fields[2]))
-    return seen
 
 
 def wait_dead(pid: int) -> None:
