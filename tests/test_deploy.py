@@ -24,7 +24,8 @@ MITMPROXY_PIN = next(pin for pin in RUNTIME_PINS if pin.startswith("mitmproxy=="
 
 
 def test_runtime_pins_are_exact_and_in_requirements_txt():
-    assert {re.fullmatch(r"([\w.-]+)==[\w.]+", pin).group(1) for pin in RUNTIME_PINS} == {
+    exact = r"([\w.-]+)==[\w.]+(?:; python_version < \"[\d.]+\")?"  # a pin only older Pythons need has a marker
+    assert {re.fullmatch(exact, pin).group(1) for pin in RUNTIME_PINS} == {
         "mitmproxy",
         "httpx",
         "prometheus_client",
@@ -34,8 +35,15 @@ def test_runtime_pins_are_exact_and_in_requirements_txt():
         "tornado",
         "ruamel.yaml",
         "PyJWT",
+        "brotli",
+        "backports.zstd",
+        "cryptography",
     }
     assert "-r requirements/runtime.txt" in (ROOT / "requirements.txt").read_text().splitlines()
+
+
+# `compression` (zstd) joins the standard library in Python 3.14 (PEP 784); before that, backports.zstd stands in.
+STANDARD_LIBRARY = sys.stdlib_module_names | {"compression"}
 
 
 def imported_packages() -> dict[str, set[str]]:
@@ -54,7 +62,7 @@ def imported_packages() -> dict[str, set[str]]:
                 continue
             for name in names:
                 top = name.partition(".")[0]
-                if top not in own and top not in sys.stdlib_module_names:
+                if top not in own and top not in STANDARD_LIBRARY:
                     found.setdefault(top, set()).add(path.relative_to(ROOT).as_posix())
     return found
 
@@ -221,17 +229,21 @@ def test_the_proxy_is_a_native_sidecar_that_holds_the_app_until_credentials_are_
     }
 
 
-def test_init_container_installs_every_runtime_pin_but_mitmproxy():
+def test_init_container_installs_every_runtime_pin_but_mitmproxy(tmp_path):
     """The init container's own shell command, run here against requirements/runtime.txt with `pip` printing its
-    arguments instead of installing: the image has mitmproxy, and `pip --target` would install it a second time."""
+    arguments and the requirements file it is given instead of installing: the image has mitmproxy, and `pip
+    --target` would install it a second time."""
     init = pod_spec()["spec"]["initContainers"][0]
     sh, dash_c, command = init["command"]
-    assert (sh, dash_c) == ("sh", "-c") and command.startswith("pip install --no-cache-dir --target=/deps ")
-    command = command.replace("/srv/requirements/runtime.txt", str(RUNTIME))
+    assert (sh, dash_c) == ("sh", "-c") and "pip install --no-cache-dir --target=/deps -r " in command
+    command = command.replace("/srv/requirements/runtime.txt", str(RUNTIME)).replace("/tmp/", f"{tmp_path}/")
     printed = subprocess.run(
-        ["sh", "-c", 'pip() { printf "%s\\n" "$@"; }; ' + command], capture_output=True, text=True, check=True
+        ["sh", "-c", 'pip() { printf "%s\\n" "$@"; cat "$5"; }; ' + command], capture_output=True, text=True, check=True
     ).stdout.splitlines()
-    assert printed == ["install", "--no-cache-dir", "--target=/deps", *(p for p in RUNTIME_PINS if p != MITMPROXY_PIN)]
+    pins = tmp_path / "pins.txt"
+    assert printed == ["install", "--no-cache-dir", "--target=/deps", "-r", str(pins)] + [
+        p for p in RUNTIME_PINS if p != MITMPROXY_PIN
+    ]
 
 
 def healthy(service: str, ports: dict[int, int]) -> bool:
