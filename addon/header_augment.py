@@ -24,7 +24,7 @@ from mitmproxy import command, ctx, exceptions, flowfilter, http  # noqa: E402
 from header_augment_core.admin import OPTION as ADMIN_OPTION  # noqa: E402
 from header_augment_core.admin import AdminEndpoint  # noqa: E402
 from header_augment_core.counters import RequestCounters, request_summary  # noqa: E402
-from header_augment_core.fields import SettingsError  # noqa: E402
+from header_augment_core.fields import SettingsError, shown  # noqa: E402
 from header_augment_core.files import SettledChange, stamp  # noqa: E402
 from header_augment_core.hosts import Hosts  # noqa: E402
 from header_augment_core.options import OPTIONS, check_deferred, label, settings_from_options  # noqa: E402
@@ -146,18 +146,22 @@ def _compile_scope(settings: ProviderSettings, label_of: Label) -> flowfilter.TF
         return None
     try:
         return flowfilter.parse(settings.scope)
-    except ValueError as e:
+    except ValueError:  # its message only quotes the whole expression again
         raise SettingsError(
-            f"{label_of('scope')}: {settings.scope!r} is not a mitmproxy filter expression ({e})"
+            f"{label_of('scope')}: {shown(settings.scope)} is not a mitmproxy filter expression"
         ) from None
 
 
 def _searches_hosts(node: object) -> bool:
-    """Whether a compiled filter uses ~d, ~h, ~hq or ~u (a bare word is ~u too)."""
-    if getattr(node, "code", None) in _HOST_SEARCHING_FILTERS:
-        return True
-    children = getattr(node, "lst", None) or ([node.itm] if hasattr(node, "itm") else [])
-    return any(_searches_hosts(child) for child in children)
+    """Whether a compiled filter uses ~d, ~h, ~hq or ~u (a bare word is ~u too). Walked without recursion: `!!!…`
+    nests as deep as the expression is long."""
+    pending = [node]
+    while pending:
+        node = pending.pop()
+        if getattr(node, "code", None) in _HOST_SEARCHING_FILTERS:
+            return True
+        pending += getattr(node, "lst", None) or ([node.itm] if hasattr(node, "itm") else [])
+    return False
 
 
 def _resolve(future: asyncio.Future) -> None:
@@ -215,7 +219,7 @@ class HeaderAugment:
         made: dict[tuple, Refresher] = {}  # refreshers made for this attempt, by fetch key
         try:
             bindings = self._bind_all(wanted, made)
-        except SettingsError:
+        except Exception:
             for refresher in made.values():
                 refresher.stop()  # made for this attempt only: close its client
             raise
@@ -286,9 +290,9 @@ class HeaderAugment:
                 logger.warning("header_hosts is *: headers from %s go to every host this proxy sees", settings.label)
             if binding.scope is not None and _searches_hosts(binding.scope):
                 logger.warning(
-                    "header_scope %r of %s uses ~d, ~h, ~u or a bare word: these are regex searches that also see "
+                    "header_scope %s of %s uses ~d, ~h, ~u or a bare word: these are regex searches that also see "
                     "the Host header a client chose and match look-alike names; name the hosts with header_hosts",
-                    settings.scope,
+                    shown(settings.scope),
                     settings.label,
                 )
         if self._running:
@@ -351,9 +355,16 @@ class HeaderAugment:
         path = self._file.path
         try:
             bindings, file_stamp = self._build()
-        except SettingsError as e:
-            self._file.current = stamp(path)  # report a bad file once, not every second
-            logger.error("%s; keeping the previous configuration", e)
+        except Exception as e:  # whatever the file makes go wrong, it is reported once, not every second
+            self._file.current = stamp(path)
+            if isinstance(e, SettingsError):
+                logger.error("%s; keeping the previous configuration", e)
+            else:  # its type alone: its message or traceback could quote the file
+                logger.error(
+                    "header_providers_file %s: cannot be applied (%s); keeping the previous configuration",
+                    path,
+                    type(e).__name__,
+                )
             return
         self._file.current = file_stamp
         logger.info("header_providers_file %s changed: %d provider(s) configured", path, len(bindings))

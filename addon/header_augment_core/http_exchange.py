@@ -22,7 +22,7 @@ import httpcore
 import httpx
 
 from .failures import Failed
-from .fields import Option, SettingsError, setting, text
+from .fields import Option, SettingsError, setting, shown, text
 from .rules import MAX_BODY_BYTES
 
 THREAD_PREFIX = "header-augment"
@@ -80,16 +80,16 @@ def _url(value: object) -> str:
         parts = urllib.parse.urlsplit(url)
         _ = parts.port  # urlsplit checks the port only when asked
     except ValueError as e:
-        raise SettingsError(f"{redact_url(url)!r} has a bad port ({e})") from None
+        raise SettingsError(f"{shown(redact_url(url))} has a bad port ({e})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(f"{redact_url(url)!r} is not an http:// or https:// URL with a host")
+        raise SettingsError(f"{shown(redact_url(url))} is not an http:// or https:// URL with a host")
     return url
 
 
 def _authority(value: object) -> str:
     authority = text(value)
     if "/" in authority or any(c.isspace() for c in authority):
-        raise SettingsError(f"{authority!r} is not a host[:port]")
+        raise SettingsError(f"{shown(authority)} is not a host[:port]")
     return authority
 
 
@@ -163,13 +163,13 @@ class Endpoint:
             # The given bundle replaces the default store (certifi's, as in httpx), so it is all that is trusted.
             context = ssl.create_default_context(cafile=self.ca or certifi.where())
         except (OSError, ssl.SSLError) as e:
-            raise SettingsError(f"cannot load CA bundle {self.ca!r}: {e}", field="ca") from None
+            raise SettingsError(f"cannot load CA bundle {shown(self.ca)}: {e}", field="ca") from None
         if self.cert:
             try:
                 context.load_cert_chain(self.cert)
             except (OSError, ssl.SSLError) as e:
                 raise SettingsError(
-                    f"cannot load client certificate {self.cert!r} (PEM with key): {e}", field="cert"
+                    f"cannot load client certificate {shown(self.cert)} (PEM with key): {e}", field="cert"
                 ) from None
         return context
 
