@@ -83,6 +83,10 @@ def _url(value: object) -> str:
         raise SettingsError(f"{shown(redact_url(url))} has a bad port ({e})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(f"{shown(redact_url(url))} is not an http:// or https:// URL with a host")
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL:  # a control character, more than 64 KiB: every fetch would fail
+        raise SettingsError(f"{shown(redact_url(url))} is not a URL httpx can send") from None
     return url
 
 
@@ -90,6 +94,10 @@ def _authority(value: object) -> str:
     authority = text(value)
     if "/" in authority or any(c.isspace() for c in authority):
         raise SettingsError(f"{shown(authority)} is not a host[:port]")
+    try:
+        httpx.URL(f"//{authority}")  # as the client will read it (a:b:c raised InvalidURL there, unexpected)
+    except httpx.InvalidURL:
+        raise SettingsError(f"{shown(authority)} is not a host[:port]") from None
     return authority
 
 

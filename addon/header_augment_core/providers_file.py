@@ -61,7 +61,7 @@ class _TreeComposer(Composer):
             problem = "tags (!) are not accepted"
         elif isinstance(parent, MappingNode) and index is None and not isinstance(event, ScalarEvent):
             problem = "a key must be a plain value, not a list or mapping"
-        elif self.nesting >= MAX_DEPTH:
+        elif self.nesting >= MAX_DEPTH and not isinstance(event, ScalarEvent):
             problem = f"lists and mappings nested deeper than {MAX_DEPTH} levels"
         if problem is not None:
             raise ComposerError(None, None, problem, event.start_mark)
