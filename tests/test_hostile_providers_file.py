@@ -114,8 +114,8 @@ def test_every_field_refuses_every_wrong_type_with_one_short_message(tmp_path, s
         assert message.startswith(f"header_providers_file {tmp_path}/"), message
         assert "x" * 41 not in message and "9" * 41 not in message, message
         if wrong == "nested":  # refused while reading the file, before any field is looked at
-            # At the first `[` too deep: the document, the providers list and the entry are the three levels above.
-            column = len(f"    {field}: ") + 1 + MAX_DEPTH - 3
+            # At the first `[` too deep: the 33rd, as the scanner reads it (flow style only, so cheaply).
+            column = len(f"    {field}: ") + 1 + MAX_DEPTH
             assert message.endswith(f"nested deeper than {MAX_DEPTH} levels (line 3, column {column})"), message
         else:  # the entry and the field at fault
             assert re.search(rf": provider 1( \(p\))?: {field}: ", message), (field, wrong, message)
@@ -176,6 +176,22 @@ def test_nesting_is_bounded_exactly_and_deep_nesting_is_one_error(tmp_path, suff
             load_providers_file(str(path))
         assert f"nested deeper than {MAX_DEPTH} levels" in str(e.value)
         assert len(str(e.value).encode()) < MAX_MESSAGE_BYTES
+
+
+def test_block_nesting_is_bounded_too(tmp_path):
+    """Block style (`- - - x`), or block and flow together, nests deeper than the scanner's flow levels say."""
+    path = tmp_path / "providers.yaml"
+    for depth, refused in ((MAX_DEPTH, False), (MAX_DEPTH + 1, True), (5000, True)):
+        path.write_text("- " * depth + "x\n")  # `depth` lists, one in the other
+        with pytest.raises(SettingsError) as e:
+            load_providers_file(str(path))
+        assert (
+            f"nested deeper than {MAX_DEPTH} levels (line 1, column {2 * MAX_DEPTH + 1})" in str(e.value)
+        ) is refused
+    # Three levels in block style, then 31 in flow style (fewer than the scanner counts): refused at the 30th `[`.
+    path.write_text("providers:\n  - url: http://a/\n    hosts:\n      " + nested(MAX_DEPTH - 1) + "\n")
+    with pytest.raises(SettingsError, match=rf"nested deeper than {MAX_DEPTH} levels \(line 4, column {7 + 29}\)"):
+        load_providers_file(str(path))
 
 
 @pytest.mark.parametrize(

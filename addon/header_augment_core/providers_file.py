@@ -22,6 +22,7 @@ from ruamel.yaml.composer import Composer, ComposerError
 from ruamel.yaml.constructor import ConstructorError, DuplicateKeyError, SafeConstructor
 from ruamel.yaml.events import AliasEvent, ScalarEvent
 from ruamel.yaml.nodes import MappingNode
+from ruamel.yaml.scanner import Scanner, ScannerError
 
 from .failures import Failed
 from .fields import SettingsError, shown
@@ -38,6 +39,27 @@ PROBLEM_CHARS = 80
 Entries = list[tuple[ProviderSettings, Callable[[str], str]]]
 
 
+_TOO_DEEP = f"lists and mappings nested deeper than {MAX_DEPTH} levels"
+
+
+class _Scanner(Scanner):
+    """Refuses flow collections (`[`, `{`) nested deeper than MAX_DEPTH as it reads them. The scanner reads up to 1,024
+    characters past what the composer has asked for, keeping a possible key for each open level, and checks them
+    all at each token: thousands of `[` cost it a second before the composer saw the 33rd."""
+
+    def fetch_flow_sequence_start(self) -> None:
+        self._check_depth()
+        super().fetch_flow_sequence_start()
+
+    def fetch_flow_mapping_start(self) -> None:
+        self._check_depth()
+        super().fetch_flow_mapping_start()
+
+    def _check_depth(self) -> None:
+        if self.flow_level >= MAX_DEPTH:
+            raise ScannerError(None, None, _TOO_DEEP, self.reader.get_mark())
+
+
 class _TreeComposer(Composer):
     """Composes only a plain tree of values, refusing at the first event that is not one, before anything is built:
 
@@ -45,7 +67,7 @@ class _TreeComposer(Composer):
       of values ("billion laughs") that anything walking the document (a message quoting a value) expands;
     - a tag (`!!set`, `!!binary`, `!x`): it builds types no setting takes;
     - a key that is not a scalar (a list or mapping as a key cannot be hashed);
-    - nesting deeper than MAX_DEPTH.
+    - nesting deeper than MAX_DEPTH (in block style, or block and flow together: `_Scanner` sees flow alone).
     """
 
     def __init__(self, loader=None) -> None:
@@ -62,7 +84,7 @@ class _TreeComposer(Composer):
         elif isinstance(parent, MappingNode) and index is None and not isinstance(event, ScalarEvent):
             problem = "a key must be a plain value, not a list or mapping"
         elif self.nesting >= MAX_DEPTH and not isinstance(event, ScalarEvent):
-            problem = f"lists and mappings nested deeper than {MAX_DEPTH} levels"
+            problem = _TOO_DEEP
         if problem is not None:
             raise ComposerError(None, None, problem, event.start_mark)
         self.nesting += 1
@@ -82,6 +104,7 @@ class _Constructor(SafeConstructor):
 
 def _yaml() -> YAML:
     yaml = YAML(typ="safe", pure=True)
+    yaml.Scanner = _Scanner
     yaml.Composer = _TreeComposer
     yaml.Constructor = _Constructor
     return yaml
