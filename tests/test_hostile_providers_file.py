@@ -14,7 +14,7 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons
 from servers import peak_rss_kib
 
-from header_augment_core.fields import SettingsError
+from header_augment_core.fields import SHOWN_CHARS, SettingsError, shown
 from header_augment_core.providers_file import MAX_DEPTH, load_providers_file
 from header_augment_core.settings import ALL_FIELDS
 
@@ -124,6 +124,24 @@ def test_every_field_refuses_every_wrong_type_with_one_short_message(tmp_path, s
     assert {"kind", "name", "hosts", "merge", "url", "header", "client_secret_file", "command"} <= refused_huge
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("short", "'short'"),
+        ("x" * 100, repr("x" * SHOWN_CHARS) + "…"),
+        ("\x00" * 100, repr("\x00" * 10) + "…"),  # each is four characters quoted
+        ("\U0010ffff" * 100, repr("\U0010ffff" * 4) + "…"),
+        (10**4000, "a very large number"),
+        (float("nan"), "nan"),
+        ([list(range(10**5))], "a list"),
+        ({"a": "b" * 10**6}, "a mapping"),
+        (b"x" * 10**6, "a value of type bytes"),
+    ],
+)
+def test_shown_is_bounded_whatever_the_value(value, expected):
+    assert shown(value) == expected
+
+
 @pytest.mark.parametrize("field", ["hosts", "name", "interval", "scope", "merge", "require", "header"])
 def test_an_alias_bomb_is_refused_before_anything_is_built(tmp_path, field):
     """499 bytes under `hosts:` took the proxy to 8.6 GB: the error message quoted the value with repr()."""
@@ -211,6 +229,7 @@ def test_block_nesting_is_bounded_too(tmp_path):
         ("- {url: !!binary aGk=, hosts: a}", "tags (!) are not accepted (line 1, column 9)"),
         (f"- {{url: !x{'y' * 100_000} a, hosts: a}}", "tags (!) are not accepted (line 1, column 9)"),
         ("- {url: !!python/object:os.system ls, hosts: a}", "tags (!) are not accepted"),
+        (f"- {{url: !{'h' * 100_000}!y a, hosts: a}}", "not valid YAML: found undefined tag handle '!hhhh"),
         ("- {url: 'http://a/?t=SECRET-1', url: 'http://b/?t=SECRET-2', hosts: a}", "a key is given twice"),
         ("- {url: 'http://a/', hosts: a, interval: 2026-02-30}", "a value that cannot be read (line 1, column 42)"),
         ("- {url: 'http://a/', hosts: a, interval: " + "9" * 5000 + "}", "a value that cannot be read (line 1,"),
@@ -232,7 +251,7 @@ def test_malformed_documents_are_one_short_error(tmp_path, text, expected):
         load_providers_file(str(path))
     message = str(e.value)
     assert expected in message and len(message.encode()) < MAX_MESSAGE_BYTES, message
-    assert "SECRET" not in message and "x" * 41 not in message and "y" * 41 not in message
+    assert all(c * 41 not in message for c in "xyh") and "SECRET" not in message
 
 
 @pytest.mark.parametrize(

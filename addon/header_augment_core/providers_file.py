@@ -34,7 +34,7 @@ MAX_FILE_BYTES = 1024 * 1024
 # composer and constructor and Python's json recurse once per level.
 MAX_DEPTH = 32
 # What a message keeps of a YAML error's own description (which quotes a character or a token of the file).
-PROBLEM_CHARS = 80
+PROBLEM_CHARS = 64
 
 Entries = list[tuple[ProviderSettings, Callable[[str], str]]]
 
