@@ -3,6 +3,7 @@ field. Each is one short SettingsError (naming the entry and field, or the line)
 anything; in a running mitmdump, one error line per change while the old configuration keeps answering."""
 
 import json
+import os
 import re
 import tracemalloc
 
@@ -271,6 +272,19 @@ def test_malformed_json_is_one_short_error(tmp_path, text, expected):
     with pytest.raises(SettingsError) as e:
         load_providers_file(str(path))
     assert expected in str(e.value) and len(str(e.value).encode()) < MAX_MESSAGE_BYTES
+
+
+@pytest.mark.parametrize("field", ["ca", "cert"])
+def test_a_fifo_as_ca_or_certificate_is_refused_not_waited_on(tmp_path, field):
+    """OpenSSL opening a FIFO waits for a writer: `ca: <a FIFO>` froze the event loop at start-up or reload."""
+    fifo = tmp_path / "pem"
+    os.mkfifo(fifo)
+    path = tmp_path / "providers.yaml"
+    path.write_text(f"- {{url: 'https://127.0.0.1:9/', hosts: a, {field}: '{fifo}'}}\n")
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        with pytest.raises(exceptions.OptionsError, match=f"provider 1: {field}: cannot load .*: not a regular file"):
+            tctx.configure(addon, header_providers_file=str(path))
 
 
 def test_a_filter_nested_thousands_deep_is_checked_without_recursion(tmp_path, caplog):

@@ -6,9 +6,11 @@ compressed, no cookies kept) and fails every way a call can fail with a short, v
 import contextlib
 import http.cookiejar
 import logging
+import os
 import re
 import socket
 import ssl
+import stat
 import threading
 import time
 import urllib.parse
@@ -162,11 +164,15 @@ class Endpoint:
     @property
     def display(self) -> str:
         """The URL without credentials, query or fragment: safe to log and to show in a status report."""
-        shown = redact_url(self.url)
-        return f"{shown} via {self.socket}" if self.socket else shown
+        url = redact_url(self.url)
+        return f"{url} via {self.socket}" if self.socket else url
 
     def ssl_context(self) -> ssl.SSLContext:
         """The TLS settings for an https provider; raises SettingsError if the CA or certificate is unusable."""
+        if _blocks(self.ca):
+            raise SettingsError(f"cannot load CA bundle {shown(self.ca)}: not a regular file", field="ca")
+        if _blocks(self.cert):
+            raise SettingsError(f"cannot load client certificate {shown(self.cert)}: not a regular file", field="cert")
         try:
             # The given bundle replaces the default store (certifi's, as in httpx), so it is all that is trusted.
             context = ssl.create_default_context(cafile=self.ca or certifi.where())
@@ -180,6 +186,15 @@ class Endpoint:
                     f"cannot load client certificate {shown(self.cert)} (PEM with key): {e}", field="cert"
                 ) from None
         return context
+
+
+def _blocks(path: str) -> bool:
+    """Whether `path` names something that is not a regular file: OpenSSL reading a FIFO waits for a writer, on the
+    event loop that configures us. A missing or unreadable file is OpenSSL's to report."""
+    try:
+        return bool(path) and not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
