@@ -205,8 +205,9 @@ class HeaderAugment:
         self._file = SettledChange(path, file_stamp) if path else None
         self._install(bindings)
 
-    def _build(self) -> tuple[tuple[Binding, ...], object]:
-        """Bindings for the current options and providers file (and the file's stamp); nothing is changed yet."""
+    def _build(self, loaded: tuple | None = None) -> tuple[tuple[Binding, ...], object]:
+        """Bindings for the current options and providers file (and the file's stamp); nothing is changed yet.
+        `loaded`: what `load_providers_file` made of the file, where it has been read already."""
         wanted: list[tuple[ProviderSettings, Label]] = []
         single = settings_from_options(ctx.options)
         if single is not None:
@@ -214,7 +215,7 @@ class HeaderAugment:
         path = ctx.options.header_providers_file
         file_stamp = None
         if path:
-            entries, file_stamp = load_providers_file(path)
+            entries, file_stamp = loaded if loaded is not None else load_providers_file(path)
             wanted += entries
         made: dict[tuple, Refresher] = {}  # refreshers made for this attempt, by fetch key
         try:
@@ -333,7 +334,7 @@ class HeaderAugment:
         while True:
             await asyncio.sleep(FILE_CHECK_INTERVAL)
             try:
-                self._reload_providers_file()
+                await self._reload_providers_file()
                 if time.monotonic() - last_log >= COUNTERS_LOG_INTERVAL:
                     last_log = time.monotonic()
                     self._log_counters()
@@ -349,14 +350,20 @@ class HeaderAugment:
                 binding.refresher.counts.summary(),
             )
 
-    def _reload_providers_file(self) -> None:
-        if self._file is None or not self._file.check():
+    async def _reload_providers_file(self) -> None:
+        """Applies the providers file if it has changed and settled. It is read and checked on a worker thread: a
+        YAML file of a megabyte takes seconds to parse, which the event loop would spend not answering requests."""
+        watch = self._file
+        if watch is None or not watch.check():
             return
-        path = self._file.path
+        path = watch.path
         try:
-            bindings, file_stamp = self._build()
+            loaded = await asyncio.to_thread(load_providers_file, path)
+            if self._file is not watch:  # reconfigured meanwhile: that configuration stands
+                return
+            bindings, file_stamp = self._build(loaded)
         except Exception as e:  # whatever the file makes go wrong, it is reported once, not every second
-            self._file.current = stamp(path)
+            watch.current = stamp(path)
             if isinstance(e, SettingsError):
                 logger.error("%s; keeping the previous configuration", e)
             else:  # its type alone: its message or traceback could quote the file
@@ -366,7 +373,7 @@ class HeaderAugment:
                     type(e).__name__,
                 )
             return
-        self._file.current = file_stamp
+        watch.current = file_stamp
         logger.info("header_providers_file %s changed: %d provider(s) configured", path, len(bindings))
         self._install(bindings)
 
