@@ -38,7 +38,7 @@ from header_augment_core.carried import (  # noqa: E402
     without_markers,
 )
 from header_augment_core.counters import RequestCounters, request_summary  # noqa: E402
-from header_augment_core.fields import SettingsError  # noqa: E402
+from header_augment_core.fields import SettingsError, shown  # noqa: E402
 from header_augment_core.files import SettledChange, stamp  # noqa: E402
 from header_augment_core.hosts import Hosts  # noqa: E402
 from header_augment_core.options import OPTIONS, check_deferred, label, settings_from_options  # noqa: E402
@@ -162,20 +162,24 @@ def _compile_scope(settings: ProviderSettings, label_of: Label) -> flowfilter.TF
         return None
     try:
         return flowfilter.parse(settings.scope)
-    except ValueError as e:
+    except ValueError:  # its message only quotes the whole expression again
         raise SettingsError(
-            f"{label_of('scope')}: {settings.scope!r} is not a mitmproxy filter expression ({e})"
+            f"{label_of('scope')}: {shown(settings.scope)} is not a mitmproxy filter expression"
         ) from None
 
 
 def _searches_hosts(node: object) -> bool:
-    """Whether a compiled filter uses ~d, ~h, ~hq or ~u (a bare word is ~u too)."""
+    """Whether a compiled filter uses ~d, ~h, ~hq or ~u (a bare word is ~u too). Walked without recursion: `!!!…`
+    nests as deep as the expression is long."""
     # flowfilter's undocumented node attributes (a filter's `code`, FAnd/FOr's `lst`, FNot's `itm`): the only way to
     # look inside a compiled filter (checked against mitmproxy 12.3.1; tests/test_seams.py fails if they move).
-    if getattr(node, "code", None) in _HOST_SEARCHING_FILTERS:
-        return True
-    children = getattr(node, "lst", None) or ([node.itm] if hasattr(node, "itm") else [])
-    return any(_searches_hosts(child) for child in children)
+    pending = [node]
+    while pending:
+        node = pending.pop()
+        if getattr(node, "code", None) in _HOST_SEARCHING_FILTERS:
+            return True
+        pending += getattr(node, "lst", None) or ([node.itm] if hasattr(node, "itm") else [])
+    return False
 
 
 def _open_listen_hosts(options) -> list[str]:
@@ -244,8 +248,9 @@ class HeaderAugment:
         self._file = SettledChange(path, file_stamp) if path else None
         self._install(bindings)
 
-    def _build(self) -> tuple[tuple[Binding, ...], object]:
-        """Bindings for the current options and providers file (and the file's stamp); nothing is changed yet."""
+    def _build(self, loaded: tuple | None = None) -> tuple[tuple[Binding, ...], object]:
+        """Bindings for the current options and providers file (and the file's stamp); nothing is changed yet.
+        `loaded`: what `load_providers_file` made of the file, where it has been read already."""
         wanted: list[tuple[ProviderSettings, Label]] = []
         single = settings_from_options(ctx.options)
         if single is not None:
@@ -253,12 +258,12 @@ class HeaderAugment:
         path = ctx.options.header_providers_file
         file_stamp = None
         if path:
-            entries, file_stamp = load_providers_file(path)
+            entries, file_stamp = loaded if loaded is not None else load_providers_file(path)
             wanted += entries
         made: dict[tuple, Refresher] = {}  # refreshers made for this attempt, by fetch key
         try:
             bindings = self._bind_all(wanted, made)
-        except SettingsError:
+        except Exception:
             for refresher in made.values():
                 refresher.stop()  # made for this attempt only: close its client
             raise
@@ -329,9 +334,9 @@ class HeaderAugment:
                 logger.warning("header_hosts is *: headers from %s go to every host this proxy sees", settings.label)
             if binding.scope is not None and _searches_hosts(binding.scope):
                 logger.warning(
-                    "header_scope %r of %s uses ~d, ~h, ~u or a bare word: these are regex searches that also see "
+                    "header_scope %s of %s uses ~d, ~h, ~u or a bare word: these are regex searches that also see "
                     "the Host header a client chose and match look-alike names; name the hosts with header_hosts",
-                    settings.scope,
+                    shown(settings.scope),
                     settings.label,
                 )
         if self._running:
@@ -378,7 +383,7 @@ class HeaderAugment:
         while True:
             await asyncio.sleep(FILE_CHECK_INTERVAL)
             try:
-                self._reload_providers_file()
+                await self._reload_providers_file()
                 if time.monotonic() - last_log >= COUNTERS_LOG_INTERVAL:
                     last_log = time.monotonic()
                     self._log_counters()
@@ -394,17 +399,30 @@ class HeaderAugment:
                 binding.refresher.counts.summary(),
             )
 
-    def _reload_providers_file(self) -> None:
-        if self._file is None or not self._file.check():
+    async def _reload_providers_file(self) -> None:
+        """Applies the providers file if it has changed and settled. It is read and checked on a worker thread: a
+        YAML file of a megabyte takes seconds to parse, which the event loop would spend not answering requests."""
+        watch = self._file
+        if watch is None or not watch.check():
             return
-        path = self._file.path
+        path = watch.path
         try:
-            bindings, file_stamp = self._build()
-        except SettingsError as e:
-            self._file.current = stamp(path)  # report a bad file once, not every second
-            logger.error("%s; keeping the previous configuration", e)
+            loaded = await asyncio.to_thread(load_providers_file, path)
+            if self._file is not watch:  # reconfigured meanwhile: that configuration stands
+                return
+            bindings, file_stamp = self._build(loaded)
+        except Exception as e:  # whatever the file makes go wrong, it is reported once, not every second
+            watch.current = stamp(path)
+            if isinstance(e, SettingsError):
+                logger.error("%s; keeping the previous configuration", e)
+            else:  # its type alone: its message or traceback could quote the file
+                logger.error(
+                    "header_providers_file %s: cannot be applied (%s); keeping the previous configuration",
+                    path,
+                    type(e).__name__,
+                )
             return
-        self._file.current = file_stamp
+        watch.current = file_stamp
         logger.info("header_providers_file %s changed: %d provider(s) configured", path, len(bindings))
         self._install(bindings)
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from header_augment_core.fields import SettingsError
+from header_augment_core.fields import SettingsError, shown
 from header_augment_core.hosts import parse_hosts
 from header_augment_core.providers_file import load_providers_file
 from header_augment_core.settings import parse_settings
@@ -178,7 +178,7 @@ def test_a_host_compared_as_usual_has_no_reason(host):
 def test_a_bad_pattern_is_refused_naming_it(pattern, message):
     with pytest.raises(SettingsError) as e:
         parse_hosts(["good.example", pattern])
-    assert repr(pattern) in str(e.value) and message in str(e.value)
+    assert shown(pattern) in str(e.value) and message in str(e.value)
 
 
 @pytest.mark.parametrize(
@@ -198,7 +198,7 @@ def test_every_host_cannot_be_combined_with_others(value):
 
 @pytest.mark.parametrize("value", [5, None, ["a.example", 5], {"a.example": True}, [["a.example"]]])
 def test_a_value_that_is_not_a_list_of_strings_is_refused(value):
-    with pytest.raises(SettingsError, match="is not a list of hosts or a comma-separated string"):
+    with pytest.raises(SettingsError, match=r"is not a list of hosts or a comma-separated string|is not a string"):
         parse_hosts(value)
 
 
@@ -254,7 +254,7 @@ def test_settings_hosts_from_a_list_or_a_comma_separated_string(hosts):
             "provider 1: hosts: 'api.example.com': give the host alone",
         ),
         ("api.example.com, a.*.com", "provider 1: hosts: 'a.*.com' is not a host name"),
-        ([443], "provider 1: hosts: [443] is not a list of hosts"),
+        ([443], "provider 1: hosts: item 1 is not a string (quote it)"),
         ("*, api.example.com", "provider 1: hosts: '*' (every host) cannot be combined"),
         ([], "provider 1: hosts: required"),
         ("", "provider 1: hosts: required"),

@@ -31,7 +31,7 @@ from mitmproxy.test import taddons
 
 from header_augment_core.counters import RequestCounters
 from header_augment_core.failures import Failed
-from header_augment_core.fields import SettingsError
+from header_augment_core.fields import SettingsError, shown
 from header_augment_core.formats import read
 from header_augment_core.kinds import KINDS
 from header_augment_core.kinds.command import KUBERNETES_EXEC_INFO, CommandSource
@@ -120,7 +120,7 @@ def test_command_option_is_split_like_a_shell_and_never_shown():
         assert str(e.value) == "header_provider_command: No closing quotation"
         with pytest.raises(exceptions.OptionsError) as e:
             tctx.configure(addon, header_provider_command="no-such-program-zz arg-s3cret")
-        assert str(e.value) == "header_provider_command: no-such-program-zz is not found on PATH"
+        assert str(e.value) == "header_provider_command: 'no-such-program-zz' is not found on PATH"
         with pytest.raises(exceptions.OptionsError) as e:
             tctx.configure(addon, header_provider_command="   ")
         assert str(e.value).startswith("header_provider_command: expected a non-empty list")
@@ -133,9 +133,9 @@ def test_providers_file_command_entries(tmp_path):
         f"command: {CREDENTIAL} token arg-s3cret": "command: a string is not accepted here: list the program",
         "command: []\n    kind: command": "command: expected a non-empty list",
         f"command: [{CREDENTIAL}, 42]": "command: item 2 is not a string (quote it)",
-        "command: [no-such-program-zz, arg-s3cret]": "command: no-such-program-zz is not found on PATH",
-        f"command: [{not_executable}, arg-s3cret]": f"command: {not_executable} is not an executable file",
-        f"command: [{tmp_path}]": f"command: {tmp_path} is not an executable file",
+        "command: [no-such-program-zz, arg-s3cret]": "command: 'no-such-program-zz' is not found on PATH",
+        f"command: [{not_executable}, arg-s3cret]": f"command: {shown(str(not_executable))} is not an executable file",
+        f"command: [{tmp_path}]": f"command: {shown(str(tmp_path))} is not an executable file",
         f"command: [{CREDENTIAL}]\n    format: headers\n    prefix: ''": "prefix: only with format token",
         "kind: file": "path: required for kind file",
         f"path: {tmp_path}/h.json\n    header: X-Token": "header: only with format token",

@@ -282,7 +282,7 @@ def test_syntax_errors_and_bad_urls_never_quote_the_file(tmp_path):
 def reload_checks(addon, n=2):
     """The ticker's checks: a change is applied once the file has stopped changing (the same on two checks)."""
     for _ in range(n):
-        addon._reload_providers_file()
+        asyncio.run(addon._reload_providers_file())
 
 
 def test_file_reload_applies_changes_and_refuses_bad_files(tmp_path, provider, caplog):
@@ -297,9 +297,9 @@ def test_file_reload_applies_changes_and_refuses_bad_files(tmp_path, provider, c
             path,
             f"- name: one\n  url: {provider.url}\n  hosts: two.example\n- {{url: '{provider.url}?2', hosts: '*'}}\n",
         )
-        addon._reload_providers_file()
+        asyncio.run(addon._reload_providers_file())
         assert [b.settings.hosts.patterns for b in addon.bindings] == [("one.example",)]  # not settled yet
-        addon._reload_providers_file()
+        asyncio.run(addon._reload_providers_file())
         assert [b.settings.hosts.patterns for b in addon.bindings] == [("two.example",), ("*",)]
         assert addon.bindings[0].refresher is first  # same source: refresher and cache kept
         before = addon.bindings
@@ -324,11 +324,11 @@ def test_a_file_written_in_two_steps_is_never_applied_half_written(tmp_path, pro
         with open(path, "a") as f:
             f.write(f"- name: two\n  url: {provider.url}?two\n")  # the first step: no hosts yet
             f.flush()
-            addon._reload_providers_file()  # the ticker sees the change...
+            asyncio.run(addon._reload_providers_file())  # the ticker sees the change...
             f.write("  hosts: two.example\n")  # ...and the second step lands before it settles
-        addon._reload_providers_file()
+        asyncio.run(addon._reload_providers_file())
         assert addon.bindings == before
-        addon._reload_providers_file()
+        asyncio.run(addon._reload_providers_file())
         assert [b.settings.hosts.patterns for b in addon.bindings] == [("one.example",), ("two.example",)]
         addon.done()
 

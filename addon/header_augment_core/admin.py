@@ -19,7 +19,7 @@ from http import HTTPStatus
 from prometheus_client.exposition import choose_encoder
 from tornado import httpserver, netutil, web
 
-from .fields import SettingsError
+from .fields import SettingsError, shown
 from .metrics import registry_for
 from .status import Entry, state, status
 
@@ -61,7 +61,7 @@ def parse_listen(value: str) -> Address | None:
         if bracketed != (host != "localhost" and ipaddress.ip_address(host).version == 6):
             raise ValueError
     except ValueError:
-        raise SettingsError(f"{OPTION}: {value!r} is not host:port ({_ACCEPTED})") from None
+        raise SettingsError(f"{OPTION}: {shown(value)} is not host:port ({_ACCEPTED})") from None
     return Address(host, int(port))
 
 

@@ -54,6 +54,31 @@ def options_of(cls: type) -> dict[str, Option]:
     return {f.name: f.metadata["option"] for f in declared(cls) if f.metadata["option"] is not None}
 
 
+# -- how a message quotes a value -------------------------------------------------------------------------------
+
+SHOWN_CHARS = 40
+
+
+def shown(value: object) -> str:
+    """`value` as a message quotes it, in at most about SHOWN_CHARS characters whatever it is: the start of a string,
+    a number, and only the type of anything else. A providers file can hold a list of a million items or a string
+    of a megabyte; its messages must not grow with them (nor spend the event loop's time rendering them)."""
+    if isinstance(value, str):
+        head = value[:SHOWN_CHARS]
+        while len(repr(head)) > SHOWN_CHARS + 2:  # escapes (a control character is four) count too
+            head = head[:-1]
+        return repr(head) + ("…" if len(head) < len(value) else "")
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if value.bit_length() <= 128 else "a very large number"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a value of type {type(value).__name__[:SHOWN_CHARS]}"
+
+
 # -- parsers: each takes a raw value (a string from --set, or a YAML/JSON value) and raises on a bad one ----------
 
 _BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
@@ -61,24 +86,27 @@ _BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "
 
 def text(value: object) -> str:
     if not isinstance(value, str):
-        raise SettingsError(f"{value!r} is not a string")
+        raise SettingsError(f"{shown(value)} is not a string")
+    if "\0" in value:  # no path, URL, name or filter has one; open() and os.stat() raise ValueError for it
+        raise SettingsError(f"{shown(value)} has a NUL character")
     return value
 
 
 def boolean(value: object) -> bool:
     if isinstance(value, bool):
         return value
-    word = str(value).strip().lower()
-    if word in _BOOLEANS:
+    if isinstance(value, str) and (word := value.strip().lower()) in _BOOLEANS:
         return _BOOLEANS[word]
-    raise SettingsError(f"{value!r} is not a boolean (accepted: true, false)")
+    if isinstance(value, int) and value in (0, 1):  # `require: 1` in JSON
+        return bool(value)
+    raise SettingsError(f"{shown(value)} is not a boolean (accepted: true, false)")
 
 
 def choice(*accepted: str) -> Parser:
     def parse(value: object) -> str:
-        if str(value) not in accepted:
-            raise SettingsError(f"{value!r} is not accepted (accepted: {', '.join(accepted)})")
-        return str(value)
+        if not isinstance(value, str) or value not in accepted:
+            raise SettingsError(f"{shown(value)} is not accepted (accepted: {', '.join(accepted)})")
+        return value
 
     return parse
 
@@ -90,18 +118,23 @@ def duration(minimum: float, maximum: float, allow_zero: bool = False) -> Parser
     """
 
     def parse(value: object) -> float:
-        if isinstance(value, bool):
-            raise SettingsError(f"{value!r} is not a duration")
-        seconds = float(value) if isinstance(value, int | float) else parse_duration(str(value))
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise SettingsError(f"{shown(value)} is not a duration")
+        try:
+            seconds = float(value) if isinstance(value, int | float) else parse_duration(value)
+        except OverflowError:  # an int beyond a float's range
+            seconds = math.inf
+        except ValueError as e:
+            raise SettingsError(f"{shown(value)} {e}") from None
         if not math.isfinite(seconds):
-            raise SettingsError(f"{value!r} is not a finite duration")
+            raise SettingsError(f"{shown(value)} is not a finite duration")
         if seconds == 0 and allow_zero:
             return 0.0
         if seconds < minimum or (minimum == 0 and seconds <= 0):
-            shown = "more than 0s" if minimum == 0 else f"at least {format_duration(minimum)}"
-            raise SettingsError(f"{value!r} is too short: it must be {shown}")
+            least = "more than 0s" if minimum == 0 else f"at least {format_duration(minimum)}"
+            raise SettingsError(f"{shown(value)} is too short: it must be {least}")
         if seconds > maximum:
-            raise SettingsError(f"{value!r} is too long: it must be at most {format_duration(maximum)}")
+            raise SettingsError(f"{shown(value)} is too long: it must be at most {format_duration(maximum)}")
         return seconds
 
     return parse

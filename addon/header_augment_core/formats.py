@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .durations import format_age
 from .failures import Failed
-from .fields import Option, SettingsError, choice, setting
+from .fields import Option, SettingsError, choice, setting, shown
 from .rules import Validated, parse_answer, problem_with_name, validate_entries
 
 FORMATS = ("headers", "token", "exec-credential")
@@ -33,13 +33,13 @@ _PREFIX = re.compile(r"[\x20-\x7e]*")
 
 def _header_name(value: object) -> str:
     if not isinstance(value, str) or (problem := problem_with_name(value)):
-        raise SettingsError(f"{value!r} cannot be used: {problem if isinstance(value, str) else 'not a string'}")
+        raise SettingsError(f"{shown(value)} cannot be used: {problem if isinstance(value, str) else 'not a string'}")
     return value
 
 
 def _prefix(value: object) -> str:
     if not isinstance(value, str) or not _PREFIX.fullmatch(value):
-        raise SettingsError(f"{value!r} is not a string of visible ASCII and spaces")
+        raise SettingsError(f"{shown(value)} is not a string of visible ASCII and spaces")
     return value
 
 

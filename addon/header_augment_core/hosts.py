@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import idna  # IDNA 2008 with UTS 46, as browsers, curl and httpx use (Python's own codec is IDNA 2003: ß → ss)
 
-from .fields import SettingsError
+from .fields import SettingsError, shown
 
 # Letters, digits, hyphen and underscore (seen in real internal names); each label 1-63 characters.
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
@@ -143,10 +143,13 @@ NO_HOSTS = Hosts()
 def _split(value: object) -> list[str]:
     if isinstance(value, str):
         items = [value]
-    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+    elif isinstance(value, list | tuple):
         items = list(value)
+        for number, item in enumerate(items, 1):
+            if not isinstance(item, str):
+                raise SettingsError(f"item {number} is not a string (quote it)")
     else:
-        raise SettingsError(f"{value!r} is not a list of hosts or a comma-separated string")
+        raise SettingsError(f"{shown(value)} is not a list of hosts or a comma-separated string")
     return [part.strip() for item in items for part in item.split(",") if part.strip()]
 
 
@@ -158,22 +161,23 @@ def _host_part(pattern: str) -> str:
 def _one(pattern: str) -> tuple[str, str, frozenset[int] | None]:
     """(table, host, ports) for one pattern; table is "exact" or "below". Raises SettingsError."""
     if any(c in pattern for c in "/@?#"):
-        raise SettingsError(f"{_host_part(pattern)!r}: give the host alone (no scheme, user, path or query)")
+        raise SettingsError(f"{shown(_host_part(pattern))}: give the host alone (no scheme, user, path or query)")
     if any(c.isspace() for c in pattern):
-        raise SettingsError(f"{pattern!r} is not a host[:port] (it has white space)")
+        raise SettingsError(f"{shown(pattern)} is not a host[:port] (it has white space)")
     if pattern.startswith("["):
         address, closed, rest = pattern[1:].partition("]")
         if not closed or (rest and not re.fullmatch(r":\d{1,5}", rest)):
-            raise SettingsError(f"{pattern!r} is not a [IPv6 address] with an optional :port")
+            raise SettingsError(f"{shown(pattern)} is not a [IPv6 address] with an optional :port")
         host, port = address, rest[1:] or None
         try:
             host = ipaddress.IPv6Address(host).compressed
         except ValueError:
-            raise SettingsError(f"{pattern!r} is not a [IPv6 address] with an optional :port") from None
+            raise SettingsError(f"{shown(pattern)} is not a [IPv6 address] with an optional :port") from None
         table = "exact"
     else:
         if pattern.count(":") > 1:
-            raise SettingsError(f"{pattern!r}: write an IPv6 address in brackets, e.g. [{pattern}]")
+            example = f"[{pattern}]" if len(pattern) <= 39 else "[2001:db8::1]"  # 39: the longest IPv6 address
+            raise SettingsError(f"{shown(pattern)}: write an IPv6 address in brackets, e.g. {example}")
         match = _PORTED.fullmatch(pattern)
         assert match is not None  # the pattern matches any text
         host, port = match["host"], match["port"]
@@ -184,15 +188,15 @@ def _one(pattern: str) -> tuple[str, str, frozenset[int] | None]:
             host = str(ipaddress.IPv4Address(host)) if table == "exact" and _looks_ipv4(host) else _ascii_name(host)
         except (ValueError, UnicodeError):
             raise SettingsError(
-                f"{pattern!r} is not a host name, *.name, IPv4 address or [IPv6 address], with an optional :port"
+                f"{shown(pattern)} is not a host name, *.name, IPv4 address or [IPv6 address], with an optional :port"
             ) from None
         if table == "below" and _numeric_end(host):
-            raise SettingsError(f"{pattern!r}: *. is for names below a domain, not for IP addresses")
+            raise SettingsError(f"{shown(pattern)}: *. is for names below a domain, not for IP addresses")
     ports = None
     if port is not None:
         number = int(port)
         if not 0 < number < 65536:
-            raise SettingsError(f"{pattern!r}: port {number} is out of range")
+            raise SettingsError(f"{shown(pattern)}: port {number} is out of range")
         ports = frozenset({number})
     return table, host, ports
 

@@ -6,9 +6,11 @@ compressed, no cookies kept) and fails every way a call can fail with a short, v
 import contextlib
 import http.cookiejar
 import logging
+import os
 import re
 import socket
 import ssl
+import stat
 import threading
 import time
 import urllib.parse
@@ -22,7 +24,7 @@ import httpcore
 import httpx
 
 from .failures import Failed
-from .fields import Option, SettingsError, setting, text
+from .fields import Option, SettingsError, setting, shown, text
 from .rules import MAX_BODY_BYTES
 
 THREAD_PREFIX = "header-augment"
@@ -80,16 +82,24 @@ def _url(value: object) -> str:
         parts = urllib.parse.urlsplit(url)
         _ = parts.port  # urlsplit checks the port only when asked
     except ValueError as e:
-        raise SettingsError(f"{redact_url(url)!r} has a bad port ({e})") from None
+        raise SettingsError(f"{shown(redact_url(url))} has a bad port ({e})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(f"{redact_url(url)!r} is not an http:// or https:// URL with a host")
+        raise SettingsError(f"{shown(redact_url(url))} is not an http:// or https:// URL with a host")
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL:  # a control character, more than 64 KiB: every fetch would fail
+        raise SettingsError(f"{shown(redact_url(url))} is not a URL httpx can send") from None
     return url
 
 
 def _authority(value: object) -> str:
     authority = text(value)
     if "/" in authority or any(c.isspace() for c in authority):
-        raise SettingsError(f"{authority!r} is not a host[:port]")
+        raise SettingsError(f"{shown(authority)} is not a host[:port]")
+    try:
+        httpx.URL(f"//{authority}")  # as the client will read it (a:b:c raised InvalidURL there, unexpected)
+    except httpx.InvalidURL:
+        raise SettingsError(f"{shown(authority)} is not a host[:port]") from None
     return authority
 
 
@@ -154,24 +164,37 @@ class Endpoint:
     @property
     def display(self) -> str:
         """The URL without credentials, query or fragment: safe to log and to show in a status report."""
-        shown = redact_url(self.url)
-        return f"{shown} via {self.socket}" if self.socket else shown
+        url = redact_url(self.url)
+        return f"{url} via {self.socket}" if self.socket else url
 
     def ssl_context(self) -> ssl.SSLContext:
         """The TLS settings for an https provider; raises SettingsError if the CA or certificate is unusable."""
+        if _blocks(self.ca):
+            raise SettingsError(f"cannot load CA bundle {shown(self.ca)}: not a regular file", field="ca")
+        if _blocks(self.cert):
+            raise SettingsError(f"cannot load client certificate {shown(self.cert)}: not a regular file", field="cert")
         try:
             # The given bundle replaces the default store (certifi's, as in httpx), so it is all that is trusted.
             context = ssl.create_default_context(cafile=self.ca or certifi.where())
         except (OSError, ssl.SSLError) as e:
-            raise SettingsError(f"cannot load CA bundle {self.ca!r}: {e}", field="ca") from None
+            raise SettingsError(f"cannot load CA bundle {shown(self.ca)}: {e}", field="ca") from None
         if self.cert:
             try:
                 context.load_cert_chain(self.cert)
             except (OSError, ssl.SSLError) as e:
                 raise SettingsError(
-                    f"cannot load client certificate {self.cert!r} (PEM with key): {e}", field="cert"
+                    f"cannot load client certificate {shown(self.cert)} (PEM with key): {e}", field="cert"
                 ) from None
         return context
+
+
+def _blocks(path: str) -> bool:
+    """Whether `path` names something that is not a regular file: OpenSSL reading a FIFO waits for a writer, on the
+    event loop that configures us. A missing or unreadable file is OpenSSL's to report."""
+    try:
+        return bool(path) and not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)

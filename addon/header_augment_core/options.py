@@ -17,7 +17,7 @@ import logging
 from mitmproxy import exceptions, optmanager
 from mitmproxy.utils import typecheck
 
-from .fields import Option, SettingsError, options_of
+from .fields import Option, SettingsError, options_of, shown
 from .http_exchange import redact_urls
 from .kinds import KINDS
 from .settings import ProviderSettings, fields_of, parse_settings
@@ -136,5 +136,5 @@ def check_deferred(options: optmanager.OptManager) -> None:
 
 def _shown(value: object) -> str:
     if isinstance(value, optmanager._UnconvertedStrings):  # private: what --set defers (mitmproxy 12.3.1)
-        return ", ".join(repr(v) for v in value.val) or "no value"
-    return repr(value)
+        return ", ".join(shown(v) for v in value.val) or "no value"
+    return shown(value)

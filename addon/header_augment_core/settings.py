@@ -5,7 +5,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .fields import Option, SettingsError, boolean, declared, duration, setting, text
+from .fields import Option, SettingsError, boolean, declared, duration, setting, shown, text
 from .hosts import NO_HOSTS, Hosts, parse_hosts
 from .kinds import KINDS, Source
 from .snapshot import Merge
@@ -16,14 +16,24 @@ MAX_STALE = 30 * 24 * 3600.0
 MAX_TIMEOUT = 600.0
 DEFAULT_TIMEOUT = 5.0
 
+MAX_NAME_CHARS = 64
+
 Label = Callable[[str], str]
 
 
 def _merge(value: object) -> Merge:
     try:
-        return Merge(str(value).strip().lower())
+        return Merge(value.strip().lower() if isinstance(value, str) else None)
     except ValueError:
-        raise SettingsError(f"{value!r} is not a merge mode (accepted: replace, append, keep)") from None
+        raise SettingsError(f"{shown(value)} is not a merge mode (accepted: replace, append, keep)") from None
+
+
+def _name(value: object) -> str:
+    """An entry's name: it labels every log line, status line, metric and message about the entry."""
+    name = text(value)
+    if len(name) > MAX_NAME_CHARS or not name.isprintable():
+        raise SettingsError(f"{shown(name)}: a name is at most {MAX_NAME_CHARS} printable characters")
+    return name
 
 
 @dataclass(frozen=True)
@@ -33,7 +43,7 @@ class ProviderSettings:
     source: Source
     name: str = setting(
         "",
-        text,
+        _name,
         Option(
             "header_provider_name",
             str,
@@ -158,9 +168,9 @@ ALL_FIELDS = tuple(dict.fromkeys(name for kind in KINDS.values() for name in fie
 def _kind_of(values: Mapping[str, object], label: Label) -> type[Source]:
     if "kind" in values:
         name = values["kind"]
-        if name not in KINDS:
-            raise SettingsError(f"{label('kind')}: {name!r} is not accepted (accepted: {', '.join(KINDS)})")
-        return KINDS[str(name)]
+        if not isinstance(name, str) or name not in KINDS:
+            raise SettingsError(f"{label('kind')}: {shown(name)} is not accepted (accepted: {', '.join(KINDS)})")
+        return KINDS[name]
     locators = {kind.LOCATOR: kind for kind in KINDS.values() if kind.LOCATOR}
     given = [field for field in locators if values.get(field)]
     if len(given) != 1:

@@ -21,7 +21,7 @@ from typing import ClassVar
 from ..durations import format_duration
 from ..failures import Failed
 from ..fetch import Client, FetchResult
-from ..fields import Option, SettingsError, setting
+from ..fields import Option, SettingsError, setting, shown
 from ..formats import Content, read
 from ..http_exchange import redact_urls
 from ..rules import MAX_BODY_BYTES
@@ -110,9 +110,9 @@ class CommandSource(Content, Source):
         program = self.command[0]
         if "/" in program:
             if not os.path.isfile(program) or not os.access(program, os.X_OK):
-                raise SettingsError(f"{label('command')}: {program} is not an executable file")
+                raise SettingsError(f"{label('command')}: {shown(program)} is not an executable file")
         elif shutil.which(program) is None:
-            raise SettingsError(f"{label('command')}: {program} is not found on PATH")
+            raise SettingsError(f"{label('command')}: {shown(program)} is not found on PATH")
         self.check_content(label, given)
 
     def client(self, timeout: float) -> Client:
