@@ -178,7 +178,8 @@ def _searches_hosts(node: object) -> bool:
         node = pending.pop()
         if getattr(node, "code", None) in _HOST_SEARCHING_FILTERS:
             return True
-        pending += getattr(node, "lst", None) or ([node.itm] if hasattr(node, "itm") else [])
+        # extend, not +=: a list plus pyparsing's ParseResults (`lst`) recurses in ParseResults.__radd__.
+        pending.extend(getattr(node, "lst", None) or ([node.itm] if hasattr(node, "itm") else []))
     return False
 
 

@@ -27,7 +27,8 @@ from ruamel.yaml.scanner import Scanner, ScannerError
 from .failures import Failed
 from .fields import SettingsError, shown
 from .files import Stamp, read_regular
-from .settings import ALL_FIELDS, MAX_NAME_CHARS, ProviderSettings, parse_settings
+from .kinds import KINDS
+from .settings import ALL_FIELDS, COMMON_FIELDS, MAX_NAME_CHARS, ProviderSettings, fields_of, parse_settings
 
 MAX_FILE_BYTES = 1024 * 1024
 # How deep lists and mappings may nest: a providers file needs 4 (providers, an entry, a list in it); YAML's
@@ -156,6 +157,13 @@ def _parse(text: str, is_json: bool) -> object:
     raise SettingsError(f"not valid JSON: lists and objects nested deeper than {MAX_DEPTH} levels")
 
 
+def _accepted(kind: object) -> str:
+    """The fields an entry may have: its kind's, or those every kind has (the whole list is too long for a line)."""
+    if isinstance(kind, str) and kind in KINDS:
+        return f"accepted with kind {kind}: {', '.join(fields_of(KINDS[kind]))}"
+    return f"accepted: kind, {', '.join(COMMON_FIELDS)} and the fields of the entry's kind ({', '.join(KINDS)})"
+
+
 def load_providers_file(path: str, option: str = "header_providers_file") -> tuple[Entries, Stamp]:
     """Every provider in the file, in file order, each with the labeller that names its fields in messages, and
     the stamp of the content read. Applied only whole: SettingsError names the first entry and field at fault."""
@@ -185,7 +193,7 @@ def load_providers_file(path: str, option: str = "header_providers_file") -> tup
         for key in entry:
             if key not in ALL_FIELDS:
                 close = difflib.get_close_matches(str(key)[:MAX_NAME_CHARS], ALL_FIELDS, n=1)
-                hint = f"; did you mean {close[0]}?" if close else f" (accepted: {', '.join(ALL_FIELDS)})"
+                hint = f"; did you mean {close[0]}?" if close else f" ({_accepted(entry.get('kind'))})"
                 raise SettingsError(f"{here}: unknown field {shown(key)}{hint}")
         label = functools.partial("{}: {}".format, here)
         settings = parse_settings({str(k): v for k, v in entry.items()}, label)
