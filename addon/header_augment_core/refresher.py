@@ -54,6 +54,7 @@ class Refresher(threading.Thread):
         self.next_fetch_at = -math.inf
         self.in_flight_since: float | None = None
         self._asked = False  # refresh_now() was called since the last fetch started
+        self._asked_lock = threading.Lock()  # so that each call that returns True is one fetch exactly
         self._started_at = -math.inf  # when the last fetch started
         self._dropped_logged = False
         self._rejections_logged = ""
@@ -74,9 +75,9 @@ class Refresher(threading.Thread):
     def refresh_now(self) -> bool:
         """Fetch again at once, or REFRESH_GAP after the last fetch started if that is later; every call until then
         is served by that one fetch (or by any fetch that starts sooner). Returns False when an earlier call is
-        already waiting for it (approximately: two callers at the same moment may both see True)."""
-        new = not self._asked
-        self._asked = True
+        already waiting for it."""
+        with self._asked_lock:
+            new, self._asked = not self._asked, True
         self._wake.set()
         return new
 
@@ -155,7 +156,8 @@ class Refresher(threading.Thread):
 
     def refresh(self) -> float:
         """One fetch; returns the delay until the next one."""
-        self._asked = False  # before the fetch: a refresh asked for while it runs gets a fetch of its own
+        with self._asked_lock:
+            self._asked = False  # before the fetch: a refresh asked for while it runs gets a fetch of its own
         self.in_flight_since = self._started_at = self._clock()
         try:
             result = self.client.fetch()
