@@ -596,8 +596,9 @@ def test_a_flood_of_half_sent_requests_keeps_no_probe_out_and_logs_a_line(mitmdu
     baseline = len(os.listdir(f"/proc/{pid}/fd"))
     # As reported (the default limit of many systems), or nearly out of descriptors (the rest of the proxy holds
     # them): then an accept fails, and the endpoint closes its oldest connection for the new one.
-    limit = 1024 if fds == "1024" else lowest_free_fd(pid) + 8
-    resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)[1]
+    limit = min(1024, hard) if fds == "1024" else lowest_free_fd(pid) + 8
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, hard))
     mark = m.mark()
 
     async def scenario():

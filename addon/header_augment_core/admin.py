@@ -259,7 +259,7 @@ class _Server(httpserver.HTTPServer):
             except ConnectionAbortedError:
                 continue  # closed by the client while it waited
             except OSError as e:
-                if e.errno in _OUT_OF_DESCRIPTORS and self._open and not freed:
+                if e.errno in _OUT_OF_DESCRIPTORS and not freed and self._live():
                     self._close_oldest()
                     freed = True
                     self._failing.note("cannot accept a connection (%s): closing its oldest connection", e)
@@ -268,7 +268,7 @@ class _Server(httpserver.HTTPServer):
                 self._pause(sock)
                 return
             freed = False
-            if len(self._open) >= self.max_connections:
+            if len(self._open) >= self.max_connections and len(self._live()) >= self.max_connections:
                 self._close_oldest()
                 self._full.note("%d connections open, its limit: a new one closes the oldest", self.max_connections)
             stream = iostream.IOStream(
@@ -277,10 +277,15 @@ class _Server(httpserver.HTTPServer):
             self.handle_stream(stream, address)
             self._open[stream] = None
 
+    def _live(self) -> dict[iostream.IOStream, None]:
+        """The open connections, oldest first: one that tornado has closed stays listed until its loop ends."""
+        self._open = {stream: None for stream in self._open if not stream.closed()}
+        return self._open
+
     def _close_oldest(self) -> None:
         stream = next(iter(self._open))
         del self._open[stream]
-        stream.close()  # its connection's loop ends and calls on_close
+        stream.close()  # its file descriptor at once; its connection's loop ends and calls on_close
 
     def on_close(self, server_conn) -> None:
         super().on_close(server_conn)
