@@ -574,10 +574,17 @@ class HeaderAugment:
 
     @command.command("augment.refresh")
     def refresh(self) -> None:
-        """Ask every header provider again now (in the background: this returns at once)."""
-        for refresher in {b.refresher for b in self.bindings}:
-            refresher.refresh_now()
-        logger.info("header-augment: refresh requested for %d provider(s)", len(self.bindings))
+        """Ask every header provider again now (in the background: this returns at once). A provider is asked at most
+        once a second: calls in between are merged into one fetch at the end of that second."""
+        refreshers = {b.refresher for b in self.bindings}
+        new = sum(refresher.refresh_now() for refresher in refreshers)
+        # Once per fetch asked for, not per call: POST /refresh in a loop does not fill the log.
+        logger.log(
+            logging.INFO if new or not refreshers else logging.DEBUG,
+            "header-augment: refresh requested for %d provider(s)%s",
+            len(refreshers),
+            "" if new == len(refreshers) else f" ({len(refreshers) - new} already waiting for one)",
+        )
 
     @command.command("augment.status")
     def status(self) -> str:

@@ -2,10 +2,14 @@
 changes and script reloads, and the metrics collector on its own."""
 
 import asyncio
+import itertools
 import json
 import logging
+import os
 import re
+import resource
 import socket
+import threading
 import time
 import urllib.parse
 
@@ -18,9 +22,9 @@ from mitmproxy.addons import script
 from mitmproxy.test import taddons
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from servers import ADDON, ROOT, HeldProvider, Provider, TokenEndpoint, wait_until
+from servers import ADDON, DEADLINE, ROOT, HeldProvider, Provider, TokenEndpoint, wait_until
 
-from header_augment_core.admin import Address, parse_listen
+from header_augment_core.admin import MAX_CONNECTIONS, Address, AdminEndpoint, parse_listen
 from header_augment_core.counters import REQUEST_COUNTERS, REQUEST_EXTRAS, REQUEST_OUTCOMES
 from header_augment_core.failures import REASON_CLASSES
 from header_augment_core.metrics import ProviderCollector
@@ -329,7 +333,7 @@ def test_script_reload_and_done_close_the_endpoint_and_its_connections(provider,
             tctx.master.addons.invoke_addon_sync(sc.ns, hooks.RunningHook())
             (first,) = listening_ports(caplog)
             reader, writer = await asyncio.open_connection("127.0.0.1", first)
-            writer.write(b"GET /live HTTP/1.1\r\nHost: admin\r\n\r\n")  # a kept-alive connection, as a scraper's
+            writer.write(b"GET /live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # a kept-alive connection, as a scraper's
             await writer.drain()
             assert (await asyncio.wait_for(reader.readuntil(b"live\n"), 10)).startswith(b"HTTP/1.1 200")
 
@@ -437,3 +441,301 @@ def test_collector_reads_the_counters_the_addon_keeps(tmp_path):
         assert secret not in text
     help_lines = [line for line in text.splitlines() if line.startswith("# HELP header_augment_fetches_total")]
     assert "share one refresher" in help_lines[0]
+
+
+# -- hostile clients: a DNS-rebinding page, a burst of refreshes, a flood of idle connections ------------------------
+
+MISDIRECTED = (421, "421 Misdirected Request\n")
+
+
+def raw_exchange(port: int, request: bytes, address: str = "127.0.0.1") -> bytes:
+    with socket.create_connection((address, port), timeout=DEADLINE) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def running_with_admin(mitmdump, provider, *args: str) -> tuple:
+    """A mitmdump adding the provider's headers, with its admin endpoint at a free port on 127.0.0.1, and that port;
+    once its start-up is over (an answer from the endpoint comes after every running hook: mitmproxy's own load the
+    confdir's files then), the provider's first answer is logged, and the endpoint holds no connection."""
+    provider.answer({"X-Token": VALUE})
+    m = mitmdump(
+        "--set", f"header_provider_url={provider.url}", "--set", "header_hosts=127.0.0.1", "--set",
+        "header_refresh_interval=1h", *ADMIN, *args,
+    )  # fmt: skip
+    port = int(m.wait_for(LISTENING).group(1))
+    live = raw_exchange(port, b"GET /live HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert live.startswith(b"HTTP/1.1 200 ")  # read to the end: the endpoint has closed its side
+    m.wait_for("headers in use: X-Token")
+    return m, port
+
+
+def test_only_a_host_that_names_the_endpoint_is_answered(mitmdump, provider):
+    provider.answer({"X-Token": VALUE})
+    m = mitmdump(
+        "--set", f"header_provider_url={provider.url}", "--set", "header_hosts=127.0.0.1", "--set",
+        "header_refresh_interval=1h", "--set", "header_admin_listen=0.0.0.0:0",
+    )  # fmt: skip
+    port = int(m.wait_for(r"admin endpoint listening at 0\.0\.0\.0:(\d+)").group(1))
+    provider.wait_for_requests(1)
+    # Connected at (address), naming (Host). 127.0.0.2 stands for a pod's address: what a kubelet's probe or a
+    # Prometheus scrape connects to and names.
+    named = [
+        ("127.0.0.1", f"127.0.0.1:{port}"),
+        ("127.0.0.1", f"localhost:{port}"),
+        ("127.0.0.1", "LocalHost"),
+        ("127.0.0.1", f"[::1]:{port}"),  # loopback, and the endpoint listens on every address
+        ("127.0.0.1", f"0.0.0.0:{port}"),  # the address it listens at, as written
+        ("127.0.0.1", "localhost:8080"),  # through a port forward
+        ("127.0.0.2", f"127.0.0.2:{port}"),
+    ]
+    rebinding = [
+        ("127.0.0.1", "attacker.example"),
+        ("127.0.0.1", f"attacker.example:{port}"),
+        ("127.0.0.1", f"localhost.attacker.example:{port}"),
+        ("127.0.0.1", f"127.0.0.1.attacker.example:{port}"),
+        ("127.0.0.1", "localhost:admin"),
+        ("127.0.0.1", f"[127.0.0.1]:{port}"),
+        ("127.0.0.1", "::1"),
+        ("127.0.0.1", f"127.0.0.2:{port}"),  # not the address this connection came in at
+        ("127.0.0.2", f"127.0.0.3:{port}"),
+        ("127.0.0.1", f"10.1.2.3:{port}"),
+    ]
+    with httpx.Client(trust_env=False, timeout=10) as client:
+
+        def ask(address: str, host: str, method: str = "GET", path: str = "/status") -> httpx.Response:
+            return client.request(method, f"http://{address}:{port}{path}", headers={"Host": host})
+
+        for address, host in named:
+            response = ask(address, host)
+            assert response.status_code == 200, (address, host)
+            assert response.json()["providers"][0]["source"] == provider.url
+        for address, host in rebinding:
+            for method, path in (("GET", "/status"), ("GET", "/metrics"), ("GET", "/ready"), ("POST", "/refresh"),
+                                 ("GET", "/nope")):  # fmt: skip
+                response = ask(address, host, method, path)
+                assert (response.status_code, response.text) == MISDIRECTED, (address, host, path)
+    # Without Host (HTTP/1.0): not from a browser, which always names the host it connects to.
+    assert raw_exchange(port, b"GET /live HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+    two = raw_exchange(port, b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: attacker.example\r\n\r\n")
+    assert two == b"HTTP/1.1 400 Bad Request\r\n\r\n"  # refused by tornado itself
+
+
+def test_a_burst_of_refreshes_asks_the_provider_at_most_once_a_second(mitmdump, provider):
+    m, port = running_with_admin(mitmdump, provider, "--set", "termlog_verbosity=debug")
+    mark = m.mark()
+    request = f"POST /refresh HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n".encode()
+    connections = [socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) for _ in range(4)]
+    try:
+        started = time.monotonic()
+        senders = [threading.Thread(target=c.sendall, args=(request * 500,)) for c in connections]
+        for sender in senders:
+            sender.start()
+        answers = b""
+        for connection in connections:
+            answer = b""
+            while answer.count(b"HTTP/1.1 ") < 500 and (chunk := connection.recv(65536)):
+                answer += chunk
+            answers += answer
+        answered = time.monotonic()
+        for sender in senders:
+            sender.join()
+    finally:
+        for connection in connections:
+            connection.close()
+    assert re.findall(rb"HTTP/1\.1 (\d+)", answers) == [b"202"] * 2000
+
+    def logged():
+        lines = [line for line in m.output.splitlines()[mark:] if "refresh requested" in line]
+        return len(lines) == 2000 and lines
+
+    lines = wait_until(logged, what="every refresh logged")
+    asked = [line for line in lines if "already waiting" not in line]  # the info lines: one per fetch asked for
+    provider.wait_for_requests(1 + len(asked))  # none is dropped: each is one fetch
+    fetches = [r["at"] for r in provider.requests]
+    assert len(fetches) == 1 + len(asked)
+    window = answered - started
+    assert 1 <= len(asked) <= 2 + int(window), window  # at most two for a burst shorter than a second
+    gaps = [later - earlier for earlier, later in itertools.pairwise(fetches)]
+    assert min(gaps) >= 0.9, gaps  # a second between fetch starts, less how long a request takes to arrive
+    assert "Traceback" not in m.output
+
+
+def lowest_free_fd(pid: int) -> int:
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    return next(fd for fd in itertools.count() if fd not in used)
+
+
+@pytest.fixture
+def many_fds():
+    """Room for this test's side of a flood of connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def flood(port: int, count: int) -> list[asyncio.StreamWriter]:
+    """`count` connections, each with the head of a request and not its end, as the attack holds them."""
+
+    async def half_sent() -> asyncio.StreamWriter:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET /live HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode())
+        return writer
+
+    return await asyncio.gather(*(half_sent() for _ in range(count)))
+
+
+@pytest.mark.parametrize("fds", ["1024", "a few free"])
+def test_a_flood_of_half_sent_requests_keeps_no_probe_out_and_logs_a_line(mitmdump, provider, many_fds, fds):
+    m, port = running_with_admin(mitmdump, provider)
+    pid = m.proc.pid
+    baseline = len(os.listdir(f"/proc/{pid}/fd"))
+    # As reported (the default limit of many systems), or nearly out of descriptors (the rest of the proxy holds
+    # them): then an accept fails, and the endpoint closes its oldest connection for the new one.
+    hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)[1]
+    limit = min(1024, hard) if fds == "1024" else lowest_free_fd(pid) + 8
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, hard))
+    mark = m.mark()
+
+    async def scenario():
+        held = await flood(port, 1100)
+        try:
+            async with httpx.AsyncClient(trust_env=False, timeout=DEADLINE) as client:
+                for _ in range(3):  # a probe, while all of them are held
+                    live = await client.get(f"http://127.0.0.1:{port}/live", headers={"Connection": "close"})
+                    assert (live.status_code, live.text) == (200, "live\n")
+            return len(os.listdir(f"/proc/{pid}/fd"))
+        finally:
+            for writer in held:
+                writer.close()
+
+    open_fds = asyncio.run(scenario())
+    assert open_fds <= min(limit, baseline + MAX_CONNECTIONS + 2)
+    logged = m.output.splitlines()[mark:]
+    expected = "connections open, its limit" if fds == "1024" else "cannot accept a connection ([Errno 24]"
+    assert len(logged) == 1 and expected in logged[0], logged
+
+
+def test_out_of_descriptors_the_endpoint_waits_without_spinning_or_logging_each_turn(mitmdump, provider):
+    m, port = running_with_admin(mitmdump, provider)
+    pid = m.proc.pid
+    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free_fd(pid), limits[1]))  # not one descriptor left
+    mark = m.mark()
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:  # waits in the listen queue
+        sock.sendall(f"GET /live HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        m.wait_for(r"cannot accept a connection \(\[Errno 24\] Too many open files\): not accepting any for 1s")
+        cpu = cpu_seconds(pid)
+        time.sleep(2.5)  # the time measured: two pauses and more (tornado's accept logged on every turn of the loop)
+        assert cpu_seconds(pid) - cpu < 0.5
+        assert len(m.output.splitlines()[mark:]) == 1, m.output
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+        answer = b""
+        while chunk := sock.recv(65536):  # accepted once the pause is over
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\nlive\n")
+    assert "Traceback" not in m.output
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime and stime
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> float:
+    """When the server closed the connection (everything it sent before is read and dropped)."""
+    while await asyncio.wait_for(reader.read(65536), DEADLINE):
+        pass
+    return time.monotonic()
+
+
+def test_idle_and_half_sent_connections_are_closed_after_the_timeout(caplog):
+    refreshed = []
+    timeout = 0.5
+
+    async def scenario():
+        admin = AdminEndpoint(lambda: (), lambda: refreshed.append(1), idle_timeout=timeout, body_timeout=timeout)
+        admin.want("127.0.0.1:0")
+        admin.serve()
+        (port,) = listening_ports(caplog)
+        try:
+            head = f"POST /refresh HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            cases = {
+                "nothing sent": b"",
+                "half a head": head.encode(),
+                "half a body": f"{head}Content-Length: 10\r\n\r\nabc".encode(),
+                "idle after an answer": f"GET /live HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode(),
+            }
+            opened = {}  # before the server can have started its clock
+            readers = {}
+            for case, data in cases.items():
+                opened[case] = time.monotonic()
+                readers[case] = reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(data)
+            answer = await asyncio.wait_for(readers["idle after an answer"][0].readuntil(b"live\n"), DEADLINE)
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            for case, (reader, writer) in readers.items():
+                assert await closed_by_server(reader) - opened[case] >= timeout, case
+                writer.close()
+        finally:
+            admin.close()
+
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(scenario())
+    assert refreshed == []  # the half-sent POST /refresh was never handled
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_malformed_requests_are_answered_without_a_line_each(caplog):
+    async def scenario():
+        admin = AdminEndpoint(lambda: (), lambda: None)
+        admin.want("127.0.0.1:0")
+        admin.serve()
+        (port,) = listening_ports(caplog)
+        try:
+            async with httpx.AsyncClient(trust_env=False, timeout=DEADLINE) as client:
+                for _ in range(50):
+                    bad = await client.post(
+                        f"http://127.0.0.1:{port}/refresh",
+                        content=b"x",
+                        headers={"Content-Type": "multipart/form-data"},
+                    )
+                    assert bad.status_code == 400
+        finally:
+            admin.close()
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(scenario())
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_beyond_the_limit_a_new_connection_closes_the_oldest(caplog):
+    async def scenario():
+        admin = AdminEndpoint(lambda: (), lambda: None, idle_timeout=3600, max_connections=4)
+        admin.want("127.0.0.1:0")
+        admin.serve()
+        (port,) = listening_ports(caplog)
+        try:
+            held = []
+            for _ in range(10):  # one after the other: the order they are accepted in is known
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(f"GET /live HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode())
+                await writer.drain()
+                held.append((reader, writer))
+            for reader, _ in held[:6]:
+                await closed_by_server(reader)  # long before the timeout of an hour
+            async with httpx.AsyncClient(trust_env=False, timeout=DEADLINE) as client:
+                assert (await client.get(f"http://127.0.0.1:{port}/live")).status_code == 200
+            for _, writer in held:
+                writer.close()
+        finally:
+            admin.close()
+
+    with caplog.at_level(logging.INFO, logger="header_augment"):
+        asyncio.run(scenario())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "4 connections open, its limit" in warnings[0]

@@ -396,7 +396,8 @@ def test_oauth2_revoked_client_drops_the_token_at_expiry(token_endpoint, secret_
         refresher.refresh()
         token_endpoint.revoked = True
         clock.now += 8
-        refresher.step(forced=True)
+        refresher.refresh_now()  # 8 s after the last fetch: at once
+        refresher.step()
         assert refresher.counts.failed_by_reason == {"HTTP 401: invalid_client": 1}
         assert refresher.snapshot.usable(clock.now)  # kept while it is valid
         clock.now += 2

@@ -8,10 +8,11 @@ import random
 import socket
 import socketserver
 import ssl
+import threading
 import time
 
 import pytest
-from servers import DEADLINE, serve_in_background, wait_until
+from servers import DEADLINE, HeldProvider, serve_in_background, wait_until
 
 from header_augment_core.fields import SettingsError
 from header_augment_core.refresher import Refresher
@@ -246,6 +247,69 @@ def test_refresh_now(provider):
         provider.wait_for_requests(2, timeout=2)
     finally:
         r.stop()
+
+
+def test_refreshes_asked_for_within_a_second_are_one_fetch_at_the_end_of_it(provider):
+    provider.answer({"A": "b"})
+    clock = FakeClock()
+    r = refresher(provider.url, clock=clock, schedule=Schedule(3600, random.Random(3)), interval=3600)
+    r.step()  # the first fetch, at 1000
+    scheduled = r.next_fetch_at
+    clock.now = 1000.25
+    assert [r.refresh_now() for _ in range(3)] == [True, False, False]  # the later ones join the first
+    for _ in range(2000):
+        r.refresh_now()
+    assert r.wake_at() == 1001.0  # not dropped: due a second after the last fetch started
+    r.step()
+    assert provider.count == 1
+    clock.now = 1001.0
+    r.step()
+    assert provider.count == 2
+    assert r.wake_at() == r.next_fetch_at > 1001.0  # served: back to the schedule
+    r.step()
+    assert provider.count == 2
+    clock.now = 1005.0  # more than a second since the last fetch: at once
+    assert r.refresh_now() is True and r.wake_at() <= clock.now
+    r.step()
+    assert provider.count == 3
+    assert scheduled > 1005.0  # none of these was the scheduled fetch
+
+
+def test_a_refresh_asked_for_during_a_fetch_gets_one_of_its_own():
+    provider = HeldProvider()
+    try:
+        provider.answer({"A": "b"})
+        clock = FakeClock()
+        r = refresher(provider.url, clock=clock, schedule=Schedule(3600, random.Random(4)), interval=3600)
+        fetching = threading.Thread(target=r.step)
+        fetching.start()
+        assert provider.arrived.wait(DEADLINE)  # the fetch has started (at 1000) and is held
+        clock.now = 1000.5
+        assert r.refresh_now() is True  # the fetch in flight may have read the old secret
+        provider.release()
+        fetching.join(DEADLINE)
+        assert r.wake_at() == 1001.0
+        clock.now = 1001.0
+        r.step()
+        assert provider.count == 2
+    finally:
+        provider.close()
+
+
+def test_a_scheduled_fetch_serves_a_refresh_asked_for_before_it(provider):
+    provider.answer({"A": "b"})
+    clock = FakeClock()
+    r = refresher(provider.url, clock=clock, interval=0.1)  # a schedule faster than the refresh gap
+    r.step()
+    clock.now = r.next_fetch_at - 0.01
+    r.refresh_now()
+    assert r.wake_at() == r.next_fetch_at  # sooner than a second after the last fetch
+    clock.now = r.next_fetch_at
+    r.step()
+    assert provider.count == 2
+    assert r.refresh_now() is True  # nothing waits any more: the scheduled fetch started after the call
+    r.step()
+    assert provider.count == 2  # and this new one waits for its second
 
 
 def test_stop_does_not_wait_for_a_hanging_provider(provider):

@@ -22,6 +22,9 @@ TOKEN_REFRESH_AT = 0.8
 # A failure with a new reason is logged at warning at most this often; the same reason again, this often.
 FAILURE_LOG_GAP = 10.0
 FAILURE_REMINDER = 300.0
+# A refresh asked for sooner than this after the last fetch started waits for the end of it, merged with any other
+# asked for meanwhile: however many arrive (POST /refresh in a loop), a provider is asked at most once a second.
+REFRESH_GAP = 1.0
 
 
 class Refresher(threading.Thread):
@@ -50,6 +53,9 @@ class Refresher(threading.Thread):
         self.last_error = ""
         self.next_fetch_at = -math.inf
         self.in_flight_since: float | None = None
+        self._asked = False  # refresh_now() was called since the last fetch started
+        self._asked_lock = threading.Lock()  # so that each call that returns True is one fetch exactly
+        self._started_at = -math.inf  # when the last fetch started
         self._dropped_logged = False
         self._rejections_logged = ""
         self._warned_at = -math.inf
@@ -66,8 +72,14 @@ class Refresher(threading.Thread):
 
     # -- control, from any thread -------------------------------------------------------------------------------
 
-    def refresh_now(self) -> None:
+    def refresh_now(self) -> bool:
+        """Fetch again at once, or REFRESH_GAP after the last fetch started if that is later; every call until then
+        is served by that one fetch (or by any fetch that starts sooner). Returns False when an earlier call is
+        already waiting for it."""
+        with self._asked_lock:
+            new, self._asked = not self._asked, True
         self._wake.set()
+        return new
 
     def stop(self, wait: float = STOP_WAIT) -> None:
         """Stop polling; a call in flight is aborted, so this returns within `wait` even if the provider hangs."""
@@ -108,11 +120,11 @@ class Refresher(threading.Thread):
         try:
             self.next_fetch_at = self._clock()
             while not self._stopping:
-                woken = self._wake.wait(max(0.0, self.wake_at() - self._clock()))
+                self._wake.wait(max(0.0, self.wake_at() - self._clock()))
                 if self._stopping:
                     break
-                self._wake.clear()
-                self.step(forced=woken)
+                self._wake.clear()  # before step() reads what refresh_now() asked: a later call wakes it again
+                self.step()
         except Exception:
             logger.exception("header provider %s: refresher stopped by an unexpected error", self.settings.label)
         finally:
@@ -120,18 +132,21 @@ class Refresher(threading.Thread):
             self.client.close()
 
     def wake_at(self) -> float:
-        """When the loop has something to do next: a fetch, a change to look for, or headers to drop."""
+        """When the loop has something to do next: a fetch (scheduled or asked for), a change to look for, or
+        headers to drop."""
         at = self.next_fetch_at
+        if self._asked:
+            at = min(at, self._started_at + REFRESH_GAP)
         if not self._dropped_logged and self.snapshot.usable_until > self._clock():
             at = min(at, self.snapshot.usable_until)
         if self.client.watch_interval is not None:
             at = min(at, self._watched_at + self.client.watch_interval)
         return at
 
-    def step(self, forced: bool = False) -> None:
+    def step(self) -> None:
         """One turn of the loop, at `wake_at()` or when woken by `refresh_now()`."""
         now = self._clock()
-        due = forced or now >= self.next_fetch_at
+        due = now >= self.next_fetch_at or (self._asked and now >= self._started_at + REFRESH_GAP)
         if not due and self.client.watch_interval is not None and now >= self._watched_at + self.client.watch_interval:
             self._watched_at = now
             due = self.client.changed()
@@ -141,7 +156,9 @@ class Refresher(threading.Thread):
 
     def refresh(self) -> float:
         """One fetch; returns the delay until the next one."""
-        self.in_flight_since = self._clock()
+        with self._asked_lock:
+            self._asked = False  # before the fetch: a refresh asked for while it runs gets a fetch of its own
+        self.in_flight_since = self._started_at = self._clock()
         try:
             result = self.client.fetch()
         finally:
