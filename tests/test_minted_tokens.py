@@ -57,7 +57,8 @@ def renews_before_expiry_and_never_sends_it_after(refresher, clock, issuer, life
     renewed = clock.now
     issuer.fail_status = 503
     clock.now = renewed + lifetime - 1 - slack
-    refresher.step(forced=True)
+    refresher.refresh_now()
+    refresher.step()
     assert refresher.snapshot.usable(clock.now)  # kept while the token is good...
     clock.now = renewed + lifetime
     refresher.step()
@@ -199,7 +200,8 @@ def test_token_exchange_uses_the_rotated_subject_token_at_the_next_exchange(tmp_
         # The kubelet's token expired (written by another key, say): refused, and the issued one dropped at expiry.
         token_file.write_text(signed(rsa_key()[0], sub="system:serviceaccount:default:app", aud=audience))
         clock.now += 3600
-        refresher.step(forced=True)
+        refresher.refresh_now()
+        refresher.step()
         assert refresher.last_error == "HTTP 400: invalid_grant"
         assert not refresher.snapshot.usable(clock.now)
     finally:
