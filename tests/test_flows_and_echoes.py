@@ -372,3 +372,28 @@ def test_a_revoked_token_is_replaced_at_the_first_401(mitmdump, provider):
         assert upstream.seen[0] == "Bearer first-token-0001"
     finally:
         upstream.close()
+
+
+@pytest.mark.parametrize("merge", ["replace", "keep"])  # keep: the saved marker must not count as "already there"
+def test_a_saved_flow_replayed_goes_with_the_live_value(mitmdump, provider, tmp_path, merge):
+    """`-w` saves the marker; `-C` replays the flow through the addon, which adds the value in force now."""
+    upstream = RotatingUpstream()
+    try:
+        upstream.accepted = TOKEN
+        provider.answer({"Authorization": TOKEN})
+        flows = tmp_path / "saved.flows"
+        common = ("--set", f"header_provider_url={provider.url}", "--set", "header_hosts=127.0.0.1", "--set")
+        common += (f"header_merge={merge}",)
+        recorder = mitmdump("-w", str(flows), *common)
+        with client_for(recorder.proxy) as client:
+            assert client.get(upstream.url).status_code == 200
+        assert recorder.stop() == 0
+        assert CREDENTIAL.encode() not in flows.read_bytes()
+        rotated = "Bearer tok-rotated-5e8d21c0aa"
+        upstream.accepted = rotated
+        provider.answer({"Authorization": rotated})
+        mitmdump("-C", str(flows), *common)
+        wait_until(lambda: len(upstream.seen) == 2, what="the replayed request")
+        assert upstream.seen == [TOKEN, rotated]
+    finally:
+        upstream.close()
