@@ -110,30 +110,30 @@ def test_the_export_commands_see_markers(configured):
         assert CREDENTIAL not in text and MARK in text, kind
 
 
-@pytest.mark.parametrize("merge", ["replace", "append", "keep"])
-def test_a_replayed_flow_gets_the_live_value_and_never_the_marker(configured, merge):
-    addon, tctx = configured
-    tctx.configure(addon, header_merge=merge)
+def replay_of(addon, host: str = "api.example.com"):
+    """A flow that went to api.example.com and was saved, replayed to `host` as mitmproxy's replay.client does."""
     f = flow_to("api.example.com")
     sent(addon, f)
     replay = f.copy()
     replay.response = None
     replay.is_replay = "request"
-    replay.live = True  # as mitmproxy's replay makes it
+    replay.live = True
+    replay.request.host = host
     addon.requestheaders(replay)
+    return replay
+
+
+@pytest.mark.parametrize("merge", ["replace", "append", "keep"])
+def test_a_replayed_flow_gets_the_live_value_and_never_the_marker(configured, merge):
+    addon, tctx = configured
+    tctx.configure(addon, header_merge=merge)
+    replay = replay_of(addon)
     assert replay.request.headers.get_all("Authorization") == [TOKEN]
 
 
 def test_a_replayed_flow_to_a_host_not_named_sends_no_marker(configured):
     addon, _ = configured
-    f = flow_to("api.example.com")
-    sent(addon, f)
-    replay = f.copy()
-    replay.response = None
-    replay.is_replay = "request"
-    replay.live = True  # as mitmproxy's replay makes it
-    replay.request.host = "elsewhere.example"
-    addon.requestheaders(replay)
+    replay = replay_of(addon, "elsewhere.example")
     assert "Authorization" not in replay.request.headers
 
 
