@@ -160,7 +160,14 @@ def clean_env() -> dict[str, str]:
 class Mitmdump:
     """A real `mitmdump -s addon/header_augment.py` on 127.0.0.1 with an ephemeral port; its output is collected."""
 
-    def __init__(self, confdir: Path, *args: str, cwd: Path | None = None, wait_listening: bool = True) -> None:
+    def __init__(
+        self,
+        confdir: Path,
+        *args: str,
+        cwd: Path | None = None,
+        wait_listening: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.confdir = confdir
         cmd = [
             str(MITMDUMP),
@@ -180,7 +187,7 @@ class Mitmdump:
             stderr=subprocess.STDOUT,
             text=True,
             cwd=cwd or ROOT,
-            env=clean_env(),
+            env={**clean_env(), **(env or {})},
             stdin=subprocess.DEVNULL,
         )
         self._lines: list[str] = []

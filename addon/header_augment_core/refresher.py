@@ -172,7 +172,9 @@ class Refresher(threading.Thread):
             logger.warning("header provider %s: %s", label, rejections)
         self._rejections_logged = rejections
         previous = self.snapshot
-        snapshot = Snapshot.build(answer.headers, self._clock(), self.settings.max_stale, result.lifetime)
+        snapshot = Snapshot.build(
+            answer.headers, self._clock(), self.settings.max_stale, result.lifetime, result.signing
+        )
         self.snapshot = snapshot
         self.counts.ok += 1
         if self.last_error:
