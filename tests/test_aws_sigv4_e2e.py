@@ -170,7 +170,16 @@ def test_web_identity_credentials_through_aws_endpoint_url_sts(moto, mitmdump, t
         "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
         "AWS_EC2_METADATA_DISABLED": "true",
     }
-    m = mitmdump("--set", f"header_providers_file={_providers(tmp_path / 'providers.yaml', moto['port'])}", env=env)
+    # moto's server answers 500 to an unsigned AssumeRoleWithWebIdentity while authentication is on (AWS takes it
+    # unsigned): actions go unauthenticated until both entries have their credentials, and every one after is checked.
+    httpx.post(f"{moto['url']}/moto-api/reset-auth", content=b"10", trust_env=False).raise_for_status()
+    try:
+        providers = _providers(tmp_path / "providers.yaml", moto["port"])
+        m = mitmdump("--set", f"header_providers_file={providers}", "--set", "termlog_verbosity=debug", env=env)
+        m.wait_for(r"header provider s3 .*headers in use")
+        m.wait_for(r"header provider sts .*headers in use")
+    finally:
+        httpx.post(f"{moto['url']}/moto-api/reset-auth", content=b"0", trust_env=False).raise_for_status()
     with client_for(m.proxy) as client:
         answer = client.post(moto["url"] + "/", content=IDENTITY_FORM, headers=FORM)
         put = client.put(
@@ -179,6 +188,8 @@ def test_web_identity_credentials_through_aws_endpoint_url_sts(moto, mitmdump, t
     assert answer.status_code == 200, m.output
     assert "assumed-role/workload" in answer.text
     assert put.status_code == 200, put.text
+    output = m.output.lower()
+    assert "x-amz-security-token:" not in output and "canonicalrequest" not in output and "traceback" not in output
 
 
 def test_no_credentials_anywhere_refuses_in_scope_requests_with_503(moto, mitmdump, tmp_path):

@@ -8,6 +8,7 @@ imported only when the kind is configured.
 """
 
 import datetime
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,6 +119,9 @@ class AwsSigV4Client(Client):
         credentials: Any = None,
         wall: Callable[[], datetime.datetime] = _utc_now,
     ) -> None:
+        # botocore logs each canonical request (with the session token) at debug and a failed call's traceback:
+        # its failures reach the log as our reasons instead.
+        logging.getLogger("botocore").setLevel(logging.ERROR)
         self.source = source
         self.timeout = timeout
         self._credentials = credentials
