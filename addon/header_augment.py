@@ -274,10 +274,18 @@ class HeaderAugment:
         self._hook_error_logged_at = -HOOK_ERROR_LOG_INTERVAL
         self._admin = AdminEndpoint(lambda: self.bindings, self.refresh)
         self._guard = RerouteGuard(self.check_reroute, self.sign_streamed)
-        self._adders: tuple[Binding, ...] = ()  # the bindings that add headers, in order
-        self._signers: tuple[Binding, ...] = ()  # those that sign (aws-sigv4), at the end of the addon chain
         self._keep_values = False  # header_keep_values, read once per change: options are slow to read per flow
         self._reasked_at: weakref.WeakKeyDictionary[Refresher, float] = weakref.WeakKeyDictionary()
+
+    @property
+    def bindings(self) -> tuple[Binding, ...]:
+        return self._bindings
+
+    @bindings.setter
+    def bindings(self, bindings: tuple[Binding, ...]) -> None:
+        self._bindings = bindings
+        self._adders = tuple(b for b in bindings if b.signer is None)  # add headers in `requestheaders`, in order
+        self._signers = tuple(b for b in bindings if b.signer is not None)  # sign at the end of the addon chain
 
     # -- configuration ------------------------------------------------------------------------------------------
 
@@ -374,8 +382,6 @@ class HeaderAugment:
 
     def _install(self, bindings: tuple[Binding, ...]) -> None:
         previous, self.bindings = self.bindings, bindings
-        self._adders = tuple(b for b in bindings if b.signer is None)
-        self._signers = tuple(b for b in bindings if b.signer is not None)
         for refresher in {b.refresher for b in previous} - {b.refresher for b in bindings}:
             refresher.stop()
         if not bindings and (previous or not self._configured):
