@@ -166,10 +166,12 @@ class Binding:
             return DONE
         streamed = bool(request.stream)
         if streamed and not self.signer.unsigned_payload:
-            why = "the body is streamed (stream_large_bodies) and cannot be hashed; S3 takes it with unsigned_payload"
-            _answer(flow, _unsignable(why))
+            # mitmproxy cannot answer a request whose body it streams (it would stream it again as it reads it):
+            # the flow is killed before anything is sent, and the log and the flow say why.
+            flow.kill()
             counters.refused += 1
-            _note(flow, f"{self.comment}refused: streamed body, unsigned_payload not set")
+            _note(flow, f"{self.comment}refused: streamed body (stream_large_bodies), unsigned_payload not set")
+            _warn_streamed(self.settings.label)
             return DONE
         try:
             prepared = prepare(request, streamed)
@@ -204,9 +206,26 @@ class Binding:
 
 
 def _answer(flow: http.HTTPFlow, response: http.Response) -> None:
-    """Answer the flow ourselves; a streamed request cannot have a response, so its body is read (and dropped)."""
-    flow.request.stream = False
-    flow.response = response
+    """Answer the flow ourselves. A streamed request cannot have a response: it is killed (nothing was sent)."""
+    if flow.request.stream:
+        flow.kill()
+    else:
+        flow.response = response
+
+
+_streamed_warned_at: dict[str, float] = {}
+
+
+def _warn_streamed(label: str) -> None:
+    now = time.monotonic()
+    if now - _streamed_warned_at.get(label, -math.inf) >= HOOK_ERROR_LOG_INTERVAL:
+        _streamed_warned_at[label] = now
+        logger.warning(
+            "header provider %s: a streamed request body (stream_large_bodies) cannot be hashed for its signature: "
+            "killed; set unsigned_payload: true to send S3 uploads with UNSIGNED-PAYLOAD (logged at most once a "
+            "minute)",
+            label,
+        )
 
 
 def _unsignable(why: str) -> http.Response:

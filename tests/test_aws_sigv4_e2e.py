@@ -220,3 +220,30 @@ def test_start_up_without_botocore_says_what_to_install(moto, mitmdump, tmp_path
     m = mitmdump("--set", f"header_providers_file={providers}", wait_listening=False, env={"PYTHONPATH": str(hidden)})
     assert m.wait_exit() != 0
     assert "pip install 'header-augment[aws]'" in m.output
+
+
+def test_a_streamed_body_is_sent_as_unsigned_payload_to_s3_only_where_the_entry_allows_it(moto, mitmdump, tmp_path):
+    unsigned = f"""- name: unsigned
+  kind: aws-sigv4
+  service: s3
+  region: {REGION}
+  unsigned_payload: true
+  hosts: 127.0.0.1:{moto["port"]}
+  scope: "~u /{BUCKET}/streamed/"
+"""
+    providers = tmp_path / "providers.yaml"
+    providers.write_text(unsigned + _providers(tmp_path / "signed.yaml", moto["port"]).read_text())
+    env = {"AWS_ACCESS_KEY_ID": moto["key"], "AWS_SECRET_ACCESS_KEY": moto["secret"]}
+    m = mitmdump("--set", f"header_providers_file={providers}", "--set", "stream_large_bodies=64k", env=env)
+    body = os.urandom(2 * 1024 * 1024)
+    octets = {"Content-Type": "application/octet-stream"}
+    with client_for(m.proxy) as client:
+        streamed = client.put(f"{moto['url']}/{BUCKET}/streamed/big.bin", content=body, headers=octets)
+        assert streamed.status_code == 200, streamed.text
+        assert client.get(f"{moto['url']}/{BUCKET}/streamed/big.bin").content == body
+        with pytest.raises(httpx.TransportError):  # killed before anything was sent: no answer can be given
+            client.put(f"{moto['url']}/{BUCKET}/other/big.bin", content=body, headers=octets)
+        m.wait_for(r"header provider s3 .*streamed request body.*unsigned_payload: true")
+        assert client.get(f"{moto['url']}/{BUCKET}/other/big.bin").status_code == 404  # never sent
+        small = client.put(f"{moto['url']}/{BUCKET}/other/small.bin", content=b"x" * 1000, headers=octets)
+        assert small.status_code == 200, small.text  # under stream_large_bodies: hashed and signed
