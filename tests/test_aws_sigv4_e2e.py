@@ -4,7 +4,9 @@ one. moto's quirks: its STS checks a signature over a form body only, and its se
 application/x-www-form-urlencoded, so bodies here are application/octet-stream."""
 
 import os
+import shlex
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +15,8 @@ import httpx
 import pytest
 from conftest import client_for
 from processes import Running
-from servers import ROOT
+from servers import ROOT, Mitmdump, Upstream
+from test_clients import readme_blocks
 
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 BUCKET = "sigv4-bucket"
@@ -80,8 +83,6 @@ def _providers(path: Path, port: int, extra: str = "") -> Path:
 @pytest.fixture(scope="module")
 def signing_proxy(moto, tmp_path_factory):
     """One mitmdump signing with the user's static keys, at debug, for the tests that share it."""
-    from servers import Mitmdump
-
     tmp = tmp_path_factory.mktemp("sigv4")
     providers = _providers(tmp / "providers.yaml", moto["port"])
     env = {"AWS_ACCESS_KEY_ID": moto["key"], "AWS_SECRET_ACCESS_KEY": moto["secret"]}
@@ -139,8 +140,6 @@ def test_s3_put_and_get_of_a_large_body_and_a_listing_whose_query_needs_canonica
 
 
 def test_out_of_scope_hosts_are_untouched_and_moto_refuses_them_unsigned(moto, signing_proxy, tmp_path):
-    from servers import Upstream
-
     echo = Upstream()
     try:
         with client_for(signing_proxy.proxy) as client:
@@ -247,3 +246,35 @@ def test_a_streamed_body_is_sent_as_unsigned_payload_to_s3_only_where_the_entry_
         assert client.get(f"{moto['url']}/{BUCKET}/other/big.bin").status_code == 404  # never sent
         small = client.put(f"{moto['url']}/{BUCKET}/other/small.bin", content=b"x" * 1000, headers=octets)
         assert small.status_code == 200, small.text  # under stream_large_bodies: hashed and signed
+
+
+def test_the_readme_recipe_uploads_with_curl_holding_no_aws_configuration(moto, tmp_path):
+    """The README's providers file and commands, with its S3 host and URL pointed at moto (path-style, plain HTTP)."""
+    section = "AWS APIs, signed by the proxy: `kind: aws-sigv4`"
+    recipe, commands = [b for b in readme_blocks() if b.section == section]
+    providers = tmp_path / "aws.yaml"
+    hosts = '  hosts: ["*.s3.eu-west-1.amazonaws.com"]'
+    assert hosts in recipe.text
+    providers.write_text(recipe.text.replace(hosts, f"  hosts: 127.0.0.1:{moto['port']}"))
+    start, upload = commands.lines
+    assert start == "mitmdump -s addon/header_augment.py --set header_providers_file=aws.yaml"
+    env = {"AWS_ACCESS_KEY_ID": moto["key"], "AWS_SECRET_ACCESS_KEY": moto["secret"]}
+    m = Mitmdump(tmp_path / "confdir", "--set", f"header_providers_file={providers}", env=env)
+    try:
+        (tmp_path / "report.csv").write_text("region,total\neu-west-1,42\n")
+        url = "https://my-bucket.s3.eu-west-1.amazonaws.com/report.csv"
+        args = upload.replace("http://127.0.0.1:8080", m.proxy).replace(url, f"{moto['url']}/{BUCKET}/report.csv")
+        args = args.replace("~/.mitmproxy/mitmproxy-ca-cert.pem", str(tmp_path / "confdir" / "mitmproxy-ca-cert.pem"))
+        done = subprocess.run(
+            [*shlex.split(args), "--silent", "--show-error", "--fail-with-body", "--noproxy", ""],
+            cwd=tmp_path,
+            env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},  # no AWS configuration at all
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        with client_for(m.proxy) as client:
+            assert client.get(f"{moto['url']}/{BUCKET}/report.csv").text == "region,total\neu-west-1,42\n"
+    finally:
+        m.stop()
