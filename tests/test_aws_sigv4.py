@@ -242,7 +242,7 @@ def test_http2_signs_the_authority_and_a_large_body_off_the_event_loop(tmp_path,
         try:
             addon.bindings[0].refresher.refresh()  # the chain read once, here rather than on its thread
             assert addon.bindings[0].refresher.snapshot.signing is not None
-            f = _flow(http2=True, content=b"x" * (header_augment.HASH_ON_LOOP + 1))
+            f = _flow(http2=True, content=b"x" * (header_augment.HASH_ON_LOOP + 1), headers=[("host", "elsewhere")])
             addon.requestheaders(f)
             pending = addon.check_reroute(f)
             assert asyncio.iscoroutine(pending)
@@ -251,6 +251,8 @@ def test_http2_signs_the_authority_and_a_large_body_off_the_event_loop(tmp_path,
             names = [name for name, _ in f.request.headers.fields]
             assert all(name == name.lower() for name in names)
             assert b"authorization" in names
+            assert f.request.authority == f.request.headers["host"] == "bucket.s3.eu-west-1.amazonaws.com"
+            assert "SignedHeaders=content-length;host;" in f.request.headers["authorization"]  # host once
             _verify(f)
         finally:
             addon.done()

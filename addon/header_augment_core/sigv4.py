@@ -38,14 +38,14 @@ class Prepared:
 def prepare(request: http.Request, streamed: bool) -> Prepared:
     """Make the request what will be signed (its host header, its query) and collect what botocore signs."""
     host = url.hostport(request.scheme, request.host, request.port)
-    if request.host_header != host:
-        request.host_header = host
+    h2 = request.is_http2 or request.is_http3
+    if request.host_header != host or (h2 and request.headers.get("host", host) != host):
+        request.host_header = host  # on HTTP/2 both :authority and a Host header beside it
     path, mark, query = request.path.partition("?")
     if mark:
         canonical = _canonical_query(query)
         if canonical != query:
             request.path = f"{path}?{canonical}" if canonical else path
-    h2 = request.is_http2 or request.is_http3
     kept = tuple(f for f in request.headers.fields if f[0].lower() not in SIGNATURE_HEADERS)
     listed = set()
     for name, value in kept:
@@ -55,8 +55,8 @@ def prepare(request: http.Request, streamed: bool) -> Prepared:
     try:
         for name, value in kept:
             low = name.lower()
-            if low in HOP_BY_HOP or low in listed or low.startswith(b"proxy-"):
-                continue
+            if low in HOP_BY_HOP or low in listed or low.startswith(b"proxy-") or (h2 and low == b"host"):
+                continue  # on HTTP/2 a Host header beside :authority holds the same value (host_header set both)
             signed.append((name.decode("ascii"), value.decode("utf-8")))
     except UnicodeDecodeError:
         raise Unsignable("a header name or value is not valid UTF-8") from None
