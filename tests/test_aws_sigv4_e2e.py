@@ -278,3 +278,24 @@ def test_the_readme_recipe_uploads_with_curl_holding_no_aws_configuration(moto, 
             assert client.get(f"{moto['url']}/{BUCKET}/report.csv").text == "region,total\neu-west-1,42\n"
     finally:
         m.stop()
+
+
+def test_a_flow_rerouted_by_map_remote_is_signed_for_where_it_goes(moto, mitmdump, tmp_path):
+    echo = Upstream()
+    try:
+        env = {"AWS_ACCESS_KEY_ID": moto["key"], "AWS_SECRET_ACCESS_KEY": moto["secret"]}
+        m = mitmdump(
+            *("--set", f"header_providers_file={_providers(tmp_path / 'providers.yaml', moto['port'])}"),
+            *("--map-remote", f"|//sts.test/|//127.0.0.1:{moto['port']}/"),
+            *("--map-remote", f"|//127.0.0.1:{moto['port']}/away|//127.0.0.1:{echo.port}/"),
+            env=env,
+        )
+        with client_for(m.proxy) as client:
+            into = client.post("http://sts.test/", content=IDENTITY_FORM, headers=FORM)
+            away = client.get(f"{moto['url']}/away")
+        assert into.status_code == 200, into.text  # signed for 127.0.0.1:port, where it went
+        assert "user/proxy" in into.text
+        names = [name.lower() for name, _ in away.json()["headers"]]
+        assert "authorization" not in names and "x-amz-date" not in names
+    finally:
+        echo.close()
