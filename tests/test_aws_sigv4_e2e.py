@@ -175,8 +175,8 @@ def test_web_identity_credentials_through_aws_endpoint_url_sts(moto, mitmdump, t
     try:
         providers = _providers(tmp_path / "providers.yaml", moto["port"])
         m = mitmdump("--set", f"header_providers_file={providers}", "--set", "termlog_verbosity=debug", env=env)
-        m.wait_for(r"header provider s3 .*headers in use")
-        m.wait_for(r"header provider sts .*headers in use")
+        m.wait_for(r"header provider s3 .*credentials in use \(assume-role-with-web-identity\)")
+        m.wait_for(r"header provider sts .*credentials in use \(assume-role-with-web-identity\)")
     finally:
         httpx.post(f"{moto['url']}/moto-api/reset-auth", content=b"0", trust_env=False).raise_for_status()
     with client_for(m.proxy) as client:
