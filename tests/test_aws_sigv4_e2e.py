@@ -299,3 +299,20 @@ def test_a_flow_rerouted_by_map_remote_is_signed_for_where_it_goes(moto, mitmdum
         assert "authorization" not in names and "x-amz-date" not in names
     finally:
         echo.close()
+
+
+def test_a_web_identity_call_that_fails_names_the_chain_step_and_requests_get_503(moto, mitmdump, tmp_path):
+    (tmp_path / "token").write_text("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ3b3JrbG9hZCJ9.")
+    env = {
+        "AWS_ROLE_ARN": moto["role"],
+        "AWS_WEB_IDENTITY_TOKEN_FILE": str(tmp_path / "token"),
+        "AWS_ENDPOINT_URL_STS": f"http://127.0.0.1:{_free_port()}",  # nothing listens there
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    m = mitmdump("--set", f"header_providers_file={_providers(tmp_path / 'providers.yaml', moto['port'])}", env=env)
+    m.wait_for(r"header provider sts .*refresh failed: assume-role-with-web-identity: \w+")
+    with client_for(m.proxy) as client:
+        assert client.post(moto["url"] + "/", content=IDENTITY_FORM, headers=FORM).status_code == 503
+    assert "eyJhbGciOiJub25lIn0" not in m.output and "Traceback" not in m.output
