@@ -219,6 +219,11 @@ def test_start_up_without_botocore_says_what_to_install(moto, mitmdump, tmp_path
     m = mitmdump("--set", f"header_providers_file={providers}", wait_listening=False, env={"PYTHONPATH": str(hidden)})
     assert m.wait_exit() != 0
     assert "pip install 'header-augment[aws]'" in m.output
+    # Every other kind runs without it: the images that do not use the kind do not install botocore.
+    other = tmp_path / "other.yaml"
+    other.write_text("- kind: file\n  path: /nonexistent\n  hosts: api.example.com\n")
+    m = mitmdump("--set", f"header_providers_file={other}", env={"PYTHONPATH": str(hidden)})
+    assert m.proc.poll() is None and "botocore" not in m.output
 
 
 def test_a_streamed_body_is_sent_as_unsigned_payload_to_s3_only_where_the_entry_allows_it(moto, mitmdump, tmp_path):
