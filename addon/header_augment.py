@@ -45,6 +45,7 @@ from header_augment_core.options import OPTIONS, check_deferred, label, settings
 from header_augment_core.providers_file import load_providers_file  # noqa: E402
 from header_augment_core.refresher import Refresher  # noqa: E402
 from header_augment_core.settings import ProviderSettings  # noqa: E402
+from header_augment_core.sigv4 import HASH_ON_LOOP, Unsignable, prepare, sign  # noqa: E402
 from header_augment_core.snapshot import NOTHING, Merge, merge  # noqa: E402
 from header_augment_core.status import report  # noqa: E402
 
@@ -65,6 +66,7 @@ _LOWER_CASE_NAMES = (b"HTTP/2.0", b"HTTP/3")  # versions whose header names must
 
 Label = Callable[[str], str]
 WAIT = object()  # from Binding.apply: hold the request until the provider's first fetch has finished
+DONE = object()  # from Binding.sign: the flow was in scope and has been dealt with
 
 
 class RerouteGuard:
@@ -73,8 +75,9 @@ class RerouteGuard:
 
     name = "header-augment reroute guard"
 
-    def __init__(self, check: Callable[[http.HTTPFlow], None]) -> None:
+    def __init__(self, check: Callable[[http.HTTPFlow], Any], streamed: Callable[[http.HTTPFlow], Any]) -> None:
         self.request = check
+        self.requestheaders = streamed  # a streamed body's headers leave before its `request` hook
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class Binding:
     counters: Any  # RequestCounters
     comment: str  # how a flow's comment names this provider
     mode: Merge  # settings.merge, one attribute away on the request path
+    signer: Any = None  # aws-sigv4's: the flow is signed at the end of the addon chain instead of given headers
 
     def apply(self, flow: http.HTTPFlow, may_wait: bool = True) -> object:
         """Add the headers to `flow` if it is in scope. Returns WAIT (having done nothing) when the flow should be
@@ -137,6 +141,100 @@ class Binding:
             carried.add(self, snapshot)
         return None
 
+    def sign(self, flow: http.HTTPFlow, may_wait: bool = True) -> object:
+        """Sign `flow` if it is in scope, as it will be sent: None if it is not, WAIT, DONE, or a coroutine that
+        signs it with the body hashed on a worker thread."""
+        counters = self.counters
+        request = flow.request
+        if self.hosts is not None and not self.hosts.matches(request.host, request.port):
+            counters.out_of_scope += 1
+            return None
+        if self.scope is not None and not self.scope(flow):
+            counters.out_of_scope += 1
+            return None
+        refresher = self.refresher
+        snapshot = refresher.snapshot
+        if time.monotonic() >= snapshot.usable_until:
+            if may_wait and snapshot is NOTHING and not refresher.first_attempt_done:
+                return WAIT
+            never = snapshot is NOTHING
+            if self.settings.require:
+                _answer(flow, _refusal(never, "credentials"))
+                counters.refused += 1
+                _note(flow, f"{self.comment}refused: {'no credentials yet' if never else 'credentials expired'}")
+            else:
+                counters.without += 1
+                _note(flow, f"{self.comment}no usable credentials, passed unsigned")
+            return DONE
+        streamed = bool(request.stream)
+        if streamed and not self.signer.unsigned_payload:
+            # mitmproxy cannot answer a request whose body it streams (it would stream it again as it reads it):
+            # the flow is killed before anything is sent, and the log and the flow say why.
+            flow.kill()
+            counters.refused += 1
+            _note(flow, f"{self.comment}refused: streamed body (stream_large_bodies), unsigned_payload not set")
+            _warn_streamed(self.settings.label)
+            return DONE
+        try:
+            prepared = prepare(request, streamed)
+        except Unsignable as e:
+            _answer(flow, _unsignable(str(e)))
+            counters.refused += 1
+            _note(flow, f"{self.comment}refused: {e}")
+            return DONE
+        if prepared.body is not None and len(prepared.body) > HASH_ON_LOOP:
+            return self._sign_off_loop(flow, snapshot, prepared)
+        self._signed(flow, sign(self.signer, snapshot.signing, prepared))
+        return DONE
+
+    async def _sign_off_loop(self, flow: http.HTTPFlow, snapshot, prepared) -> None:
+        """Only this flow's task touches it while its hook runs; the thread reads `prepared`, never the flow."""
+        signed = await asyncio.to_thread(sign, self.signer, snapshot.signing, prepared)
+        if not (flow.response or flow.error) and flow.live:
+            self._signed(flow, signed)
+
+    def _signed(self, flow: http.HTTPFlow, signed) -> None:
+        fields, secrets = signed
+        request = flow.request
+        original = request.headers.fields
+        request.headers.fields = fields
+        self.counters.given += 1
+        _note(flow, self.comment + self.signer.comment)
+        carried = carried_by(flow)
+        if carried is None:
+            carry(flow, Carried(original, request.host, request.port, secrets.names, [(self, secrets)]))
+        else:
+            carried.add(self, secrets)
+
+
+def _answer(flow: http.HTTPFlow, response: http.Response) -> None:
+    """Answer the flow ourselves. A streamed request cannot have a response: it is killed (nothing was sent)."""
+    if flow.request.stream:
+        flow.kill()
+    else:
+        flow.response = response
+
+
+_streamed_warned_at: dict[str, float] = {}
+
+
+def _warn_streamed(label: str) -> None:
+    now = time.monotonic()
+    if now - _streamed_warned_at.get(label, -math.inf) >= HOOK_ERROR_LOG_INTERVAL:
+        _streamed_warned_at[label] = now
+        logger.warning(
+            "header provider %s: a streamed request body (stream_large_bodies) cannot be hashed for its signature: "
+            "killed; set unsigned_payload: true to send S3 uploads with UNSIGNED-PAYLOAD (logged at most once a "
+            "minute)",
+            label,
+        )
+
+
+def _unsignable(why: str) -> http.Response:
+    return http.Response.make(
+        502, f"header-augment: not signed: {why}\n", {"Content-Type": "text/plain; charset=utf-8"}
+    )
+
 
 def _note(flow: http.HTTPFlow, text: str) -> None:
     """Say what was done where a mitmweb or console user looks: the flow's comment (names only, never values)."""
@@ -150,8 +248,8 @@ def _clash_note(snapshot, clashes: set[bytes], mode: Merge) -> str:
     return "; ".join(([f"added {', '.join(added)}"] if added else []) + [f"{verb} {', '.join(present)}"])
 
 
-def _refusal(never_answered: bool) -> http.Response:
-    why = "no valid answer from the header provider yet" if never_answered else "the provider's headers expired"
+def _refusal(never_answered: bool, what: str = "headers") -> http.Response:
+    why = "no valid answer from the header provider yet" if never_answered else f"the provider's {what} expired"
     return http.Response.make(
         503, f"header-augment: {why} (header_require is set)\n", {"Content-Type": "text/plain; charset=utf-8"}
     )
@@ -204,6 +302,11 @@ def _open_listen_hosts(options) -> list[str]:
     return found
 
 
+def _signer_of(settings: ProviderSettings) -> Any:
+    make = getattr(settings.source, "signer", None)  # only a signing kind has one
+    return make() if make is not None else None
+
+
 def _resolve(future: asyncio.Future) -> None:
     if not future.done():
         future.set_result(None)
@@ -219,9 +322,19 @@ class HeaderAugment:
         self._hook_errors = 0
         self._hook_error_logged_at = -HOOK_ERROR_LOG_INTERVAL
         self._admin = AdminEndpoint(lambda: self.bindings, self.refresh)
-        self._guard = RerouteGuard(self.check_reroute)
+        self._guard = RerouteGuard(self.check_reroute, self.sign_streamed)
         self._keep_values = False  # header_keep_values, read once per change: options are slow to read per flow
         self._reasked_at: weakref.WeakKeyDictionary[Refresher, float] = weakref.WeakKeyDictionary()
+
+    @property
+    def bindings(self) -> tuple[Binding, ...]:
+        return self._bindings
+
+    @bindings.setter
+    def bindings(self, bindings: tuple[Binding, ...]) -> None:
+        self._bindings = bindings
+        self._adders = tuple(b for b in bindings if b.signer is None)  # add headers in `requestheaders`, in order
+        self._signers = tuple(b for b in bindings if b.signer is not None)  # sign at the end of the addon chain
 
     # -- configuration ------------------------------------------------------------------------------------------
 
@@ -301,6 +414,7 @@ class HeaderAugment:
                     counters=counters.get(self._entry_key(settings, index)) or RequestCounters(),
                     comment=name,
                     mode=settings.merge,
+                    signer=_signer_of(settings),
                 )
             )
         return tuple(bindings)
@@ -438,12 +552,45 @@ class HeaderAugment:
         if request.data.method == b"TRACE":  # the upstream would send the request, with our headers, back
             _note(flow, "header-augment: no headers for TRACE")
             return None
-        return self._apply(flow, self.bindings, set())
+        return self._apply(flow, self._adders, set())
 
-    def check_reroute(self, flow: http.HTTPFlow) -> None:
+    def check_reroute(self, flow: http.HTTPFlow) -> Coroutine | None:
         """The match was made in `requestheaders` against the destination then. If an addon has rerouted the flow
         since (map_remote does, in `request`), what we added goes back out, and the headers are applied again for
         where it goes now: credentials never follow a flow to a host not named. Called by `RerouteGuard`."""
+        self._check_reroute(flow)
+        if self._signers and not (flow.response or flow.error or flow.request.stream):
+            return self._sign(flow, False)
+        return None
+
+    def sign_streamed(self, flow: http.HTTPFlow) -> Coroutine | None:
+        """A streamed request's headers leave once the `requestheaders` hooks have run: it is signed here, last."""
+        if self._signers and flow.request.stream and not (flow.response or flow.error) and flow.live:
+            return self._sign(flow, False)
+        return None
+
+    def _sign(self, flow: http.HTTPFlow, waited: bool) -> Coroutine | None:
+        """The first signing entry whose hosts the flow goes to signs it: a request carries one signature."""
+        for binding in self._signers:
+            try:
+                outcome = binding.sign(flow, may_wait=not waited)
+            except Exception:
+                self._hook_error(flow, binding)
+                return None
+            if outcome is WAIT:
+                return self._sign_after_first_fetch(flow, binding)
+            if outcome is not None:
+                return None if outcome is DONE else outcome
+        return None
+
+    async def _sign_after_first_fetch(self, flow: http.HTTPFlow, binding: Binding) -> None:
+        await self._first_fetch(binding)
+        if flow.response or flow.error or not flow.live:
+            return
+        if (more := self._sign(flow, True)) is not None:
+            await more
+
+    def _check_reroute(self, flow: http.HTTPFlow) -> None:
         carried = carried_by(flow)
         if carried is None:
             return
@@ -457,7 +604,7 @@ class HeaderAugment:
         )
         _note(flow, f"header-augment: headers taken back: rerouted from {carried.host}:{carried.port} after the match")
         if not (flow.response or flow.error):
-            self._apply(flow, self.bindings, {b.refresher for b in self.bindings})  # no waiting here
+            self._apply(flow, self._adders, {b.refresher for b in self._adders})  # no waiting here
 
     # -- once the request has left: nothing we added stays in the flow or comes back in the answer -------------
 
@@ -532,6 +679,15 @@ class HeaderAugment:
         """Hold `flow` until the provider's first fetch has finished (bounded by its timeout), then go on. Only this
         flow waits: the event loop and every other request carry on."""
         binding = bindings[0]
+        await self._first_fetch(binding)
+        waited.add(binding.refresher)
+        if flow.response or flow.error or not flow.live:
+            return
+        if (more := self._apply(flow, bindings, waited)) is not None:
+            await more
+
+    @staticmethod
+    async def _first_fetch(binding: Binding) -> None:
         loop = asyncio.get_running_loop()
         done = loop.create_future()
 
@@ -547,11 +703,6 @@ class HeaderAugment:
             except TimeoutError:
                 pass
         binding.counters.waited += 1
-        waited.add(binding.refresher)
-        if flow.response or flow.error or not flow.live:
-            return
-        if (more := self._apply(flow, bindings, waited)) is not None:
-            await more
 
     def _hook_error(self, flow: http.HTTPFlow, binding: Binding) -> None:
         """An unexpected error (a scope filter that raises, say): fail closed where the provider requires it."""

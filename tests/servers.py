@@ -145,7 +145,14 @@ def clean_env() -> dict[str, str]:
 class Mitmdump(Running):
     """A real `mitmdump -s addon/header_augment.py` on 127.0.0.1 with an ephemeral port; its output is collected."""
 
-    def __init__(self, confdir: Path, *args: str, cwd: Path | None = None, wait_listening: bool = True) -> None:
+    def __init__(
+        self,
+        confdir: Path,
+        *args: str,
+        cwd: Path | None = None,
+        wait_listening: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.confdir = confdir
         cmd = [
             str(MITMDUMP),
@@ -159,7 +166,7 @@ class Mitmdump(Running):
             str(ADDON),
             *args,
         ]
-        super().__init__(cmd, cwd=cwd or ROOT, env=clean_env(), new_session=False)
+        super().__init__(cmd, cwd=cwd or ROOT, env={**clean_env(), **(env or {})}, new_session=False)
         self.port = 0
         if wait_listening:
             try:

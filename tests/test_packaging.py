@@ -23,9 +23,13 @@ from servers import ROOT, clean_env
 # Arguments every run of the installed command gets besides the provider URL: where the headers may go.
 EXTRA_ARGS = ["--set", "header_hosts=127.0.0.1"]
 
-RUNTIME_PINS = [
-    line for line in (ROOT / "requirements" / "runtime.txt").read_text().splitlines() if line and line[0] != "#"
-]
+
+def pins(name: str) -> list[str]:
+    return [line for line in (ROOT / "requirements" / name).read_text().splitlines() if line and line[0] != "#"]
+
+
+RUNTIME_PINS = pins("runtime.txt")
+AWS_PINS = pins("aws.txt")  # the `aws` extra
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 # Building and installing take 5-20 s (more with the other core busy); the first test using them pays for it.
@@ -109,7 +113,12 @@ def test_wheel_holds_the_addon_and_requires_the_runtime_pins(wheel):
     in_tree = {p.relative_to(addon).as_posix() for p in addon.rglob("*.py") if "__pycache__" not in p.parts}
     assert modules == in_tree  # header_augment.py and all of header_augment_core, subpackages included
     assert metadata["Name"] == "header-augment" and metadata["Version"] == VERSION
-    assert sorted(map(canonical, metadata.get_all("Requires-Dist"))) == sorted(map(canonical, RUNTIME_PINS))
+    requires = metadata.get_all("Requires-Dist")
+    assert sorted(canonical(r) for r in requires if ";" not in r) == sorted(map(canonical, RUNTIME_PINS))
+    assert metadata.get_all("Provides-Extra") == ["aws"]
+    extra = [r.partition(";")[0].strip() for r in requires if r.partition(";")[2].strip() == 'extra == "aws"']
+    assert sorted(map(canonical, extra)) == sorted(map(canonical, AWS_PINS))
+    assert len(requires) == len(RUNTIME_PINS) + len(AWS_PINS)
 
 
 def test_installed_command_prints_its_version(venv):

@@ -1,6 +1,7 @@
 """What every kind's client offers the refresher: one fetch at a time, turned into a value (never an exception)."""
 
 from dataclasses import dataclass
+from typing import Any
 
 from .failures import Failed
 from .rules import Validated
@@ -15,6 +16,7 @@ class FetchResult:
     reason_class: str = ""
     max_age: float | None = None  # the source asks to be asked again after this many seconds (Cache-Control)
     lifetime: float | None = None  # the credentials must not be used after this many seconds (token expiry)
+    signing: Any = None  # what a signing kind signs with (aws-sigv4's frozen credentials) instead of headers
 
     @property
     def ok(self) -> bool:

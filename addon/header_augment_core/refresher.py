@@ -189,14 +189,22 @@ class Refresher(threading.Thread):
             logger.warning("header provider %s: %s", label, rejections)
         self._rejections_logged = rejections
         previous = self.snapshot
-        snapshot = Snapshot.build(answer.headers, self._clock(), self.settings.max_stale, result.lifetime)
+        snapshot = Snapshot.build(
+            answer.headers, self._clock(), self.settings.max_stale, result.lifetime, result.signing
+        )
         self.snapshot = snapshot
         self.counts.ok += 1
         if self.last_error:
             logger.info("header provider %s: answering again", label)
         self.last_error = ""
         self._dropped_logged = False
-        if snapshot.display_names != previous.display_names or not previous.usable(snapshot.fetched_at):
+        if (signing := snapshot.signing) is not None:  # a signing kind: credentials, no headers
+            renewed = previous.signing is not None and previous.signing.access_key != signing.access_key
+            if previous.signing is None or not previous.usable(snapshot.fetched_at):
+                logger.info("header provider %s: credentials in use (%s)", label, signing.method)
+            else:
+                logger.debug("header provider %s: credentials %s", label, "renewed" if renewed else "read again")
+        elif snapshot.display_names != previous.display_names or not previous.usable(snapshot.fetched_at):
             logger.info("header provider %s: headers in use: %s", label, ", ".join(snapshot.display_names) or "none")
         elif snapshot.fields != previous.fields:
             changed = [

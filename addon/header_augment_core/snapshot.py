@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import MappingProxyType
+from typing import Any
 
 Fields = tuple[tuple[bytes, bytes], ...]
 
@@ -48,10 +49,16 @@ class Snapshot:
     masks: Mapping[tuple[bytes, bytes], bytes] = MappingProxyType({})  # (lower-cased name, value) → its marker
     secrets: tuple[tuple[bytes, bytes], ...] = ()  # (value worth scrubbing from answers, marker), longest first
     probes: tuple[bytes, ...] = ()  # the fewest of those values that any of them contains: what is searched for
+    signing: Any = None  # a signing kind's credentials (aws-sigv4): no headers, a signature made per request
 
     @classmethod
     def build(
-        cls, headers: Sequence[tuple[str, str]], fetched_at: float, max_stale: float, lifetime: float | None = None
+        cls,
+        headers: Sequence[tuple[str, str]],
+        fetched_at: float,
+        max_stale: float,
+        lifetime: float | None = None,
+        signing: Any = None,
     ) -> "Snapshot":
         """`max_stale` (0: forever) and `lifetime` (the credential's, if known) both bound how long it is usable."""
         fields = tuple((name.encode("ascii"), value.encode("ascii")) for name, value in headers)
@@ -79,6 +86,7 @@ class Snapshot:
             ),
             secrets=tuple(sorted(secrets.items(), key=lambda item: -len(item[0]))),
             probes=probes_of(secrets),
+            signing=signing,
         )
 
     def restamped(self, max_stale: float) -> "Snapshot":

@@ -58,6 +58,8 @@ def provider_status(entry: Entry, now: float) -> dict[str, Any]:
         "state": state(refresher, now),
         "usable": snapshot.usable(now),
         "headers": list(snapshot.display_names),
+        # A signing kind's credentials: the method botocore reports, the expiry and the access key id, no more.
+        "credentials": None if snapshot.signing is None else snapshot.signing.status(),
         "last_success_age": None if snapshot is NOTHING else _seconds(now - snapshot.fetched_at),
         "next_fetch_in": _seconds(refresher.next_fetch_at - now) if refresher.next_fetch_at > now else None,
         "in_flight_for": None if in_flight is None else _seconds(now - in_flight),
@@ -99,7 +101,12 @@ def report(entries: Sequence[Entry], now: float) -> str:
             lines.append(f"    {age}")
         if data["in_flight_for"] is not None:
             lines.append(f"    fetch in flight for {format_age(data['in_flight_for'])}")
-        lines.append(f"    headers: {', '.join(data['headers']) or 'none'}")
+        if (credentials := data["credentials"]) is not None:
+            expires = f", expires {credentials['expires']}" if credentials["expires"] else ""
+            key = credentials["access_key_id"]
+            lines.append(f"    credentials: {credentials['method']}, access key {key}{expires}")
+        else:
+            lines.append(f"    headers: {', '.join(data['headers']) or 'none'}")
         lines.append(f"    last error: {data['last_error'] or 'none'}")
         lines.append(f"    requests: {request_summary(entry.counters)}")
         lines.append(f"    fetches: {entry.refresher.counts.summary()}")

@@ -1,5 +1,6 @@
 """The provider kinds, picked by `kind:`. A kind is one module: its settings, their checks and its client."""
 
+from .aws_sigv4 import AwsSigV4Source
 from .base import Source
 from .command import CommandSource
 from .file import FileSource
@@ -10,5 +11,13 @@ from .oauth2 import OAuth2Source
 
 KINDS: dict[str, type[Source]] = {
     cls.KIND: cls
-    for cls in (HttpSource, OAuth2Source, FileSource, CommandSource, GitHubAppSource, GoogleServiceAccountSource)
+    for cls in (
+        HttpSource,
+        OAuth2Source,
+        FileSource,
+        CommandSource,
+        GitHubAppSource,
+        GoogleServiceAccountSource,
+        AwsSigV4Source,
+    )
 }

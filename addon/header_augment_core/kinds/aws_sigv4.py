@@ -1,0 +1,224 @@
+"""kind `aws-sigv4`: AWS Signature Version 4 over each request, computed by the proxy.
+
+Credentials come from botocore's own credential chain (environment, shared files and profiles, credential_process,
+web identity, container and instance metadata), read on the refresher's thread only: botocore renews temporary
+credentials lazily when they are read, so the refresher reads a frozen copy ahead of their expiry and the request
+path signs with the last copy, never calling the chain. botocore is an optional extra (`header-augment[aws]`),
+imported only when the kind is configured.
+"""
+
+import datetime
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+from ..failures import Failed
+from ..fetch import Client, FetchResult
+from ..fields import SettingsError, boolean, setting, text
+from ..rules import Validated
+from .base import Source
+
+INSTALL_HINT = "pip install 'header-augment[aws]' (or pip install -r requirements/aws.txt)"
+NO_HEADERS = Validated(headers=())
+# The names a client's own signature is made of: replaced, never sent beside ours.
+SIGNATURE_HEADERS = frozenset({b"authorization", b"x-amz-date", b"x-amz-security-token", b"x-amz-content-sha256"})
+SIGNATURE_QUERY = frozenset(
+    {
+        "x-amz-algorithm",
+        "x-amz-credential",
+        "x-amz-date",
+        "x-amz-expires",
+        "x-amz-signedheaders",
+        "x-amz-signature",
+        "x-amz-security-token",
+    }
+)
+# What botocore's signer adds, in the case it writes them.
+ADDED = ("Authorization", "X-Amz-Date", "Date", "X-Amz-Security-Token", "X-Amz-Content-SHA256")
+
+
+def botocore_missing() -> str | None:
+    """Why the kind cannot run here, or None."""
+    try:
+        import botocore.auth
+        import botocore.session  # noqa: F401
+    except ImportError:
+        return f"kind aws-sigv4 needs botocore, which is not installed: {INSTALL_HINT}"
+    return None
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """One read of the chain: what the request path signs with. The secret and the token never appear in a repr."""
+
+    access_key: str
+    secret_key: str = field(repr=False)
+    token: str | None = field(repr=False)
+    method: str
+    expiry: datetime.datetime | None
+
+    def status(self) -> dict[str, Any]:
+        """What the status report may show: the method, the expiry and the access key id, nothing more."""
+        return {
+            "method": self.method,
+            "access_key_id": self.access_key,
+            "expires": None if self.expiry is None else self.expiry.isoformat(timespec="seconds"),
+        }
+
+
+@dataclass(frozen=True)
+class AwsSigV4Source(Source):
+    KIND: ClassVar[str] = "aws-sigv4"
+
+    service: str = setting("", text)
+    region: str = setting("", text)
+    profile: str = setting("", text)
+    unsigned_payload: bool = setting(False, boolean)
+
+    @property
+    def display(self) -> str:
+        profile = f" profile {self.profile}" if self.profile else ""
+        return f"aws-sigv4 {self.service} {self.region}{profile}"
+
+    def check(self, label, given):
+        if not self.service:
+            raise SettingsError(f"{label('service')}: required for kind aws-sigv4 (s3, sts, execute-api, es, ...)")
+        if not self.region:
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+            if not region:
+                raise SettingsError(
+                    f"{label('region')}: required for kind aws-sigv4 unless AWS_REGION or AWS_DEFAULT_REGION is set"
+                )
+            object.__setattr__(self, "region", region)  # settled once, so equal settings stay equal
+        if self.unsigned_payload and self.service != "s3":
+            raise SettingsError(f"{label('unsigned_payload')}: only S3 accepts UNSIGNED-PAYLOAD")
+        if (why := botocore_missing()) is not None:
+            raise SettingsError(f"{label('kind')}: {why}")
+
+    def client(self, timeout: float) -> Client:
+        return AwsSigV4Client(self, timeout)
+
+    def signer(self) -> "Signer":
+        return Signer(self)
+
+
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class AwsSigV4Client(Client):
+    """Reads the chain. `credentials` (botocore's) and `wall` are given by tests; otherwise a session resolves them."""
+
+    def __init__(
+        self,
+        source: AwsSigV4Source,
+        timeout: float,
+        credentials: Any = None,
+        wall: Callable[[], datetime.datetime] = _utc_now,
+    ) -> None:
+        # botocore logs each canonical request (with the session token) at debug and a failed call's traceback:
+        # its failures reach the log as our reasons instead.
+        logging.getLogger("botocore").setLevel(logging.ERROR)
+        self.source = source
+        self.timeout = timeout
+        self._credentials = credentials
+        self._given = credentials is not None
+        self._wall = wall
+
+    def _resolve(self) -> Any:
+        import botocore.config
+        import botocore.session
+
+        session = botocore.session.Session(profile=self.source.profile or None)
+        # The STS and metadata calls the chain makes are bounded by the provider's timeout, tried once: the
+        # refresher retries on its own schedule.
+        session.set_default_client_config(
+            botocore.config.Config(
+                connect_timeout=self.timeout, read_timeout=self.timeout, retries={"total_max_attempts": 1}
+            )
+        )
+        session.set_config_variable("region", self.source.region)
+        return session.get_credentials()
+
+    def _fetch(self) -> FetchResult:
+        from botocore.credentials import RefreshableCredentials
+
+        credentials = self._credentials
+        if credentials is None or not (self._given or isinstance(credentials, RefreshableCredentials)):
+            # Static credentials (environment, files) are looked up again each time: a file rewritten is seen.
+            try:
+                credentials = self._resolve()
+            except Exception as e:  # botocore raises many kinds; the reason holds only the kind and a code
+                raise Failed(f"credential chain: {_why(e)}", _reason_class(e)) from None
+            if credentials is None:
+                raise Failed(
+                    "no credentials found in the AWS credential chain (environment, shared files, profile, "
+                    "web identity, container, instance metadata)",
+                    "other",
+                )
+            self._credentials = credentials
+        method = getattr(credentials, "method", None) or "unknown"
+        try:
+            frozen = credentials.get_frozen_credentials()  # renews temporary credentials due for it: here only
+        except Exception as e:
+            raise Failed(f"{method}: {_why(e)}", _reason_class(e)) from None
+        # RefreshableCredentials keep their expiry here; botocore has no public accessor for it.
+        expiry = getattr(credentials, "_expiry_time", None)
+        lifetime = None
+        if expiry is not None:
+            lifetime = (expiry - self._wall()).total_seconds()
+            if lifetime <= 0:
+                raise Failed(f"{method}: the credentials had expired when read", "expired")
+        if not frozen.access_key or not frozen.secret_key:
+            raise Failed(f"{method}: the credentials have no access key or secret", "format")
+        copy = Frozen(frozen.access_key, frozen.secret_key, frozen.token or None, method, expiry)
+        return FetchResult(answer=NO_HEADERS, lifetime=lifetime, signing=copy)
+
+
+def _why(error: Exception) -> str:
+    """The kind of error and, for an AWS answer, its code: botocore's messages may quote paths, ARNs or answers."""
+    code = getattr(error, "response", None)
+    code = code.get("Error", {}).get("Code") if isinstance(code, dict) else None
+    return f"{type(error).__name__} ({code})" if code else type(error).__name__
+
+
+def _reason_class(error: Exception) -> str:
+    name = type(error).__name__
+    if "Timeout" in name:
+        return "timeout"
+    if "Connect" in name or "Endpoint" in name:
+        return "connect"
+    if getattr(error, "response", None) is not None:
+        return "status"
+    return "other"
+
+
+class Signer:
+    """Signs one request with botocore's signer: `SigV4Auth`, or `S3SigV4Auth` (which sends x-amz-content-sha256)."""
+
+    def __init__(self, source: AwsSigV4Source) -> None:
+        from botocore.auth import S3SigV4Auth, SigV4Auth
+
+        self.service = source.service
+        self.region = source.region
+        self.unsigned_payload = source.unsigned_payload
+        self._auth = S3SigV4Auth if source.service == "s3" else SigV4Auth
+        self.comment = f"signed (sigv4 {source.service} {source.region})"
+
+    def sign(
+        self, credentials: Frozen, method: str, url: str, headers: list[tuple[str, str]], body: bytes | None
+    ) -> list[tuple[str, str]]:
+        """The headers to add to the request (`headers` are those it is sent with, `host` among them). `body` None:
+        it is streamed, and signed as UNSIGNED-PAYLOAD (S3 only)."""
+        from botocore.awsrequest import AWSRequest
+
+        request = AWSRequest(method=method, url=url, data=body or b"")
+        for name, value in headers:
+            request.headers[name] = value  # botocore's headers keep repeats, joined with commas when signed
+        # botocore's S3 signer decides between a payload hash and UNSIGNED-PAYLOAD from its client config.
+        request.context["client_config"] = SimpleNamespace(s3={"payload_signing_enabled": body is not None})
+        self._auth(credentials, self.service, self.region).add_auth(request)
+        return [(name, request.headers[name]) for name in ADDED if name in request.headers]

@@ -1,0 +1,109 @@
+"""A flow signed by an aws-sigv4 provider: the request exactly as mitmproxy will send it, once every other addon has
+changed it. Its host is the destination mitmproxy connects to (`:authority` on HTTP/2, the Host header on HTTP/1),
+its query is sent in the canonical encoding it is signed with, and a client's own signature goes first."""
+
+from dataclasses import dataclass
+from urllib.parse import quote, unquote_plus
+
+from mitmproxy import http
+from mitmproxy.net.http import url
+
+from .kinds.aws_sigv4 import SIGNATURE_HEADERS, SIGNATURE_QUERY, Frozen, Signer
+from .snapshot import Fields, Snapshot, marker, probes_of
+
+# A body larger than this is hashed on a worker thread (hashlib lets go of the GIL): other flows go on meanwhile.
+HASH_ON_LOOP = 64 * 1024
+# Never signed: they are the next hop's (RFC 9110 §7.6.1), or the proxy's, and may change on the way.
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+)
+# Which of the signed headers stand for the credentials in the flow and in answers (masked and scrubbed).
+SECRET_HEADERS = ("Authorization", "X-Amz-Security-Token")
+
+
+class Unsignable(Exception):
+    """The request cannot be signed as it will be sent; the message says why (never a value)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    method: str
+    url: str
+    headers: list[tuple[str, str]]  # those signed: the request's, without hop-by-hop and proxy ones
+    body: bytes | None  # None: streamed, signed as UNSIGNED-PAYLOAD
+    kept: Fields  # the request's fields without a client's own signature
+    h2: bool
+
+
+def prepare(request: http.Request, streamed: bool) -> Prepared:
+    """Make the request what will be signed (its host header, its query) and collect what botocore signs."""
+    host = url.hostport(request.scheme, request.host, request.port)
+    h2 = request.is_http2 or request.is_http3
+    if request.host_header != host or (h2 and request.headers.get("host", host) != host):
+        request.host_header = host  # on HTTP/2 both :authority and a Host header beside it
+    path, mark, query = request.path.partition("?")
+    if mark:
+        canonical = _canonical_query(query)
+        if canonical != query:
+            request.path = f"{path}?{canonical}" if canonical else path
+    kept = tuple(f for f in request.headers.fields if f[0].lower() not in SIGNATURE_HEADERS)
+    listed = set()
+    for name, value in kept:
+        if name.lower() == b"connection":
+            listed |= {token.strip().lower() for token in value.split(b",")}
+    signed = [("host", host)] if h2 else []
+    try:
+        for name, value in kept:
+            low = name.lower()
+            if low in HOP_BY_HOP or low in listed or low.startswith(b"proxy-") or (h2 and low == b"host"):
+                continue  # on HTTP/2 a Host header beside :authority holds the same value (host_header set both)
+            signed.append((name.decode("ascii"), value.decode("utf-8")))
+    except UnicodeDecodeError:
+        raise Unsignable("a header name or value is not valid UTF-8") from None
+    body = None if streamed else (request.raw_content or b"")
+    return Prepared(request.method, f"{request.scheme}://{host}{request.path}", signed, body, kept, h2)
+
+
+def _canonical_query(query: str) -> str:
+    """The query as AWS reads it (form-decoded), encoded as SigV4 canonicalises it, without a presigned URL's
+    signature parameters: what is sent is then exactly what botocore signs."""
+    pairs = []
+    for pair in query.split("&"):
+        if not pair:
+            continue
+        key, equals, value = pair.partition("=")
+        key = unquote_plus(key)
+        if key.lower() in SIGNATURE_QUERY:
+            continue
+        encoded = quote(key, safe="-_.~")
+        pairs.append(f"{encoded}={quote(unquote_plus(value), safe='-_.~')}" if equals else encoded)
+    return "&".join(pairs)
+
+
+def sign(signer: Signer, credentials: Frozen, prepared: Prepared) -> tuple[Fields, Snapshot]:
+    """The request's new fields, and a snapshot of the credentials in them (what the flow masks and answers are
+    scrubbed of once it has been sent). Pure: safe on a worker thread."""
+    added = signer.sign(credentials, prepared.method, prepared.url, prepared.headers, prepared.body)
+    names = {name.lower().encode() for name, _ in added}
+    fields = tuple(f for f in prepared.kept if f[0].lower() not in names)
+    encoded = tuple(((name.lower() if prepared.h2 else name).encode(), value.encode()) for name, value in added)
+    secret = [(name, value) for name, value in added if name in SECRET_HEADERS]
+    return fields + encoded, _of_this_request(secret)
+
+
+def _of_this_request(pairs: list[tuple[str, str]]) -> Snapshot:
+    """What `Snapshot.build` makes for masking and scrubbing, for these values only (a fifth of its cost: this is
+    made for every request, and the values are long, unique and need no scheme word taken off)."""
+    lowered = tuple(name.lower().encode() for name, _ in pairs)
+    values = tuple(value.encode() for _, value in pairs)
+    markers = tuple(marker(name) for name, _ in pairs)
+    return Snapshot(
+        fields=(),
+        fields_h2=(),
+        lowered=lowered,
+        names=frozenset(lowered),
+        fetched_at=0.0,
+        masks=dict(zip(zip(lowered, values, strict=True), markers, strict=True)),
+        secrets=tuple(sorted(zip(values, markers, strict=True), key=lambda pair: -len(pair[0]))),
+        probes=probes_of(values),
+    )

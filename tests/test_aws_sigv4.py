@@ -1,0 +1,331 @@
+"""kind aws-sigv4 in-process: the credentials the refresher freezes (botocore's refreshable credentials on injected
+clocks), the request as it is signed, and what the flow and the answer hold of the signature afterwards."""
+
+import datetime
+import random
+
+import header_augment
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import RefreshableCredentials
+from mitmproxy.http import Headers, Response
+from mitmproxy.test import taddons, tflow
+
+from header_augment_core.kinds.aws_sigv4 import AwsSigV4Client, AwsSigV4Source
+from header_augment_core.refresher import Refresher
+from header_augment_core.schedule import Schedule
+from header_augment_core.settings import parse_settings
+from header_augment_core.status import provider_status, report
+
+KEY, SECRET, TOKEN = "AKIAEXAMPLEKEY000001", "secret/Access+Key/000000000000000000001", "FwoGZXIvYXdzEXAMPLETOKEN0001"
+EPOCH = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
+def _settings(**fields):
+    values = {"kind": "aws-sigv4", "service": "s3", "region": "eu-west-1", "hosts": ["*.s3.eu-west-1.amazonaws.com"]}
+    return parse_settings({**values, **fields}, lambda name: name)
+
+
+class Clocks:
+    """The wall clock botocore reads expiries with and the monotonic clock of the refresher, moved together."""
+
+    def __init__(self) -> None:
+        self.elapsed = 0.0
+
+    def wall(self) -> datetime.datetime:
+        return EPOCH + datetime.timedelta(seconds=self.elapsed)
+
+    def monotonic(self) -> float:
+        return 1000.0 + self.elapsed
+
+
+def test_temporary_credentials_are_renewed_on_the_refreshers_thread_before_they_expire():
+    clocks = Clocks()
+    issued = []
+
+    def renew():  # what botocore calls to renew them (STS, the metadata service): counted
+        issued.append(clocks.elapsed)
+        n = len(issued)
+        expiry = clocks.wall() + datetime.timedelta(seconds=1000)
+        return {
+            "access_key": f"ASIA{n:016d}",
+            "secret_key": f"secret-{n}",
+            "token": f"token-{n}",
+            "expiry_time": expiry.isoformat(),
+        }
+
+    metadata = renew()
+    credentials = RefreshableCredentials(
+        metadata["access_key"],
+        metadata["secret_key"],
+        metadata["token"],
+        datetime.datetime.fromisoformat(metadata["expiry_time"]),
+        renew,
+        "assume-role-with-web-identity",
+        time_fetcher=clocks.wall,
+    )
+    settings = _settings(interval="168h")
+    client = AwsSigV4Client(settings.source, settings.timeout, credentials=credentials, wall=clocks.wall)
+    refresher = Refresher(client, settings, schedule=Schedule(settings.interval, _Latest()), clock=clocks.monotonic)
+
+    refresher.step()
+    first = refresher.snapshot
+    assert (first.signing.access_key, first.signing.token) == ("ASIA0000000000000001", "token-1")
+    assert first.usable_until == clocks.monotonic() + 1000  # never used past the expiry
+    assert refresher.next_fetch_at == clocks.monotonic() + 800  # 80 % of the remaining lifetime
+
+    clocks.elapsed = 799.0
+    refresher.step()  # not due yet
+    assert refresher.snapshot is first and len(issued) == 1
+    clocks.elapsed = 800.0
+    refresher.step()  # due: botocore renews (200 s left is inside its mandatory window)
+    second = refresher.snapshot
+    assert len(issued) == 2
+    assert (second.signing.access_key, second.signing.token) == ("ASIA0000000000000002", "token-2")
+    assert second.usable_until == clocks.monotonic() + 1000
+
+    status = provider_status(_Entry(settings, refresher), clocks.monotonic())
+    assert status["credentials"] == {
+        "method": "assume-role-with-web-identity",
+        "access_key_id": "ASIA0000000000000002",
+        "expires": "2026-01-01T00:30:00+00:00",
+    }
+    text = report([_Entry(settings, refresher)], clocks.monotonic())
+    assert "ASIA0000000000000002" in text
+    for secret in ("secret-2", "token-2", "secret-1", "token-1"):
+        assert secret not in text and secret not in repr(second)
+
+
+def test_credentials_that_cannot_be_renewed_are_not_used_past_their_expiry():
+    clocks = Clocks()
+
+    def refused():
+        raise RuntimeError("STS said no")  # any error the chain raises: its kind is the reason, never its text
+
+    credentials = RefreshableCredentials(
+        KEY, SECRET, TOKEN, EPOCH + datetime.timedelta(seconds=100), refused, "sso", time_fetcher=clocks.wall
+    )
+    settings = _settings()
+    refresher = Refresher(
+        AwsSigV4Client(settings.source, 5, credentials=credentials, wall=clocks.wall), settings, clock=clocks.monotonic
+    )
+    refresher.step()  # 100 s left: inside botocore's mandatory window, so its renewal fails at once
+    assert refresher.last_error == "sso: RuntimeError"
+    assert refresher.snapshot.signing is None
+
+
+class _Latest(random.Random):
+    """The schedule's draws at their latest: no jitter, no spread, so the refresh is due at exactly 80 %."""
+
+    def random(self) -> float:
+        return 0.0
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+class _Entry:
+    def __init__(self, settings, refresher) -> None:
+        self.settings, self.refresher = settings, refresher
+        self.counters = header_augment.RequestCounters()
+
+
+def _flow(host="bucket.s3.eu-west-1.amazonaws.com", path="/key", headers=(), content=b"", http2=False):
+    f = tflow.tflow()
+    f.request.scheme, f.request.host, f.request.port = "https", host, 443
+    f.request.method = "PUT"
+    f.request.path = path
+    if http2:
+        f.request.http_version = "HTTP/2.0"
+        f.request.authority = host
+        f.request.headers = Headers([(k.encode(), v.encode()) for k, v in headers])
+    else:
+        f.request.headers = Headers([(b"Host", host.encode())] + [(k.encode(), v.encode()) for k, v in headers])
+    f.request.content = content
+    return f
+
+
+def _signing_addon(tctx, tmp_path, monkeypatch, **fields):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", TOKEN)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    extra = "".join(f"\n  {name}: {value}" for name, value in fields.items())
+    (tmp_path / "providers.yaml").write_text(
+        "- kind: aws-sigv4\n  service: s3\n  region: eu-west-1\n  hosts: '*.s3.eu-west-1.amazonaws.com'" + extra
+    )
+    tctx.configure(tctx.master.addons.get("headeraugment"), header_providers_file=str(tmp_path / "providers.yaml"))
+
+
+def _verify(f, secret=SECRET, token=TOKEN) -> None:
+    """Sign the request as sent again with botocore, at the same time: the same Authorization."""
+    request = f.request
+    sent = dict((k.lower(), v) for k, v in request.headers.items(multi=True))
+    names = sent["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+    host = request.host_header
+    again = AWSRequest(method=request.method, url=f"https://{host}{request.path}", data=request.raw_content)
+    for name in names:
+        again.headers[name] = host if name == "host" else sent[name]
+    again.context["timestamp"] = sent["x-amz-date"]
+    auth = S3SigV4Auth(header_augment_core_frozen(secret, token), "s3", "eu-west-1")
+    canonical = auth.canonical_request(again)
+    assert sent["authorization"].endswith("Signature=" + auth.signature(auth.string_to_sign(again, canonical), again))
+
+
+def header_augment_core_frozen(secret, token):
+    from header_augment_core.kinds.aws_sigv4 import Frozen
+
+    return Frozen(KEY, secret, token, "env", None)
+
+
+def test_a_request_is_signed_as_sent_without_hop_by_hop_headers_and_masked_and_scrubbed_after(tmp_path, monkeypatch):
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        _signing_addon(tctx, tmp_path, monkeypatch)
+        try:
+            addon.bindings[0].refresher.refresh()  # the chain read once, here rather than on its thread
+            assert addon.bindings[0].refresher.snapshot.signing is not None
+            f = _flow(
+                path="/key?prefix=a+b/c&delimiter=/&X-Amz-Signature=00&acl",
+                headers=[
+                    ("Authorization", "AWS4-HMAC-SHA256 Credential=AKIAFORGED/x, Signature=00"),
+                    ("X-Amz-Security-Token", "forged"),
+                    ("Connection", "keep-alive, X-Hop"),
+                    ("X-Hop", "1"),
+                    ("Proxy-Authorization", "Basic eDp5"),
+                    ("X-Amz-Meta-Colour", "blue"),
+                ],
+                content=b"hello",
+            )
+            assert addon.requestheaders(f) is None
+            assert addon.check_reroute(f) is None  # small: signed on the loop
+            request = f.request
+            assert request.path == "/key?prefix=a%20b%2Fc&delimiter=%2F&acl"
+            assert request.headers.get_all("authorization")[0].startswith(f"AWS4-HMAC-SHA256 Credential={KEY}/")
+            assert len(request.headers.get_all("authorization")) == 1
+            assert request.headers.get_all("x-amz-security-token") == [TOKEN]
+            signed = request.headers["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+            assert signed == [
+                "content-length",
+                "host",
+                "x-amz-content-sha256",
+                "x-amz-date",
+                "x-amz-meta-colour",
+                "x-amz-security-token",
+            ]
+            assert request.headers["x-amz-content-sha256"] == (
+                "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"  # sha256("hello")
+            )
+            _verify(f)
+            assert "signed (sigv4 s3 eu-west-1)" in f.comment
+            assert TOKEN not in f.comment and SECRET not in f.comment
+
+            auth = request.headers["authorization"]
+            f.response = Response.make(200, f"echo: {auth} {TOKEN}".encode(), {"X-Echo": TOKEN})
+            addon.responseheaders(f)
+            addon.response(f)
+            assert TOKEN not in f.response.headers["x-echo"]
+            assert TOKEN.encode() not in f.response.content and auth.encode() not in f.response.content
+            assert request.headers["x-amz-security-token"] != TOKEN  # masked in the flow once sent
+            assert request.headers["authorization"] != auth
+        finally:
+            addon.done()
+
+
+def test_http2_signs_the_authority_and_a_large_body_off_the_event_loop(tmp_path, monkeypatch):
+    import asyncio
+
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        _signing_addon(tctx, tmp_path, monkeypatch)
+        try:
+            addon.bindings[0].refresher.refresh()  # the chain read once, here rather than on its thread
+            assert addon.bindings[0].refresher.snapshot.signing is not None
+            f = _flow(http2=True, content=b"x" * (header_augment.HASH_ON_LOOP + 1), headers=[("host", "elsewhere")])
+            addon.requestheaders(f)
+            pending = addon.check_reroute(f)
+            assert asyncio.iscoroutine(pending)
+            assert "authorization" not in f.request.headers  # not until the hash is done
+            asyncio.run(pending)
+            names = [name for name, _ in f.request.headers.fields]
+            assert all(name == name.lower() for name in names)
+            assert b"authorization" in names
+            assert f.request.authority == f.request.headers["host"] == "bucket.s3.eu-west-1.amazonaws.com"
+            assert "SignedHeaders=content-length;host;" in f.request.headers["authorization"]  # host once
+            _verify(f)
+        finally:
+            addon.done()
+
+
+def test_out_of_scope_hosts_are_not_signed_and_a_streamed_body_needs_unsigned_payload(tmp_path, monkeypatch):
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        _signing_addon(tctx, tmp_path, monkeypatch)
+        try:
+            addon.bindings[0].refresher.refresh()  # the chain read once, here rather than on its thread
+            assert addon.bindings[0].refresher.snapshot.signing is not None
+            elsewhere = _flow(host="example.org")
+            before = elsewhere.request.headers.fields
+            addon.check_reroute(elsewhere)
+            assert elsewhere.request.headers.fields == before
+
+            streamed = _flow()
+            streamed.request.stream = True
+            addon.sign_streamed(streamed)
+            assert streamed.killable is False and streamed.error is not None  # killed: nothing is sent
+            assert "unsigned_payload not set" in streamed.comment
+            assert "authorization" not in streamed.request.headers
+        finally:
+            addon.done()
+
+
+def test_a_streamed_s3_body_is_sent_as_unsigned_payload_when_allowed(tmp_path, monkeypatch):
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        _signing_addon(tctx, tmp_path, monkeypatch, unsigned_payload="true")
+        try:
+            addon.bindings[0].refresher.refresh()  # the chain read once, here rather than on its thread
+            assert addon.bindings[0].refresher.snapshot.signing is not None
+            f = _flow()
+            f.request.stream = True
+            assert addon.sign_streamed(f) is None
+            assert f.response is None
+            assert f.request.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+            assert "x-amz-content-sha256" in f.request.headers["authorization"]
+            before = f.request.headers.fields
+            addon.check_reroute(f)  # its `request` hook, once the body has been streamed: not signed again
+            assert f.request.headers.fields == before
+        finally:
+            addon.done()
+
+
+def test_settings_are_checked_at_configuration(monkeypatch):
+    import pytest
+
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    with pytest.raises(ValueError, match="region: required for kind aws-sigv4 unless AWS_REGION"):
+        _settings(region="")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
+    assert _settings(region="").source.region == "ap-south-1"
+
+    # SettingsError is a ValueError; its class is not named here, as other test files reload our modules.
+    with pytest.raises(ValueError, match="service: required"):
+        _settings(service="")
+    with pytest.raises(ValueError, match="unsigned_payload: only S3"):
+        _settings(service="sts", unsigned_payload=True)
+    assert _settings().source.display == "aws-sigv4 s3 eu-west-1"
+    assert type(_settings().source).__name__ == AwsSigV4Source.__name__
+
+
+def test_static_credentials_sign_without_a_session_token():
+    from header_augment_core.kinds.aws_sigv4 import Frozen, Signer
+
+    signer = Signer(_settings().source)
+    url = "https://b.s3.eu-west-1.amazonaws.com/"
+    added = dict(
+        signer.sign(Frozen(KEY, SECRET, None, "env", None), "GET", url, [("host", "b.s3.eu-west-1.amazonaws.com")], b"")
+    )
+    assert "X-Amz-Security-Token" not in added
+    assert "SignedHeaders=host;x-amz-content-sha256;x-amz-date," in added["Authorization"]

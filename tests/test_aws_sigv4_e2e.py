@@ -1,0 +1,323 @@
+"""kind aws-sigv4 end to end: a real mitmdump signs for clients that hold no AWS credentials, and moto's server (a
+real process on 127.0.0.1, IAM authentication on once it is set up) recomputes every signature and refuses a wrong
+one. moto's quirks: its STS checks a signature over a form body only, and its server parses away a PUT body sent as
+application/x-www-form-urlencoded, so bodies here are application/octet-stream."""
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import httpx
+import pytest
+from conftest import client_for
+from processes import Running
+from servers import ROOT, Mitmdump, Upstream
+from test_clients import readme_blocks
+
+MOTO_SERVER = Path(sys.executable).parent / "moto_server"
+BUCKET = "sigv4-bucket"
+REGION = "us-east-1"
+ADMIN = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'
+TRUST = (
+    '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Federated": "oidc"}, '
+    '"Action": "sts:AssumeRoleWithWebIdentity"}]}'
+)
+IDENTITY_FORM = b"Action=GetCallerIdentity&Version=2011-06-15"
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    """moto's server with a user holding an access key, a role for web identity and a bucket; then auth on."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and "proxy" not in k.lower()}
+    server = Running([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], cwd=ROOT, env=env)
+    try:
+        server.wait_for(rf"Running on http://127\.0\.0\.1:{port}")
+        url = f"http://127.0.0.1:{port}"
+        setup = {"endpoint_url": url, "region_name": REGION, "aws_access_key_id": "x", "aws_secret_access_key": "x"}
+        iam = boto3.client("iam", **setup)
+        iam.create_user(UserName="proxy")
+        iam.put_user_policy(UserName="proxy", PolicyName="all", PolicyDocument=ADMIN)
+        key = iam.create_access_key(UserName="proxy")["AccessKey"]
+        role = iam.create_role(RoleName="workload", AssumeRolePolicyDocument=TRUST)["Role"]["Arn"]
+        iam.put_role_policy(RoleName="workload", PolicyName="all", PolicyDocument=ADMIN)
+        boto3.client("s3", **setup).create_bucket(Bucket=BUCKET)
+        httpx.post(f"{url}/moto-api/reset-auth", content=b"0", trust_env=False).raise_for_status()
+        yield {"url": url, "port": port, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"], "role": role}
+    finally:
+        server.kill_group()
+
+
+def _providers(path: Path, port: int, extra: str = "") -> Path:
+    path.write_text(
+        f"""
+- name: s3
+  kind: aws-sigv4
+  service: s3
+  region: {REGION}
+  hosts: 127.0.0.1:{port}
+  scope: "~u /{BUCKET}"
+  require: true
+- name: sts
+  kind: aws-sigv4
+  service: sts
+  region: {REGION}
+  hosts: 127.0.0.1:{port}
+  require: true
+{extra}"""
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def signing_proxy(moto, tmp_path_factory):
+    """One mitmdump signing with the user's static keys, at debug, for the tests that share it."""
+    tmp = tmp_path_factory.mktemp("sigv4")
+    providers = _providers(tmp / "providers.yaml", moto["port"])
+    env = {"AWS_ACCESS_KEY_ID": moto["key"], "AWS_SECRET_ACCESS_KEY": moto["secret"]}
+    m = Mitmdump(
+        tmp / "confdir",
+        *("--set", f"header_providers_file={providers}", "--set", "termlog_verbosity=debug"),
+        env=env,
+    )
+    yield m
+    m.stop()
+
+
+def test_sts_get_caller_identity_by_post_form_without_and_with_headers_of_the_client(moto, signing_proxy):
+    with client_for(signing_proxy.proxy) as client:
+        plain = client.post(moto["url"] + "/", content=IDENTITY_FORM, headers=FORM)
+        own = client.post(
+            moto["url"] + "/",
+            content=IDENTITY_FORM,
+            headers={**FORM, "X-Trace": "a  b", "Accept": "text/xml", "Connection": "keep-alive, X-Hop", "X-Hop": "1"},
+        )
+    for answer in (plain, own):
+        assert answer.status_code == 200, answer.text
+        assert "<Arn>arn:aws:iam::123456789012:user/proxy</Arn>" in answer.text
+
+
+def test_a_signature_the_client_sent_is_replaced_not_doubled(moto, signing_proxy):
+    forged = {
+        "Authorization": "AWS4-HMAC-SHA256 Credential=AKIAFORGED/20200101/us-east-1/sts/aws4_request, "
+        "SignedHeaders=host, Signature=00",
+        "X-Amz-Date": "20200101T000000Z",
+        "X-Amz-Security-Token": "forged-token",
+    }
+    with client_for(signing_proxy.proxy) as client:
+        answer = client.post(moto["url"] + "/", content=IDENTITY_FORM, headers={**FORM, **forged})
+    assert answer.status_code == 200, answer.text
+    assert "user/proxy" in answer.text
+
+
+def test_s3_put_and_get_of_a_large_body_and_a_listing_whose_query_needs_canonical_encoding(moto, signing_proxy):
+    body = os.urandom(3 * 1024 * 1024)  # above the size hashed on the event loop
+    with client_for(signing_proxy.proxy) as client:
+        put = client.put(
+            f"{moto['url']}/{BUCKET}/dir a/big.bin", content=body, headers={"Content-Type": "application/octet-stream"}
+        )
+        assert put.status_code == 200, put.text
+        got = client.get(f"{moto['url']}/{BUCKET}/dir a/big.bin")
+        assert got.status_code == 200, got.text
+        assert got.content == body
+        # `+` for a space and a bare `/`, as clients write them: sent and signed as %20 and %2F.
+        listing = client.send(
+            client.build_request("GET", httpx.URL(f"{moto['url']}/{BUCKET}?list-type=2&prefix=dir+a/&delimiter=/"))
+        )
+    assert listing.status_code == 200, listing.text
+    assert "<Key>dir a/big.bin</Key>" in listing.text
+
+
+def test_out_of_scope_hosts_are_untouched_and_moto_refuses_them_unsigned(moto, signing_proxy, tmp_path):
+    echo = Upstream()
+    try:
+        with client_for(signing_proxy.proxy) as client:
+            seen = client.get(f"http://127.0.0.1:{echo.port}/x", headers={"X-Amz-Date": "20200101T000000Z"})
+        names = [name.lower() for name, _ in seen.json()["headers"]]
+        assert "authorization" not in names and "x-amz-security-token" not in names
+    finally:
+        echo.close()
+
+
+def test_nothing_secret_in_the_output_at_debug(moto, signing_proxy):
+    with client_for(signing_proxy.proxy) as client:
+        assert client.post(moto["url"] + "/", content=IDENTITY_FORM, headers=FORM).status_code == 200
+    signing_proxy.wait_for("signed \\(sigv4 sts us-east-1\\)|GetCallerIdentity|POST", timeout=10)
+    output = signing_proxy.output
+    assert moto["secret"] not in output
+    assert "Signature=" not in output
+
+
+def test_web_identity_credentials_through_aws_endpoint_url_sts(moto, mitmdump, tmp_path):
+    (tmp_path / "token").write_text("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ3b3JrbG9hZCJ9.")
+    env = {
+        "AWS_ROLE_ARN": moto["role"],
+        "AWS_WEB_IDENTITY_TOKEN_FILE": str(tmp_path / "token"),
+        "AWS_ENDPOINT_URL_STS": moto["url"],
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    # moto's server answers 500 to an unsigned AssumeRoleWithWebIdentity while authentication is on (AWS takes it
+    # unsigned): actions go unauthenticated until both entries have their credentials, and every one after is checked.
+    httpx.post(f"{moto['url']}/moto-api/reset-auth", content=b"10", trust_env=False).raise_for_status()
+    try:
+        providers = _providers(tmp_path / "providers.yaml", moto["port"])
+        m = mitmdump("--set", f"header_providers_file={providers}", "--set", "termlog_verbosity=debug", env=env)
+        m.wait_for(r"header provider s3 .*credentials in use \(assume-role-with-web-identity\)")
+        m.wait_for(r"header provider sts .*credentials in use \(assume-role-with-web-identity\)")
+    finally:
+        httpx.post(f"{moto['url']}/moto-api/reset-auth", content=b"0", trust_env=False).raise_for_status()
+    with client_for(m.proxy) as client:
+        answer = client.post(moto["url"] + "/", content=IDENTITY_FORM, headers=FORM)
+        put = client.put(
+            f"{moto['url']}/{BUCKET}/from-role", content=b"x" * 100, headers={"Content-Type": "text/plain"}
+        )
+    assert answer.status_code == 200, m.output
+    assert "assumed-role/workload" in answer.text
+    assert put.status_code == 200, put.text
+    output = m.output.lower()
+    assert "x-amz-security-token:" not in output and "canonicalrequest" not in output and "traceback" not in output
+
+
+def test_no_credentials_anywhere_refuses_in_scope_requests_with_503(moto, mitmdump, tmp_path):
+    env = {
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    m = mitmdump("--set", f"header_providers_file={_providers(tmp_path / 'providers.yaml', moto['port'])}", env=env)
+    with client_for(m.proxy) as client:
+        answer = client.post(moto["url"] + "/", content=IDENTITY_FORM, headers=FORM)
+    assert answer.status_code == 503
+
+
+def test_start_up_without_botocore_says_what_to_install(moto, mitmdump, tmp_path):
+    hidden = tmp_path / "hide"
+    hidden.mkdir()
+    # A sitecustomize that makes `import botocore` fail, as if the extra were not installed.
+    (hidden / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'botocore' or name.startswith('botocore.'):\n"
+        "            raise ImportError('hidden')\n"
+        "sys.meta_path.insert(0, _Hide())\n"
+    )
+    providers = _providers(tmp_path / "providers.yaml", moto["port"])
+    m = mitmdump("--set", f"header_providers_file={providers}", wait_listening=False, env={"PYTHONPATH": str(hidden)})
+    assert m.wait_exit() != 0
+    assert "pip install 'header-augment[aws]'" in m.output
+    # Every other kind runs without it: the images that do not use the kind do not install botocore.
+    other = tmp_path / "other.yaml"
+    other.write_text("- kind: file\n  path: /nonexistent\n  hosts: api.example.com\n")
+    m = mitmdump("--set", f"header_providers_file={other}", env={"PYTHONPATH": str(hidden)})
+    assert m.proc.poll() is None and "botocore" not in m.output
+
+
+def test_a_streamed_body_is_sent_as_unsigned_payload_to_s3_only_where_the_entry_allows_it(moto, mitmdump, tmp_path):
+    unsigned = f"""- name: unsigned
+  kind: aws-sigv4
+  service: s3
+  region: {REGION}
+  unsigned_payload: true
+  hosts: 127.0.0.1:{moto["port"]}
+  scope: "~u /{BUCKET}/streamed/"
+"""
+    providers = tmp_path / "providers.yaml"
+    providers.write_text(unsigned + _providers(tmp_path / "signed.yaml", moto["port"]).read_text())
+    env = {"AWS_ACCESS_KEY_ID": moto["key"], "AWS_SECRET_ACCESS_KEY": moto["secret"]}
+    m = mitmdump("--set", f"header_providers_file={providers}", "--set", "stream_large_bodies=64k", env=env)
+    body = os.urandom(2 * 1024 * 1024)
+    octets = {"Content-Type": "application/octet-stream"}
+    with client_for(m.proxy) as client:
+        streamed = client.put(f"{moto['url']}/{BUCKET}/streamed/big.bin", content=body, headers=octets)
+        assert streamed.status_code == 200, streamed.text
+        assert client.get(f"{moto['url']}/{BUCKET}/streamed/big.bin").content == body
+        with pytest.raises(httpx.TransportError):  # killed before anything was sent: no answer can be given
+            client.put(f"{moto['url']}/{BUCKET}/other/big.bin", content=body, headers=octets)
+        m.wait_for(r"header provider s3 .*streamed request body.*unsigned_payload: true")
+        assert client.get(f"{moto['url']}/{BUCKET}/other/big.bin").status_code == 404  # never sent
+        small = client.put(f"{moto['url']}/{BUCKET}/other/small.bin", content=b"x" * 1000, headers=octets)
+        assert small.status_code == 200, small.text  # under stream_large_bodies: hashed and signed
+
+
+def test_the_readme_recipe_uploads_with_curl_holding_no_aws_configuration(moto, tmp_path):
+    """The README's providers file and commands, with its S3 host and URL pointed at moto (path-style, plain HTTP)."""
+    section = "AWS APIs, signed by the proxy: `kind: aws-sigv4`"
+    recipe, commands = [b for b in readme_blocks() if b.section == section]
+    providers = tmp_path / "aws.yaml"
+    hosts = '  hosts: ["*.s3.eu-west-1.amazonaws.com"]'
+    assert hosts in recipe.text
+    providers.write_text(recipe.text.replace(hosts, f"  hosts: 127.0.0.1:{moto['port']}"))
+    start, upload = commands.lines
+    assert start == "mitmdump -s addon/header_augment.py --set header_providers_file=aws.yaml"
+    env = {"AWS_ACCESS_KEY_ID": moto["key"], "AWS_SECRET_ACCESS_KEY": moto["secret"]}
+    m = Mitmdump(tmp_path / "confdir", "--set", f"header_providers_file={providers}", env=env)
+    try:
+        (tmp_path / "report.csv").write_text("region,total\neu-west-1,42\n")
+        url = "https://my-bucket.s3.eu-west-1.amazonaws.com/report.csv"
+        args = upload.replace("http://127.0.0.1:8080", m.proxy).replace(url, f"{moto['url']}/{BUCKET}/report.csv")
+        args = args.replace("~/.mitmproxy/mitmproxy-ca-cert.pem", str(tmp_path / "confdir" / "mitmproxy-ca-cert.pem"))
+        done = subprocess.run(
+            [*shlex.split(args), "--silent", "--show-error", "--fail-with-body", "--noproxy", ""],
+            cwd=tmp_path,
+            env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},  # no AWS configuration at all
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        with client_for(m.proxy) as client:
+            assert client.get(f"{moto['url']}/{BUCKET}/report.csv").text == "region,total\neu-west-1,42\n"
+    finally:
+        m.stop()
+
+
+def test_a_flow_rerouted_by_map_remote_is_signed_for_where_it_goes(moto, mitmdump, tmp_path):
+    echo = Upstream()
+    try:
+        env = {"AWS_ACCESS_KEY_ID": moto["key"], "AWS_SECRET_ACCESS_KEY": moto["secret"]}
+        m = mitmdump(
+            *("--set", f"header_providers_file={_providers(tmp_path / 'providers.yaml', moto['port'])}"),
+            *("--map-remote", f"|//sts.test/|//127.0.0.1:{moto['port']}/"),
+            *("--map-remote", f"|//127.0.0.1:{moto['port']}/away|//127.0.0.1:{echo.port}/"),
+            env=env,
+        )
+        with client_for(m.proxy) as client:
+            into = client.post("http://sts.test/", content=IDENTITY_FORM, headers=FORM)
+            away = client.get(f"{moto['url']}/away")
+        assert into.status_code == 200, into.text  # signed for 127.0.0.1:port, where it went
+        assert "user/proxy" in into.text
+        names = [name.lower() for name, _ in away.json()["headers"]]
+        assert "authorization" not in names and "x-amz-date" not in names
+    finally:
+        echo.close()
+
+
+def test_a_web_identity_call_that_fails_names_the_chain_step_and_requests_get_503(moto, mitmdump, tmp_path):
+    (tmp_path / "token").write_text("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ3b3JrbG9hZCJ9.")
+    env = {
+        "AWS_ROLE_ARN": moto["role"],
+        "AWS_WEB_IDENTITY_TOKEN_FILE": str(tmp_path / "token"),
+        "AWS_ENDPOINT_URL_STS": f"http://127.0.0.1:{_free_port()}",  # nothing listens there
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    m = mitmdump("--set", f"header_providers_file={_providers(tmp_path / 'providers.yaml', moto['port'])}", env=env)
+    m.wait_for(r"header provider sts .*refresh failed: assume-role-with-web-identity: \w+")
+    with client_for(m.proxy) as client:
+        assert client.post(moto["url"] + "/", content=IDENTITY_FORM, headers=FORM).status_code == 503
+    assert "eyJhbGciOiJub25lIn0" not in m.output and "Traceback" not in m.output
