@@ -35,10 +35,11 @@ from header_augment_core.carried import (  # noqa: E402
     scrub_headers,
     without_markers,
 )
-from header_augment_core.counters import RequestCounters, request_summary  # noqa: E402
+from header_augment_core.clients import Clients  # noqa: E402
+from header_augment_core.counters import RequestCounters, Seen, request_summary  # noqa: E402
 from header_augment_core.fields import SettingsError  # noqa: E402
 from header_augment_core.files import SettledChange, stamp  # noqa: E402
-from header_augment_core.hosts import Hosts  # noqa: E402
+from header_augment_core.hosts import HostIndex, Hosts, request_key  # noqa: E402
 from header_augment_core.options import OPTIONS, check_deferred, label, settings_from_options  # noqa: E402
 from header_augment_core.providers_file import load_providers_file  # noqa: E402
 from header_augment_core.refresher import Refresher  # noqa: E402
@@ -84,23 +85,22 @@ class Binding:
     refresher: Refresher
     hosts: Hosts | None
     scope: flowfilter.TFilter | None
+    clients: Clients | None
     counters: Any  # RequestCounters
     comment: str  # how a flow's comment names this provider
     mode: Merge  # settings.merge, one attribute away on the request path
 
-    def apply(self, flow: http.HTTPFlow, may_wait: bool = True) -> object:
-        """Add the headers to `flow` if it is in scope. Returns WAIT (having done nothing) when the flow should be
-        held until the provider's first fetch has finished."""
+    def apply(self, flow: http.HTTPFlow, key: str | None, may_wait: bool = True) -> object:
+        """Add the headers to `flow` if it is in scope (`key`: its host's `request_key`). Returns WAIT (having done
+        nothing) when the flow should be held until the provider's first fetch has finished."""
         counters = self.counters
         request = flow.request
         host, port = request.host, request.port
-        if self.hosts is not None and not self.hosts.matches(host, port):
-            counters.out_of_scope += 1
-            if not host.isascii() and (why := self.hosts.why_unmatchable(host)) is not None:  # no call for ASCII
-                _note(flow, f"{self.comment}not sent: {why}")
+        if self.hosts is not None and not self.hosts.matches_key(key, port):
             return None
         if self.scope is not None and not self.scope(flow):
-            counters.out_of_scope += 1
+            return None
+        if self.clients is not None and not self.clients.matches(flow):
             return None
         refresher = self.refresher
         snapshot = refresher.snapshot  # read once: a request never mixes two answers
@@ -108,6 +108,7 @@ class Binding:
         if until != math.inf and time.monotonic() >= until:  # most snapshots are usable forever: no clock read
             if may_wait and snapshot is NOTHING and not refresher.first_attempt_done:
                 return WAIT
+            counters.in_scope += 1
             never = snapshot is NOTHING
             if self.settings.require:
                 flow.response = _refusal(never)
@@ -117,6 +118,7 @@ class Binding:
                 counters.without += 1
                 _note(flow, f"{self.comment}no usable headers, passed without")
             return None
+        counters.in_scope += 1
         existing = request.headers.fields
         fields, clashes = merge(existing, snapshot, self.mode, request.data.http_version in _LOWER_CASE_NAMES)
         if clashes:
@@ -182,6 +184,7 @@ def _resolve(future: asyncio.Future) -> None:
 class HeaderAugment:
     def __init__(self) -> None:
         self.bindings: tuple[Binding, ...] = ()
+        self._seen = Seen()  # flows the request hook looked at: each entry's out_of_scope is derived from it
         self._running = False
         self._configured = False
         self._file: SettledChange | None = None
@@ -192,6 +195,16 @@ class HeaderAugment:
         self._guard = RerouteGuard(self.check_reroute)
         self._keep_values = False  # header_keep_values, read once per change: options are slow to read per flow
         self._reasked_at: weakref.WeakKeyDictionary[Refresher, float] = weakref.WeakKeyDictionary()
+
+    @property
+    def bindings(self) -> tuple[Binding, ...]:
+        return self._bindings
+
+    @bindings.setter
+    def bindings(self, bindings: tuple[Binding, ...]) -> None:
+        """The entries in file order, and the index the request path finds them by (built here, off the hot path)."""
+        self._index = HostIndex([(b.settings.hosts, b) for b in bindings])
+        self._bindings = bindings
 
     # -- configuration ------------------------------------------------------------------------------------------
 
@@ -206,7 +219,9 @@ class HeaderAugment:
                 self._admin.want(ctx.options.header_admin_listen)
             if "header_keep_values" in updated:
                 self._keep_values = ctx.options.header_keep_values
-            if any(name.startswith("header_") and name not in (ADMIN_OPTION, "header_keep_values") for name in updated):
+            if "proxyauth" in updated or any(
+                name.startswith("header_") and name not in (ADMIN_OPTION, "header_keep_values") for name in updated
+            ):  # proxyauth: an entry's clients may name users only while it is set
                 self._configure_providers()
             if ADMIN_OPTION in updated and self._running:
                 self._admin.serve()
@@ -242,6 +257,13 @@ class HeaderAugment:
     def _bind_all(self, wanted: list[tuple[ProviderSettings, Label]], made: dict) -> tuple[Binding, ...]:
         """Entries with equal fetch settings share one refresher, kept from the running configuration when it is
         there; an entry keeps its counters across reloads (found by its name, or its source and position)."""
+        authenticating = bool(ctx.options.proxyauth) if "proxyauth" in ctx.options else False
+        for settings, label_of in wanted:
+            if settings.clients.names and not authenticating:
+                raise SettingsError(
+                    f"{label_of('clients')}: names users ({', '.join(sorted(settings.clients.names))}), but "
+                    "proxyauth is not set: only mitmproxy's proxyauth says who a client is"
+                )
         # A refresher that died (an unexpected error, logged) is replaced, not kept: reconfiguring revives it.
         running = {
             b.settings.fetch_key: b.refresher
@@ -267,7 +289,8 @@ class HeaderAugment:
                     refresher=refresher,
                     hosts=hosts,
                     scope=_compile_scope(settings, label_of),
-                    counters=counters.get(self._entry_key(settings, index)) or RequestCounters(),
+                    clients=settings.clients or None,
+                    counters=counters.get(self._entry_key(settings, index)) or RequestCounters(self._seen),
                     comment=name,
                     mode=settings.merge,
                 )
@@ -388,7 +411,18 @@ class HeaderAugment:
         if request.data.method == b"TRACE":  # the upstream would send the request, with our headers, back
             _note(flow, "header-augment: no headers for TRACE")
             return None
-        return self._apply(flow, self.bindings, set())
+        key, bindings = self._for(flow)
+        return self._apply(flow, bindings, key, set())
+
+    def _for(self, flow: http.HTTPFlow) -> tuple[str | None, tuple[Binding, ...]]:
+        """The flow's host as patterns are kept (once per request), and the entries that may be for it, in order:
+        what they are not for costs nothing (their out_of_scope is derived from the flows seen)."""
+        self._seen.count += 1
+        host = flow.request.host
+        key = request_key(host)
+        if key is None and (why := self._index.why_unmatchable(host)) is not None:
+            _note(flow, f"header-augment: not sent: {why}")
+        return key, self._index.candidates(key)
 
     def check_reroute(self, flow: http.HTTPFlow) -> None:
         """The match was made in `requestheaders` against the destination then. If an addon has rerouted the flow
@@ -407,7 +441,8 @@ class HeaderAugment:
         )
         _note(flow, f"header-augment: headers taken back: rerouted from {carried.host}:{carried.port} after the match")
         if not (flow.response or flow.error):
-            self._apply(flow, self.bindings, {b.refresher for b in self.bindings})  # no waiting here
+            key, bindings = self._for(flow)
+            self._apply(flow, bindings, key, {b.refresher for b in bindings})  # no waiting here
 
     # -- once the request has left: nothing we added stays in the flow or comes back in the answer -------------
 
@@ -464,21 +499,25 @@ class HeaderAugment:
                 binding.counters.reasked += 1
                 refresher.refresh_now()
 
-    def _apply(self, flow: http.HTTPFlow, bindings: tuple[Binding, ...], waited: set) -> Coroutine | None:
+    def _apply(
+        self, flow: http.HTTPFlow, bindings: tuple[Binding, ...], key: str | None, waited: set
+    ) -> Coroutine | None:
         """Apply `bindings` in order; a coroutine (for mitmproxy to await) if one must wait for a first fetch."""
         for index, binding in enumerate(bindings):
             try:
-                outcome = binding.apply(flow, may_wait=binding.refresher not in waited)
+                outcome = binding.apply(flow, key, may_wait=binding.refresher not in waited)
             except Exception:
                 self._hook_error(flow, binding)
                 return None
             if outcome is WAIT:
-                return self._after_first_fetch(flow, bindings[index:], waited)
+                return self._after_first_fetch(flow, bindings[index:], key, waited)
             if flow.response:
                 return None
         return None
 
-    async def _after_first_fetch(self, flow: http.HTTPFlow, bindings: tuple[Binding, ...], waited: set) -> None:
+    async def _after_first_fetch(
+        self, flow: http.HTTPFlow, bindings: tuple[Binding, ...], key: str | None, waited: set
+    ) -> None:
         """Hold `flow` until the provider's first fetch has finished (bounded by its timeout), then go on. Only this
         flow waits: the event loop and every other request carry on."""
         binding = bindings[0]
@@ -500,7 +539,7 @@ class HeaderAugment:
         waited.add(binding.refresher)
         if flow.response or flow.error or not flow.live:
             return
-        if (more := self._apply(flow, bindings, waited)) is not None:
+        if (more := self._apply(flow, bindings, key, waited)) is not None:
             await more
 
     def _hook_error(self, flow: http.HTTPFlow, binding: Binding) -> None:
@@ -518,6 +557,7 @@ class HeaderAugment:
             flow.response = http.Response.make(
                 503, "header-augment: internal error (header_require is set)\n", {"Content-Type": "text/plain"}
             )
+            binding.counters.in_scope += 1  # it was refused as one in scope
             binding.counters.refused += 1
 
     # -- commands -----------------------------------------------------------------------------------------------
