@@ -39,7 +39,7 @@ from header_augment_core.clients import Clients  # noqa: E402
 from header_augment_core.counters import RequestCounters, Seen, request_summary  # noqa: E402
 from header_augment_core.fields import SettingsError  # noqa: E402
 from header_augment_core.files import SettledChange, stamp  # noqa: E402
-from header_augment_core.hosts import HostIndex, Hosts, request_key  # noqa: E402
+from header_augment_core.hosts import HostIndex, Hosts  # noqa: E402
 from header_augment_core.options import OPTIONS, check_deferred, label, settings_from_options  # noqa: E402
 from header_augment_core.providers_file import load_providers_file  # noqa: E402
 from header_augment_core.refresher import Refresher  # noqa: E402
@@ -418,11 +418,11 @@ class HeaderAugment:
         """The flow's host as patterns are kept (once per request), and the entries that may be for it, in order:
         what they are not for costs nothing (their out_of_scope is derived from the flows seen)."""
         self._seen.count += 1
-        host = flow.request.host
-        key = request_key(host)
-        if key is None and (why := self._index.why_unmatchable(host)) is not None:
+        index, host = self._index, flow.request.host
+        key = index.key_of(host)
+        if key is None and (why := index.why_unmatchable(host)) is not None:
             _note(flow, f"header-augment: not sent: {why}")
-        return key, self._index.candidates(key)
+        return key, index.candidates(key)
 
     def check_reroute(self, flow: http.HTTPFlow) -> None:
         """The match was made in `requestheaders` against the destination then. If an addon has rerouted the flow

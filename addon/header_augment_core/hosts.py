@@ -170,7 +170,12 @@ class HostIndex[T]:
         self._exact = {host: self._group(positions) for host, positions in exact.items()}
         self._below = {host: self._group(positions) for host, positions in below.items()}
         self._always = self._group(always)
+        self._only_exact = not below and not always  # the common case: one lookup is the whole answer
         self.named = bool(exact or below)  # whether any entry names hosts (a Unicode host unmatchable is noted)
+
+    def key_of(self, host: str) -> str | None:
+        """`request_key(host)`, with no work for a host given in the form kept (a key here is its own key)."""
+        return host if host in self._exact else request_key(host)
 
     def _group(self, positions: list[int]) -> tuple[tuple[int, ...], tuple[T, ...]]:
         return tuple(positions), tuple(self._items[p] for p in positions)
@@ -179,7 +184,10 @@ class HostIndex[T]:
         """The items, in order, that may be for `key` (from `request_key`)."""
         if key is None:
             return self._always[1]
-        found = [g] if (g := self._exact.get(key)) is not None else []
+        g = self._exact.get(key)
+        if self._only_exact:
+            return () if g is None else g[1]
+        found = [] if g is None else [g]
         below = self._below
         if below and not _numeric_end(key):  # `*.name` is for names: an address matches only address patterns
             dot = key.find(".")
