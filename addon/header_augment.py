@@ -257,12 +257,14 @@ class HeaderAugment:
     def _bind_all(self, wanted: list[tuple[ProviderSettings, Label]], made: dict) -> tuple[Binding, ...]:
         """Entries with equal fetch settings share one refresher, kept from the running configuration when it is
         there; an entry keeps its counters across reloads (found by its name, or its source and position)."""
-        authenticating = bool(ctx.options.proxyauth) if "proxyauth" in ctx.options else False
+        proxyauth = ctx.options.proxyauth if "proxyauth" in ctx.options else ""
         for settings, label_of in wanted:
-            if settings.clients.names and not authenticating:
+            if settings.clients.names and (not proxyauth or proxyauth.strip().lower() == "any"):
+                # proxyauth=any takes whatever user name a client sends: it would let any client be anyone.
+                why = "is not set" if not proxyauth else "is 'any', which accepts every user name a client sends"
                 raise SettingsError(
                     f"{label_of('clients')}: names users ({', '.join(sorted(settings.clients.names))}), but "
-                    "proxyauth is not set: only mitmproxy's proxyauth says who a client is"
+                    f"proxyauth {why}: only users proxyauth checked tell clients apart"
                 )
         # A refresher that died (an unexpected error, logged) is replaced, not kept: reconfiguring revives it.
         running = {

@@ -85,6 +85,8 @@ def test_user_names_in_a_providers_file_need_proxyauth_naming_the_entry(tmp_path
             tctx.configure(addon, header_providers_file=str(path))
         tctx.configure(auth, proxyauth="bob:pw")
         tctx.configure(addon, header_providers_file=str(path))
+        with pytest.raises(exceptions.OptionsError, match="proxyauth is 'any', which accepts every user name"):
+            tctx.configure(auth, proxyauth="any")  # a client could say it is bob
         assert addon.bindings[0].clients.names == {"bob"}
         with pytest.raises(exceptions.OptionsError, match="clients: names users"):
             tctx.configure(auth, proxyauth="")  # the entry still names bob: refused, the configuration stays

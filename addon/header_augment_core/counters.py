@@ -16,7 +16,7 @@ class CounterDef:
 # (header_augment_requests_total{outcome=...}); the others count alongside them.
 REQUEST_OUTCOMES = (
     CounterDef("given", "given headers", "left with this provider's headers"),
-    CounterDef("out_of_scope", "out of scope", "not for this provider (hosts or scope did not match)"),
+    CounterDef("out_of_scope", "out of scope", "not for this provider (its hosts, scope or clients did not match)"),
     CounterDef("refused", "refused (503)", "answered 503 because no usable headers were there (require)"),
     CounterDef("without", "passed without headers", "in scope, but passed on without headers (none usable)"),
 )

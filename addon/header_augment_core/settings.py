@@ -64,8 +64,8 @@ class ProviderSettings:
             Sequence[str],
             [],
             "The clients of the proxy that get the provider's headers: user names as proxyauth authenticated "
-            "them (proxyauth must be set), client addresses or networks (127.0.0.2, 10.1.0.0/16, [fd00::]/8). "
-            "Repeat the option or separate with commas. Empty: every client.",
+            "them (proxyauth must be set, and not to any), client addresses or networks (127.0.0.2, "
+            "10.1.0.0/16, [fd00::]/8). Repeat the option or separate with commas. Empty: every client.",
         ),
     )
     merge: Merge = setting(
