@@ -421,10 +421,10 @@ class HeaderAugment:
         what they are not for costs nothing (their out_of_scope is derived from the flows seen)."""
         self._seen.count += 1
         index, host = self._index, flow.request.host
-        key = index.key_of(host)
+        key, bindings = index.lookup(host)
         if key is None and (why := index.why_unmatchable(host)) is not None:
             _note(flow, f"header-augment: not sent: {why}")
-        return key, index.candidates(key)
+        return key, bindings
 
     def check_reroute(self, flow: http.HTTPFlow) -> None:
         """The match was made in `requestheaders` against the destination then. If an addon has rerouted the flow

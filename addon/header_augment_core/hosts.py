@@ -173,9 +173,14 @@ class HostIndex[T]:
         self._only_exact = not below and not always  # the common case: one lookup is the whole answer
         self.named = bool(exact or below)  # whether any entry names hosts (a Unicode host unmatchable is noted)
 
-    def key_of(self, host: str) -> str | None:
-        """`request_key(host)`, with no work for a host given in the form kept (a key here is its own key)."""
-        return host if host in self._exact else request_key(host)
+    def lookup(self, host: str) -> tuple[str | None, tuple[T, ...]]:
+        """A request host's `request_key` and `candidates`: no work for a host given in the form kept (a name
+        here is its own key), and one lookup when every entry names exact hosts (the common case)."""
+        group = self._exact.get(host)
+        if group is not None and self._only_exact:
+            return host, group[1]
+        key = host if group is not None else request_key(host)
+        return key, self.candidates(key)
 
     def _group(self, positions: list[int]) -> tuple[tuple[int, ...], tuple[T, ...]]:
         return tuple(positions), tuple(self._items[p] for p in positions)
