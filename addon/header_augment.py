@@ -413,7 +413,11 @@ class HeaderAugment:
         if request.data.method == b"TRACE":  # the upstream would send the request, with our headers, back
             _note(flow, "header-augment: no headers for TRACE")
             return None
-        key, bindings = self._for(flow)
+        self._seen.count += 1  # what _for does, written out here: a call less per request
+        index, host = self._index, request.host
+        key, bindings = index.lookup(host)
+        if key is None and (why := index.why_unmatchable(host)) is not None:
+            _note(flow, f"header-augment: not sent: {why}")
         return self._apply(flow, bindings, key, set())
 
     def _for(self, flow: http.HTTPFlow) -> tuple[str | None, tuple[Binding, ...]]:

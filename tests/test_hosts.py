@@ -387,15 +387,16 @@ ASKED = [
 
 @pytest.mark.parametrize("host", ASKED)
 @pytest.mark.parametrize("port", [443, 8443])
-def test_the_index_finds_exactly_the_entries_that_match_in_file_order(host, port):
-    entries = [(parse_hosts(patterns), number) for number, patterns in enumerate(INDEXED)]
-    key = request_key(host)
-    found = [n for n in HostIndex(entries).candidates(key) if entries[n][0].matches_key(key, port) or not entries[n][0]]
+@pytest.mark.parametrize("table", [INDEXED, INDEXED[:3], ["*", ""], ["api.example.com", "other.test"]])
+def test_the_index_finds_exactly_the_entries_that_match_in_file_order(host, port, table):
+    entries = [(parse_hosts(patterns), number) for number, patterns in enumerate(table)]
+    key, candidates = HostIndex(entries).lookup(host)
+    found = [n for n in candidates if not entries[n][0] or entries[n][0].matches_key(key, port)]
     assert found == [n for n, (hosts, _) in enumerate(entries) if not hosts or hosts.matches(host, port)]
 
 
 def test_the_index_gives_a_named_host_only_its_own_entries_among_many():
     entries = [(parse_hosts(f"h{n}.example"), n) for n in range(10_000)] + [(parse_hosts("*.example"), "below")]
     index = HostIndex(entries)
-    assert index.candidates(request_key("h9999.example")) == (9999, "below")
-    assert index.candidates(request_key("nobody.test")) == ()
+    assert index.lookup("h9999.example") == ("h9999.example", (9999, "below"))
+    assert index.lookup("nobody.test") == ("nobody.test", ())

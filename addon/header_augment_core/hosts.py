@@ -175,10 +175,13 @@ class HostIndex[T]:
 
     def lookup(self, host: str) -> tuple[str | None, tuple[T, ...]]:
         """A request host's `request_key` and `candidates`: no work for a host given in the form kept (a name
-        here is its own key), and one lookup when every entry names exact hosts (the common case)."""
+        here is its own key), one lookup when every entry names exact hosts (the common case), and none when no
+        entry names hosts (the host as given then stands for its key: `*` matches any)."""
         group = self._exact.get(host)
         if group is not None and self._only_exact:
             return host, group[1]
+        if not self.named:  # only entries for every host: they need no key
+            return host, self._always[1]
         key = host if group is not None else request_key(host)
         return key, self.candidates(key)
 
