@@ -37,10 +37,11 @@ from header_augment_core.carried import (  # noqa: E402
     scrub_headers,
     without_markers,
 )
-from header_augment_core.counters import RequestCounters, request_summary  # noqa: E402
+from header_augment_core.clients import Clients  # noqa: E402
+from header_augment_core.counters import RequestCounters, Seen, request_summary  # noqa: E402
 from header_augment_core.fields import SettingsError, shown  # noqa: E402
 from header_augment_core.files import SettledChange, stamp  # noqa: E402
-from header_augment_core.hosts import Hosts  # noqa: E402
+from header_augment_core.hosts import HostIndex, Hosts  # noqa: E402
 from header_augment_core.options import OPTIONS, check_deferred, label, settings_from_options  # noqa: E402
 from header_augment_core.providers_file import load_providers_file  # noqa: E402
 from header_augment_core.refresher import Refresher  # noqa: E402
@@ -89,24 +90,23 @@ class Binding:
     refresher: Refresher
     hosts: Hosts | None
     scope: flowfilter.TFilter | None
+    clients: Clients | None
     counters: Any  # RequestCounters
     comment: str  # how a flow's comment names this provider
     mode: Merge  # settings.merge, one attribute away on the request path
     signer: Any = None  # aws-sigv4's: the flow is signed at the end of the addon chain instead of given headers
 
-    def apply(self, flow: http.HTTPFlow, may_wait: bool = True) -> object:
-        """Add the headers to `flow` if it is in scope. Returns WAIT (having done nothing) when the flow should be
-        held until the provider's first fetch has finished."""
+    def apply(self, flow: http.HTTPFlow, key: str | None, may_wait: bool = True) -> object:
+        """Add the headers to `flow` if it is in scope (`key`: its host's `request_key`). Returns WAIT (having done
+        nothing) when the flow should be held until the provider's first fetch has finished."""
         counters = self.counters
         request = flow.request
         host, port = request.host, request.port
-        if self.hosts is not None and not self.hosts.matches(host, port):
-            counters.out_of_scope += 1
-            if not host.isascii() and (why := self.hosts.why_unmatchable(host)) is not None:  # no call for ASCII
-                _note(flow, f"{self.comment}not sent: {why}")
+        if self.hosts is not None and not self.hosts.matches_key(key, port):
             return None
         if self.scope is not None and not self.scope(flow):
-            counters.out_of_scope += 1
+            return None
+        if self.clients is not None and not self.clients.matches(flow):
             return None
         refresher = self.refresher
         snapshot = refresher.snapshot  # read once: a request never mixes two answers
@@ -114,6 +114,7 @@ class Binding:
         if until != math.inf and time.monotonic() >= until:  # most snapshots are usable forever: no clock read
             if may_wait and snapshot is NOTHING and not refresher.first_attempt_done:
                 return WAIT
+            counters.in_scope += 1
             never = snapshot is NOTHING
             if self.settings.require:
                 flow.response = _refusal(never)
@@ -123,6 +124,7 @@ class Binding:
                 counters.without += 1
                 _note(flow, f"{self.comment}no usable headers, passed without")
             return None
+        counters.in_scope += 1
         existing = request.headers.fields
         fields, clashes = merge(existing, snapshot, self.mode, request.data.http_version in _LOWER_CASE_NAMES)
         if clashes:
@@ -147,16 +149,17 @@ class Binding:
         counters = self.counters
         request = flow.request
         if self.hosts is not None and not self.hosts.matches(request.host, request.port):
-            counters.out_of_scope += 1
-            return None
+            return None  # out_of_scope is derived from the flows seen (counters.py)
         if self.scope is not None and not self.scope(flow):
-            counters.out_of_scope += 1
+            return None
+        if self.clients is not None and not self.clients.matches(flow):
             return None
         refresher = self.refresher
         snapshot = refresher.snapshot
         if time.monotonic() >= snapshot.usable_until:
             if may_wait and snapshot is NOTHING and not refresher.first_attempt_done:
                 return WAIT
+            counters.in_scope += 1
             never = snapshot is NOTHING
             if self.settings.require:
                 _answer(flow, _refusal(never, "credentials"))
@@ -166,6 +169,7 @@ class Binding:
                 counters.without += 1
                 _note(flow, f"{self.comment}no usable credentials, passed unsigned")
             return DONE
+        counters.in_scope += 1
         streamed = bool(request.stream)
         if streamed and not self.signer.unsigned_payload:
             # mitmproxy cannot answer a request whose body it streams (it would stream it again as it reads it):
@@ -315,6 +319,7 @@ def _resolve(future: asyncio.Future) -> None:
 class HeaderAugment:
     def __init__(self) -> None:
         self.bindings: tuple[Binding, ...] = ()
+        self._seen = Seen()  # flows the request hook looked at: each entry's out_of_scope is derived from it
         self._running = False
         self._configured = False
         self._file: SettledChange | None = None
@@ -332,9 +337,12 @@ class HeaderAugment:
 
     @bindings.setter
     def bindings(self, bindings: tuple[Binding, ...]) -> None:
+        """The entries in file order; those that add headers, and the index `requestheaders` finds them by, and those
+        that sign at the end of the addon chain (built here, off the hot path)."""
         self._bindings = bindings
-        self._adders = tuple(b for b in bindings if b.signer is None)  # add headers in `requestheaders`, in order
-        self._signers = tuple(b for b in bindings if b.signer is not None)  # sign at the end of the addon chain
+        self._adders = tuple(b for b in bindings if b.signer is None)
+        self._signers = tuple(b for b in bindings if b.signer is not None)
+        self._index = HostIndex([(b.settings.hosts, b) for b in self._adders])
 
     # -- configuration ------------------------------------------------------------------------------------------
 
@@ -349,7 +357,9 @@ class HeaderAugment:
                 self._admin.want(ctx.options.header_admin_listen)
             if "header_keep_values" in updated:
                 self._keep_values = ctx.options.header_keep_values
-            if any(name.startswith("header_") and name not in (ADMIN_OPTION, "header_keep_values") for name in updated):
+            if "proxyauth" in updated or any(
+                name.startswith("header_") and name not in (ADMIN_OPTION, "header_keep_values") for name in updated
+            ):  # proxyauth: an entry's clients may name users only while it is set
                 self._configure_providers()
             if ADMIN_OPTION in updated and self._running:
                 self._admin.serve()
@@ -386,6 +396,15 @@ class HeaderAugment:
     def _bind_all(self, wanted: list[tuple[ProviderSettings, Label]], made: dict) -> tuple[Binding, ...]:
         """Entries with equal fetch settings share one refresher, kept from the running configuration when it is
         there; an entry keeps its counters across reloads (found by its name, or its source and position)."""
+        proxyauth = ctx.options.proxyauth if "proxyauth" in ctx.options else ""
+        for settings, label_of in wanted:
+            if settings.clients.names and (not proxyauth or proxyauth.strip().lower() == "any"):
+                # proxyauth=any takes whatever user name a client sends: it would let any client be anyone.
+                why = "is not set" if not proxyauth else "is 'any', which accepts every user name a client sends"
+                raise SettingsError(
+                    f"{label_of('clients')}: names users ({', '.join(sorted(settings.clients.names))}), but "
+                    f"proxyauth {why}: only users proxyauth checked tell clients apart"
+                )
         # A refresher that died (an unexpected error, logged) is replaced, not kept: reconfiguring revives it.
         running = {
             b.settings.fetch_key: b.refresher
@@ -411,7 +430,8 @@ class HeaderAugment:
                     refresher=refresher,
                     hosts=hosts,
                     scope=_compile_scope(settings, label_of),
-                    counters=counters.get(self._entry_key(settings, index)) or RequestCounters(),
+                    clients=settings.clients or None,
+                    counters=counters.get(self._entry_key(settings, index)) or RequestCounters(self._seen),
                     comment=name,
                     mode=settings.merge,
                     signer=_signer_of(settings),
@@ -552,7 +572,22 @@ class HeaderAugment:
         if request.data.method == b"TRACE":  # the upstream would send the request, with our headers, back
             _note(flow, "header-augment: no headers for TRACE")
             return None
-        return self._apply(flow, self._adders, set())
+        self._seen.count += 1  # what _for does, written out here: a call less per request
+        index, host = self._index, request.host
+        key, bindings = index.lookup(host)
+        if key is None and (why := index.why_unmatchable(host)) is not None:
+            _note(flow, f"header-augment: not sent: {why}")
+        return self._apply(flow, bindings, key, set())
+
+    def _for(self, flow: http.HTTPFlow) -> tuple[str | None, tuple[Binding, ...]]:
+        """The flow's host as patterns are kept (once per request), and the entries that may be for it, in order:
+        what they are not for costs nothing (their out_of_scope is derived from the flows seen)."""
+        self._seen.count += 1
+        index, host = self._index, flow.request.host
+        key, bindings = index.lookup(host)
+        if key is None and (why := index.why_unmatchable(host)) is not None:
+            _note(flow, f"header-augment: not sent: {why}")
+        return key, bindings
 
     def check_reroute(self, flow: http.HTTPFlow) -> Coroutine | None:
         """The match was made in `requestheaders` against the destination then. If an addon has rerouted the flow
@@ -604,7 +639,8 @@ class HeaderAugment:
         )
         _note(flow, f"header-augment: headers taken back: rerouted from {carried.host}:{carried.port} after the match")
         if not (flow.response or flow.error):
-            self._apply(flow, self._adders, {b.refresher for b in self._adders})  # no waiting here
+            key, bindings = self._for(flow)
+            self._apply(flow, bindings, key, {b.refresher for b in bindings})  # no waiting here
 
     # -- once the request has left: nothing we added stays in the flow or comes back in the answer -------------
 
@@ -661,21 +697,25 @@ class HeaderAugment:
                 binding.counters.reasked += 1
                 refresher.refresh_now()
 
-    def _apply(self, flow: http.HTTPFlow, bindings: tuple[Binding, ...], waited: set) -> Coroutine | None:
+    def _apply(
+        self, flow: http.HTTPFlow, bindings: tuple[Binding, ...], key: str | None, waited: set
+    ) -> Coroutine | None:
         """Apply `bindings` in order; a coroutine (for mitmproxy to await) if one must wait for a first fetch."""
         for index, binding in enumerate(bindings):
             try:
-                outcome = binding.apply(flow, may_wait=binding.refresher not in waited)
+                outcome = binding.apply(flow, key, may_wait=binding.refresher not in waited)
             except Exception:
                 self._hook_error(flow, binding)
                 return None
             if outcome is WAIT:
-                return self._after_first_fetch(flow, bindings[index:], waited)
+                return self._after_first_fetch(flow, bindings[index:], key, waited)
             if flow.response:
                 return None
         return None
 
-    async def _after_first_fetch(self, flow: http.HTTPFlow, bindings: tuple[Binding, ...], waited: set) -> None:
+    async def _after_first_fetch(
+        self, flow: http.HTTPFlow, bindings: tuple[Binding, ...], key: str | None, waited: set
+    ) -> None:
         """Hold `flow` until the provider's first fetch has finished (bounded by its timeout), then go on. Only this
         flow waits: the event loop and every other request carry on."""
         binding = bindings[0]
@@ -683,7 +723,7 @@ class HeaderAugment:
         waited.add(binding.refresher)
         if flow.response or flow.error or not flow.live:
             return
-        if (more := self._apply(flow, bindings, waited)) is not None:
+        if (more := self._apply(flow, bindings, key, waited)) is not None:
             await more
 
     @staticmethod
@@ -719,6 +759,7 @@ class HeaderAugment:
             flow.response = http.Response.make(
                 503, "header-augment: internal error (header_require is set)\n", {"Content-Type": "text/plain"}
             )
+            binding.counters.in_scope += 1  # it was refused as one in scope
             binding.counters.refused += 1
 
     # -- commands -----------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -436,6 +437,70 @@ def sigv4_cost(rounds: int, flows_per_round: int) -> dict[str, float]:
     return {key: median(values) for key, values in samples.items()}
 
 
+# -- 1d. hook cost against the number of entries -----------------------------------------------------------------
+
+SCALE_SIZES = (1, 100, 1_000, 10_000)
+
+
+def hook_scale(rounds: int, flows_per_round: int, sizes=SCALE_SIZES) -> tuple[dict, float]:
+    """CPU µs per flow of our hook with `sizes` entries in a providers file (entry i for h<i>.example.com, 10
+    headers each), for the last entry's host and for a host no entry names, all in one interleaved run; and
+    modify_headers with 10 headers and its cheapest filter (~q) for scale. Refreshers are made, never started."""
+    import header_augment
+    from mitmproxy.addons.modifyheaders import ModifyHeaders
+    from mitmproxy.test import taddons, tflow
+
+    from header_augment_core.snapshot import Snapshot
+
+    headers = list(bench_headers(10).items())
+    base = ((b"Host", b"x"), (b"User-Agent", b"curl/8.5"), (b"Accept", b"*/*"), (b"Connection", b"keep-alive"))
+
+    def flows_to(host: str) -> list:
+        made = [tflow.tflow() for _ in range(flows_per_round)]
+        for f in made:
+            f.request.host = host
+        return made
+
+    def timed(hook, flows) -> float:
+        for f in flows:
+            f.request.headers.fields = base
+            f.comment = ""
+            vars(f).pop("_header_augment_carried", None)  # a fresh flow each round: no record of a first pass
+        started = time.thread_time()
+        for f in flows:
+            hook(f)
+        return (time.thread_time() - started) / len(flows) * 1e6
+
+    cases, addons = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            path = Path(tmp) / f"providers-{n}.json"
+            entries = [{"url": f"http://127.0.0.1:9/p{i}", "hosts": f"h{i}.example.com"} for i in range(n)]
+            path.write_text(json.dumps(entries))
+            ours = header_augment.HeaderAugment()
+            context = taddons.context(ours)
+            context.__enter__()
+            context.configure(ours, header_providers_file=str(path))
+            for binding in ours.bindings:
+                binding.refresher.snapshot = Snapshot.build(headers, time.monotonic(), 0)
+            addons.append((ours, context))
+            cases[(n, "named")] = (ours.requestheaders, flows_to(f"h{n - 1}.example.com"))
+            cases[(n, "unnamed")] = (ours.requestheaders, flows_to("nobody.example.org"))
+    theirs = ModifyHeaders()
+    with taddons.context(theirs) as tctx:
+        tctx.configure(theirs, modify_headers=[f"/~q/{k}/{v}" for k, v in headers])
+        cases["modify_headers"] = (theirs.requestheaders, flows_to("h0.example.com"))
+        samples = {key: [] for key in cases}
+        for _ in range(rounds):
+            for key in random.sample(list(cases), len(cases)):
+                samples[key].append(timed(*cases[key]))
+    for ours, context in addons:
+        ours.done()
+        context.__exit__(None, None, None)
+    theirs_us = median(samples.pop("modify_headers"))
+    return {key: median(values) for key, values in samples.items()}, theirs_us
+
+
 # -- 1b. hook cost in instructions ------------------------------------------------------------------------------
 
 # (label, header_hosts, header_scope) for our hook; modify_headers gets the `~d` filter, as in part 1.
@@ -741,8 +806,6 @@ def main() -> None:
         print(json.dumps(memory(*json.loads(args.memory))))
         return
 
-    import tempfile
-
     quick = args.quick
     print(
         f"header-augment benchmarks — {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
@@ -775,6 +838,20 @@ def main() -> None:
             theirs = counts["modify_headers"]
             for label, count in counts.items():
                 print(f"   {label:>26} {count:>10,.0f}   {count / theirs:.3f}× modify_headers")
+
+        print("\n1d. Hook cost against the number of entries: CPU µs per flow (10 headers), one interleaved run")
+        scale, theirs_us = hook_scale(5 if quick else 9, 1000 if quick else 2000)
+        print(f"   {'entries':>7} {'last entry host':>16} {'vs 1':>6} {'unnamed host':>13} {'vs 1':>6}")
+        for n in SCALE_SIZES:
+            named, unnamed = scale[(n, "named")], scale[(n, "unnamed")]
+            print(
+                f"   {n:>7,} {named:>13.2f} µs {named / scale[(1, 'named')]:>6.2f} {unnamed:>10.2f} µs "
+                f"{unnamed / scale[(1, 'unnamed')]:>6.2f}"
+            )
+        print(
+            f"   one entry, its host: {scale[(1, 'named')] / theirs_us:.3f}× modify_headers with ~q "
+            f"({theirs_us:.2f} µs)"
+        )
 
         print("\n2. End to end: requests/s through mitmdump, 8 keep-alive connections, loopback upstream")
         e2e = end_to_end(confdir, 3 if quick else 9, 1.5 if quick else 3.0, 8)

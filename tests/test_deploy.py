@@ -7,16 +7,20 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import httpx
 import jsonschema
 import pytest
 import yaml
+from echo_upstream import received
 from helpers.ports import free_port
 from servers import ROOT, clean_env, wait_until
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
 K8S = ROOT / "scripts" / "kubernetes"
+GATEWAY = K8S / "gateway"
 IMAGE_ROOT = "/srv/header-augment"  # WORKDIR of the compose image
 RUNTIME = ROOT / "requirements" / "runtime.txt"
 RUNTIME_PINS = [line for line in RUNTIME.read_text().splitlines() if line and not line.startswith("#")]
@@ -159,7 +163,8 @@ def test_kubernetes_manifests_are_strictly_valid():
     for version in ("1.29.0", "1.37.0"):  # native sidecars need Kubernetes >= 1.29
         result = subprocess.run(
             [str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", "-k", version, "--quiet"]
-            + [str(K8S / "deployment.yaml"), str(K8S / "configmap.yaml")],
+            + [str(K8S / "deployment.yaml"), str(K8S / "configmap.yaml")]
+            + [str(path) for path in sorted(GATEWAY.glob("*.yaml"))],
             capture_output=True,
             text=True,
         )
@@ -338,3 +343,180 @@ def test_the_pod_can_import_the_addon(tmp_path):
         text=True,
     )
     assert loaded.returncode == 0 and loaded.stdout.strip() == "loaded", loaded.stderr
+
+
+# -- the shared gateway (scripts/kubernetes/gateway/) -------------------------------------------------------------
+
+# Made with kubectl as the README says (they hold the CA, which no sample should ship): name -> the README's command.
+MADE_WITH_KUBECTL = {
+    "gateway-ca": "kubectl create secret generic gateway-ca --from-file=mitmproxy-ca.pem=",
+    "gateway-ca-cert": "kubectl create configmap gateway-ca-cert --from-file=mitmproxy-ca-cert.pem=",
+}
+
+
+def gateway_objects() -> dict[tuple[str, str], dict]:
+    """(kind, name) -> object, for every file of the gateway sample."""
+    return {
+        (d["kind"], d["metadata"]["name"]): d
+        for path in sorted(GATEWAY.glob("*.yaml"))
+        for d in yaml.safe_load_all(path.read_text())
+        if d
+    }
+
+
+def test_the_gateway_scales_out_and_stays_up_through_disruptions():
+    objects = gateway_objects()
+    deployment = objects[("Deployment", "gateway")]
+    spec, pod = deployment["spec"], deployment["spec"]["template"]["spec"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert spec["replicas"] >= 2 and spec["selector"]["matchLabels"] == labels
+    spread = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+    assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+    assert all(c["labelSelector"]["matchLabels"] == labels for c in spread.values())
+    (proxy,) = pod["containers"]
+    args = proxy["command"]
+    listen = next(a for a in args if a.startswith("header_admin_listen="))
+    ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
+    assert ports == {"proxy": 8080, "admin": int(listen.rsplit(":", 1)[1])}
+    assert "--listen-port=8080" in args
+    for probe, path in (("startupProbe", "/ready"), ("readinessProbe", "/ready"), ("livenessProbe", "/live")):
+        assert proxy[probe]["httpGet"] == {"path": path, "port": "admin"}
+    assert proxy["resources"]["requests"]["cpu"]  # what the autoscaler's utilisation is a share of
+    # One CA for every replica, from a Secret, in a confdir mitmproxy can write to (it adds mitmproxy-dhparam.pem
+    # there at start-up, and a read-only Secret volume as the confdir made it fail).
+    confdir = next(a.removeprefix("confdir=") for a in args if a.startswith("confdir="))
+    mounts = {m["mountPath"]: m for m in proxy["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts[confdir]["name"]] == {"name": mounts[confdir]["name"], "emptyDir": {}}
+    ca = mounts[f"{confdir}/mitmproxy-ca.pem"]
+    assert ca["subPath"] == "mitmproxy-ca.pem" and volumes[ca["name"]]["secret"]["secretName"] == "gateway-ca"
+
+    service = objects[("Service", "gateway")]["spec"]
+    assert service["selector"] == labels and service["ports"] == [
+        {"name": "proxy", "port": 8080, "targetPort": "proxy"}
+    ]
+    budget = objects[("PodDisruptionBudget", "gateway")]["spec"]
+    assert budget["selector"]["matchLabels"] == labels and 0 < budget["minAvailable"] < spec["replicas"]
+    hpa = objects[("HorizontalPodAutoscaler", "gateway")]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway"}
+    assert hpa["minReplicas"] == spec["replicas"] < hpa["maxReplicas"]
+    assert [m["resource"]["name"] for m in hpa["metrics"]] == ["cpu"]
+
+
+def test_only_labelled_clients_reach_the_proxy_port():
+    objects = gateway_objects()
+    policy = objects[("NetworkPolicy", "gateway")]["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app": "gateway"} and policy["policyTypes"] == ["Ingress"]
+    by_port = {rule["ports"][0]["port"]: rule["from"] for rule in policy["ingress"]}
+    assert set(by_port) == {8080, 9090}
+    (clients,) = by_port[8080]
+    assert set(clients) == {"podSelector"}  # pods of this namespace with the label, nothing wider
+    client_labels = objects[("Deployment", "orders")]["spec"]["template"]["metadata"]["labels"]
+    assert clients["podSelector"]["matchLabels"].items() <= client_labels.items()
+    gateway_labels = objects[("Deployment", "gateway")]["spec"]["template"]["metadata"]["labels"]
+    assert not clients["podSelector"]["matchLabels"].items() <= gateway_labels.items()
+
+
+def test_the_gateway_references_what_exists():
+    objects = gateway_objects()
+    maps = {d["metadata"]["name"] for d in k8s_documents("configmap.yaml")}
+    maps |= {name for kind, name in objects if kind == "ConfigMap"}
+    secrets = {name for kind, name in objects if kind == "Secret"}
+    readme = (ROOT / "README.md").read_text()
+    for name, command in MADE_WITH_KUBECTL.items():
+        assert command in readme, name
+    for kind, name in (("Deployment", "gateway"), ("Deployment", "orders")):
+        pod = objects[(kind, name)]["spec"]["template"]["spec"]
+        for volume in pod["volumes"]:
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in maps | set(MADE_WITH_KUBECTL), volume
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] in secrets | set(MADE_WITH_KUBECTL), volume
+        mounted = {m["name"] for c in pod["containers"] + pod.get("initContainers", []) for m in c["volumeMounts"]}
+        assert mounted == {v["name"] for v in pod["volumes"]}
+        for container in pod["containers"]:
+            for env in container.get("env", []):
+                if "valueFrom" in env:
+                    ref = env["valueFrom"]["secretKeyRef"]
+                    assert ref["key"] in objects[("Secret", ref["name"])]["stringData"]
+
+
+def gateway_pod_files(root: Path) -> list[str]:
+    """Lay out the gateway container's mounts under `root` as the pod has them (Secrets and ConfigMaps as the
+    kubelet writes them: each key a symlink into a ..data directory), with a CA made by mitmproxy; its command."""
+    objects = gateway_objects()
+    maps = {d["metadata"]["name"]: d["data"] for d in k8s_documents("configmap.yaml")}
+    maps |= {name: d["data"] for (kind, name), d in objects.items() if kind == "ConfigMap"}
+    secrets = {name: d["stringData"] for (kind, name), d in objects.items() if kind == "Secret"}
+    pod = objects[("Deployment", "gateway")]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (proxy,) = pod["containers"]
+    for mount in proxy["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "configMap" in volume:
+            data = maps[volume["configMap"]["name"]]
+        elif "secret" in volume and volume["secret"]["secretName"] in secrets:
+            data = secrets[volume["secret"]["secretName"]]
+        else:
+            continue
+        target = root / mount["mountPath"].lstrip("/")
+        (target / "..data").mkdir(parents=True, exist_ok=True)
+        for key, text in data.items():
+            (target / "..data" / key).write_text(text)
+            (target / key).symlink_to(Path("..data") / key)
+    return proxy["command"]
+
+
+def test_the_gateway_gives_each_client_its_own_token(tmp_path, upstream):
+    """The gateway's container as a local process: its command, its mounted files (paths under a temporary root,
+    the providers' hosts pointed at a local upstream), the client's HTTPS_PROXY user and password."""
+    root = tmp_path / "pod"
+    command = gateway_pod_files(root)
+    providers = root / "etc/header-augment/providers/..data/providers.yaml"
+    text = providers.read_text().replace("/run/", f"{root}/run/")
+    providers.write_text(text.replace("hosts: api.partner.example", f"hosts: 127.0.0.1:{upstream.port}"))
+    confdir = tmp_path / "confdir"
+    words = []
+    for word in command:
+        for prefix in ("/srv/header-augment/", "/etc/header-augment/"):
+            word = word.replace(prefix, f"{root}{prefix}")
+        words.append(word.replace("0.0.0.0", "127.0.0.1").replace("=8080", "=0").replace(":9090", ":0"))
+    words = [str(Path(sys.executable).parent / "mitmdump"), *words[1:]]
+    words[words.index("confdir=/mitmproxy")] = f"confdir={confdir}"
+    proc = subprocess.Popen(
+        words, cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any("proxy listening at" in line for line in lines) or proc.poll() is not None, what="up")
+        port = int(re.search(r"proxy listening at 127\.0\.0\.1:(\d+)", "".join(lines)).group(1))
+        client = gateway_objects()[("Secret", "orders-proxy")]["stringData"]["HTTPS_PROXY"]
+        proxy_url = client.replace("@gateway:8080", f"@127.0.0.1:{port}")
+        wait_until(lambda: any("orders" in line and "headers in use" in line for line in lines), what="orders ready")
+        with httpx.Client(proxy=proxy_url, trust_env=False, timeout=10) as http:
+            seen = received(http.get(upstream.url).json())
+        assert [v for n, v in seen if n.lower() == "authorization"] == ["Bearer sample-orders-token"]
+        assert not [n for n, _ in seen if n.lower() == "proxy-authorization"]
+        with httpx.Client(proxy=f"http://127.0.0.1:{port}", trust_env=False, timeout=10) as http:
+            assert http.get(upstream.url).status_code == 407
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        reader.join(5)
+    assert "sample-orders-token" not in "".join(lines) and "orders-demo-password" not in "".join(lines)
+
+
+def test_each_sample_client_password_is_its_htpasswd_line():
+    import bcrypt
+
+    objects = gateway_objects()
+    lines = dict(
+        line.split(":", 1) for line in objects[("Secret", "gateway-htpasswd")]["stringData"]["htpasswd"].splitlines()
+    )
+    url = httpx.URL(objects[("Secret", "orders-proxy")]["stringData"]["HTTPS_PROXY"])
+    assert (url.host, url.port) == ("gateway", 8080)  # the Service
+    assert bcrypt.checkpw(url.password.encode(), lines[url.username].encode())
+    providers = yaml.safe_load(objects[("ConfigMap", "gateway-providers")]["data"]["providers.yaml"])["providers"]
+    assert sorted(name for entry in providers for name in entry["clients"]) == sorted(lines)  # one entry per user

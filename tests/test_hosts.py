@@ -9,7 +9,7 @@ import json
 import pytest
 
 from header_augment_core.fields import SettingsError, shown
-from header_augment_core.hosts import parse_hosts
+from header_augment_core.hosts import HostIndex, parse_hosts, request_key
 from header_augment_core.providers_file import load_providers_file
 from header_augment_core.settings import parse_settings
 
@@ -132,13 +132,15 @@ def test_no_unicode_name_matches_a_name_it_is_not_resolved_as():
 def test_a_host_that_can_match_nothing_says_why(host):
     hosts = parse_hosts("*.bank.example, straße.example")
     assert not hosts.matches(host, 443)
-    assert hosts.why_unmatchable(host)
-    assert parse_hosts("*").why_unmatchable(host) is None  # it matches there
+    assert request_key(host) is None
+    assert HostIndex([(hosts, "named")]).why_unmatchable(host)
+    assert HostIndex([(parse_hosts("*"), "every")]).why_unmatchable(host) is None  # it matches there
+    assert HostIndex([(parse_hosts("*"), "every")]).candidates(request_key(host)) == ("every",)
 
 
 @pytest.mark.parametrize("host", ["x.bank.example", "bücher.example", "other.example", "x.xn--bank-cwr.example"])
 def test_a_host_compared_as_usual_has_no_reason(host):
-    assert parse_hosts("*.bank.example").why_unmatchable(host) is None
+    assert HostIndex([(parse_hosts("*.bank.example"), "named")]).why_unmatchable(host) is None
 
 
 @pytest.mark.parametrize(
@@ -347,3 +349,54 @@ def test_a_refused_pattern_does_not_show_a_secret(pattern):
     error = refusal(pattern)
     assert error is not None and "api.example.com" in error
     assert "s3cret-pw" not in error
+
+
+INDEXED = [
+    "api.example.com",
+    "*.example.com",
+    "api.example.com:8443",
+    "*",
+    "",  # an entry with only a scope
+    "*.api.example.com, other.test",
+    "10.0.0.7, [2001:db8::1]:443",
+    "bücher.example",
+    "*.bank.example",
+    "API.Example.COM.",
+    "*.com",
+]
+ASKED = [
+    "api.example.com",
+    "API.EXAMPLE.COM.",
+    "x.api.example.com",
+    "example.com",
+    "other.test",
+    "nobody.test",
+    "10.0.0.7",
+    "10.0.0.8",
+    "2001:db8::1",
+    "[2001:0db8::1]",
+    "bücher.example",
+    "xn--bcher-kva.example",
+    "x.ba\u115fnk.example",
+    "x.bank.example",
+    "7.0.0.10.com",
+    "1.2.3.4",
+    "",
+]
+
+
+@pytest.mark.parametrize("host", ASKED)
+@pytest.mark.parametrize("port", [443, 8443])
+@pytest.mark.parametrize("table", [INDEXED, INDEXED[:3], ["*", ""], ["api.example.com", "other.test"]])
+def test_the_index_finds_exactly_the_entries_that_match_in_file_order(host, port, table):
+    entries = [(parse_hosts(patterns), number) for number, patterns in enumerate(table)]
+    key, candidates = HostIndex(entries).lookup(host)
+    found = [n for n in candidates if not entries[n][0] or entries[n][0].matches_key(key, port)]
+    assert found == [n for n, (hosts, _) in enumerate(entries) if not hosts or hosts.matches(host, port)]
+
+
+def test_the_index_gives_a_named_host_only_its_own_entries_among_many():
+    entries = [(parse_hosts(f"h{n}.example"), n) for n in range(10_000)] + [(parse_hosts("*.example"), "below")]
+    index = HostIndex(entries)
+    assert index.lookup("h9999.example") == ("h9999.example", (9999, "below"))
+    assert index.lookup("nobody.test") == ("nobody.test", ())

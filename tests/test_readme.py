@@ -51,7 +51,7 @@ import pytest
 import yaml
 from conftest import client_for
 from helpers.support import jwt, kubelet_volume
-from mitmproxy import exceptions
+from mitmproxy import certs, exceptions
 from mitmproxy.test import taddons
 from processes import Running, processes_in_group
 from prometheus_client.parser import text_string_to_metric_families
@@ -551,12 +551,14 @@ def test_every_block_is_run_or_checked_here():
         ("Where credentials come from", "Kubernetes to Google Cloud with Workload Identity Federation", "sh"),  # …
         ("Where credentials come from", "An AKS workload with Azure workload identity", "sh"),  # test_the_recipe…
         ("Where credentials come from", "A static file of headers", "sh"),  # test_the_recipe…
+        ("Which hosts get the headers: `header_hosts`", "Which clients get them: `header_clients`", "yaml"),  # …clients
         ("Operating", "Several providers: `header_providers_file`", "yaml"),  # test_the_providers_file_…
         ("AWS APIs, signed by the proxy: `kind: aws-sigv4`", "", "yaml"),  # tests/test_aws_sigv4_e2e.py
         ("AWS APIs, signed by the proxy: `kind: aws-sigv4`", "", "sh"),  # tests/test_aws_sigv4_e2e.py
         ("Install it", "", "sh"),  # test_the_install_command_runs
         ("A pod with sidecars: `docker compose up`", "", ""),  # its output: test_kubernetes_and_compose_…
         ("Kubernetes", "", "sh"),  # test_kubernetes_and_compose_name_files_that_exist
+        ("Kubernetes", "A shared gateway: `scripts/kubernetes/gateway/`", "sh"),  # test_the_gateway_commands_…
         ("Troubleshooting", "", ""),  # messages: test_the_troubleshooting_messages_…
     ]
     assert list(RECIPE_BLOCKS) == list(RECIPES)
@@ -834,12 +836,50 @@ def test_the_options_table_is_the_addons():
 def test_kubernetes_and_compose_name_files_that_exist():
     """`kubectl apply` and `docker compose up` cannot run here (no cluster, no container engine); the README says
     how the tests keep them honest (tests/test_deploy.py). What they name must be there."""
-    kubectl = only(only(blocks_in("Kubernetes")).lines)
+    kubectl = only(only([b for b in blocks_in("Kubernetes") if not b.subsection]).lines)
     files = re.findall(r"-f (\S+)", kubectl)
     assert files == ["scripts/kubernetes/configmap.yaml", "scripts/kubernetes/deployment.yaml"]
     for name in [*files, "scripts/kubernetes/generate_configmap.py", "docker-compose.yaml"]:
         assert (ROOT / name).is_file(), name
     assert only(blocks_in("A pod with sidecars: `docker compose up`", "")).text.startswith("$ docker compose up\n")
+
+
+def test_the_gateway_commands_make_a_ca_mitmproxy_uses_and_apply_files_that_exist(tmp_path):
+    """The openssl and cat lines run here for real; mitmproxy then signs with that CA from a confdir holding it
+    alone, as the gateway's pods mount it. The kubectl lines cannot run (no cluster): what they name must be there."""
+    (block,) = [b for b in blocks_in("Kubernetes") if b.subsection]
+    made = []
+    for line in block.lines:
+        if line.startswith("kubectl "):
+            made.append(line)
+        else:
+            subprocess.run(line, shell=True, cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    confdir = tmp_path / "confdir"
+    confdir.mkdir()
+    (confdir / "mitmproxy-ca.pem").write_bytes((tmp_path / "mitmproxy-ca.pem").read_bytes())
+    store = certs.CertStore.from_store(confdir, "mitmproxy", 2048)
+    issued = store.get_cert("api.partner.example", [])
+    assert issued.cert.issuer == certs.Cert.from_pem((tmp_path / "mitmproxy-ca-cert.pem").read_bytes()).subject
+    *creates, apply = made
+    assert [re.search(r"create (?:secret generic|configmap) (\S+)", line).group(1) for line in creates] == [
+        "gateway-ca",
+        "gateway-ca-cert",
+    ]
+    for path in re.findall(r"-f (\S+)", apply):
+        assert (ROOT / path).exists(), path
+    assert "scripts/kubernetes/gateway/" in apply
+
+
+def test_the_clients_example_loads(tmp_path):
+    """The providers file of `header_clients`, loaded with proxyauth set: one token per workload, for one host."""
+    (block,) = [b for b in BLOCKS if b.subsection == "Which clients get them: `header_clients`"]
+    path = tmp_path / "providers.yaml"
+    path.write_text(block.text)
+    entries, _ = load_providers_file(str(path))
+    assert [(s.name, s.kind, s.hosts.patterns, s.clients.patterns) for s, _ in entries] == [
+        ("orders-team", "file", ("api.partner.example",), ("orders",)),
+        ("batch-nodes", "file", ("api.partner.example",), ("10.20.0.0/16",)),
+    ]
 
 
 TROUBLES = only(blocks_in("Troubleshooting", "")).text.splitlines()

@@ -2,7 +2,7 @@
 generated from these definitions, so they can never disagree about what a counter means."""
 
 import collections
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class CounterDef:
 # (header_augment_requests_total{outcome=...}); the others count alongside them.
 REQUEST_OUTCOMES = (
     CounterDef("given", "given headers", "left with this provider's headers"),
-    CounterDef("out_of_scope", "out of scope", "not for this provider (hosts or scope did not match)"),
+    CounterDef("out_of_scope", "out of scope", "not for this provider (its hosts, scope or clients did not match)"),
     CounterDef("refused", "refused (503)", "answered 503 because no usable headers were there (require)"),
     CounterDef("without", "passed without headers", "in scope, but passed on without headers (none usable)"),
 )
@@ -28,10 +28,40 @@ REQUEST_EXTRAS = (
 )
 REQUEST_COUNTERS = REQUEST_OUTCOMES + REQUEST_EXTRAS
 
-# Only the event loop's thread writes these.
-RequestCounters = make_dataclass(
-    "RequestCounters", [(c.attribute, int, field(default=0)) for c in REQUEST_COUNTERS], slots=True
-)
+_KEPT = tuple(c.attribute for c in REQUEST_COUNTERS if c.attribute != "out_of_scope")
+
+
+class Seen:
+    """How many flows the request hook has looked at, for every entry at once (a reroute looks at one again)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class RequestCounters:
+    """One entry's counters. `out_of_scope` is not kept but derived: the flows the hook has looked at since the
+    entry was made, less those it found in scope, so that a request costs nothing for the entries it is not for.
+    Only the event loop's thread writes these."""
+
+    __slots__ = (*_KEPT, "in_scope", "_seen", "_since")
+
+    def __init__(self, seen: Seen | None = None) -> None:
+        for attribute in _KEPT:
+            setattr(self, attribute, 0)
+        self.in_scope = 0  # matched hosts, scope and clients (counted once per look, not while waiting)
+        self._seen = seen if seen is not None else Seen()
+        self._since = self._seen.count
+
+    @property
+    def out_of_scope(self) -> int:
+        return self._seen.count - self._since - self.in_scope
+
+    @out_of_scope.setter
+    def out_of_scope(self, value: int) -> None:
+        """Settable as the kept counters are: moves where this entry's count of flows seen starts."""
+        self._since = self._seen.count - self.in_scope - value
 
 
 def request_summary(counters) -> str:

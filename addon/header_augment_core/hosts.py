@@ -23,7 +23,7 @@ own Unicode spelling. ASCII hosts (xn-- labels as SOCKS5 hands them on) are the 
 import functools
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import idna  # IDNA 2008 with UTS 46, as browsers, curl and httpx use (Python's own codec is IDNA 2003: ß → ss)
@@ -104,18 +104,15 @@ class Hosts:
         ports = self._exact.get(host, False)  # as given: most hosts are already in the form patterns are kept in
         if ports is None or (ports and port in ports):
             return True
-        key = host.lower()
-        if key.endswith("."):
-            key = key[:-1]
-        if not key.isascii():
-            key, why = _resolved_form(host)
-            if why is not None:
-                return False
-        elif ":" in key:
-            try:
-                key = ipaddress.IPv6Address(key.strip("[]")).compressed
-            except ValueError:
-                return False
+        key = request_key(host)
+        if key is None:
+            return False
+        return self.matches_key(key, port)
+
+    def matches_key(self, key: str, port: int) -> bool:
+        """`matches` for a host already in the form patterns are kept in (`request_key`)."""
+        if self.everything:
+            return True
         ports = self._exact.get(key, False)
         if ports is None or (ports and port in ports):
             return True
@@ -129,15 +126,97 @@ class Hosts:
                 dot = key.find(".", dot + 1)
         return False
 
-    def why_unmatchable(self, host: str) -> str | None:
-        """Why `host` can match no pattern but `*` (for the flow's comment), or None when it is compared as usual.
-        Called only for a host that did not match."""
-        if self.everything or host.isascii():
-            return None
-        return _resolved_form(host)[1]
-
 
 NO_HOSTS = Hosts()
+
+
+def request_key(host: str) -> str | None:
+    """A request's host in the form patterns are kept in, or None when it can match no pattern but `*`."""
+    key = host.lower()
+    if key.endswith("."):
+        key = key[:-1]
+    if not key.isascii():
+        key, why = _resolved_form(host)
+        if why is not None:
+            return None
+    elif ":" in key:
+        try:
+            key = ipaddress.IPv6Address(key.strip("[]")).compressed
+        except ValueError:
+            return None
+    return key
+
+
+class HostIndex[T]:
+    """Which of many items, each with its `Hosts`, may be for a request's host, found without looking at each: one
+    lookup for the exact name, one per label for `*.suffix`, and the short list of those for every host (`*`, or
+    none given: an entry with only a scope). The answer is a superset in the given order: ports are left to
+    `Hosts.matches_key`."""
+
+    def __init__(self, entries: Sequence[tuple[Hosts, T]]) -> None:
+        exact: dict[str, list[int]] = {}
+        below: dict[str, list[int]] = {}
+        always: list[int] = []
+        for position, (hosts, _) in enumerate(entries):
+            if not hosts or hosts.everything:
+                always.append(position)
+                continue
+            for host, _ in hosts.exact:
+                exact.setdefault(host, []).append(position)
+            for host, _ in hosts.below:
+                below.setdefault(host, []).append(position)
+        self._items = tuple(item for _, item in entries)
+        # Each group is (positions, items): one group found is the answer as it stands, several are merged in order.
+        self._exact = {host: self._group(positions) for host, positions in exact.items()}
+        self._below = {host: self._group(positions) for host, positions in below.items()}
+        self._always = self._group(always)
+        self._only_exact = not below and not always  # the common case: one lookup is the whole answer
+        self.named = bool(exact or below)  # whether any entry names hosts (a Unicode host unmatchable is noted)
+
+    def lookup(self, host: str) -> tuple[str | None, tuple[T, ...]]:
+        """A request host's `request_key` and `candidates`: no work for a host given in the form kept (a name
+        here is its own key), one lookup when every entry names exact hosts (the common case), and none when no
+        entry names hosts (the host as given then stands for its key: `*` matches any)."""
+        group = self._exact.get(host)
+        if group is not None and self._only_exact:
+            return host, group[1]
+        if not self.named:  # only entries for every host: they need no key
+            return host, self._always[1]
+        key = host if group is not None else request_key(host)
+        return key, self.candidates(key)
+
+    def _group(self, positions: list[int]) -> tuple[tuple[int, ...], tuple[T, ...]]:
+        return tuple(positions), tuple(self._items[p] for p in positions)
+
+    def candidates(self, key: str | None) -> tuple[T, ...]:
+        """The items, in order, that may be for `key` (from `request_key`)."""
+        if key is None:
+            return self._always[1]
+        g = self._exact.get(key)
+        if self._only_exact:
+            return () if g is None else g[1]
+        found = [] if g is None else [g]
+        below = self._below
+        if below and not _numeric_end(key):  # `*.name` is for names: an address matches only address patterns
+            dot = key.find(".")
+            while dot != -1:
+                if (g := below.get(key[dot + 1 :])) is not None:
+                    found.append(g)
+                dot = key.find(".", dot + 1)
+        if not found:
+            return self._always[1]
+        if self._always[0]:
+            found.append(self._always)
+        if len(found) == 1:
+            return found[0][1]
+        items = self._items
+        return tuple(items[p] for p in sorted({p for positions, _ in found for p in positions}))
+
+    def why_unmatchable(self, host: str) -> str | None:
+        """Why a Unicode `host` can match no pattern but `*` (for the flow's comment), when some entry names hosts."""
+        if not self.named or host.isascii():
+            return None
+        return _resolved_form(host)[1]
 
 
 def _split(value: object) -> list[str]:

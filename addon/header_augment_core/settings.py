@@ -5,6 +5,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .clients import EVERY_CLIENT, Clients, parse_clients
 from .fields import Option, SettingsError, boolean, declared, duration, setting, shown, text
 from .hosts import NO_HOSTS, Hosts, parse_hosts
 from .kinds import KINDS, Source
@@ -73,6 +74,18 @@ class ProviderSettings:
             "",
             "mitmproxy filter expression a request must also match to get the headers, e.g. '~m POST'. Use "
             "header_hosts for hosts: ~d, ~h and ~u are regex searches that also see the client's Host header.",
+        ),
+    )
+    clients: Clients = setting(
+        EVERY_CLIENT,
+        parse_clients,
+        Option(
+            "header_clients",
+            Sequence[str],
+            [],
+            "The clients of the proxy that get the provider's headers: user names as proxyauth authenticated "
+            "them (proxyauth must be set, and not to any), client addresses or networks (127.0.0.2, "
+            "10.1.0.0/16, [fd00::]/8). Repeat the option or separate with commas. Empty: every client.",
         ),
     )
     merge: Merge = setting(

@@ -53,6 +53,7 @@ def provider_status(entry: Entry, now: float) -> dict[str, Any]:
         "source": settings.source.display,
         "hosts": list(settings.hosts.patterns),
         "scope": settings.scope,
+        "clients": list(settings.clients.patterns),
         "merge": settings.merge.value,
         "require": settings.require,
         "state": state(refresher, now),
@@ -89,6 +90,7 @@ def report(entries: Sequence[Entry], now: float) -> str:
         data = provider_status(entry, now)
         hosts = ",".join(data["hosts"]) or "(any)"
         scope = f" scope={data['scope']}" if data["scope"] else ""
+        scope += f" clients={','.join(data['clients'])}" if data["clients"] else ""
         lines.append(
             f"[{number}] {data['label']}  kind={data['kind']} hosts={hosts}{scope} merge={data['merge']}"
             + (" require" if data["require"] else "")
