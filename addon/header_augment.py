@@ -401,8 +401,11 @@ class HeaderAugment:
             if settings.clients.names and (not proxyauth or proxyauth.strip().lower() == "any"):
                 # proxyauth=any takes whatever user name a client sends: it would let any client be anyone.
                 why = "is not set" if not proxyauth else "is 'any', which accepts every user name a client sends"
+                named = sorted(settings.clients.names)
+                cut = [n if len(n) <= 40 else n[:40] + "…" for n in named[:3]]  # a name can be as long as the file
+                users = ", ".join(cut) + (f" and {len(named) - 3} more" * (len(named) > 3))
                 raise SettingsError(
-                    f"{label_of('clients')}: names users ({', '.join(sorted(settings.clients.names))}), but "
+                    f"{label_of('clients')}: names users ({users}), but "
                     f"proxyauth {why}: only users proxyauth checked tell clients apart"
                 )
         # A refresher that died (an unexpected error, logged) is replaced, not kept: reconfiguring revives it.

@@ -13,7 +13,7 @@ listener, ::ffff:10.1.2.3, is compared as 10.1.2.3); a name is taken only from p
 import ipaddress
 from dataclasses import dataclass
 
-from .fields import SettingsError
+from .fields import SettingsError, shown
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -68,12 +68,12 @@ def parse_clients(value: object) -> Clients:
     elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         items = list(value)
     else:
-        raise SettingsError(f"{value!r} is not a list of clients or a comma-separated string")
+        raise SettingsError(f"{shown(value)} is not a list of clients or a comma-separated string")
     patterns = [part.strip() for item in items for part in item.split(",") if part.strip()]
     names, networks = set(), []
     for pattern in patterns:
         if any(c.isspace() for c in pattern):
-            raise SettingsError(f"{pattern!r} is not a user name or a network (it has white space)")
+            raise SettingsError(f"{shown(pattern)} is not a user name or a network (it has white space)")
         if not _looks_like_address(pattern):
             names.add(pattern)
             continue
@@ -81,7 +81,7 @@ def parse_clients(value: object) -> Clients:
             networks.append(_network(pattern))
         except ValueError as e:
             raise SettingsError(
-                f"{pattern!r} is not a network (10.1.0.0/16, 127.0.0.2, [fd00::]/8) with no bits set past its "
+                f"{shown(pattern)} is not a network (10.1.0.0/16, 127.0.0.2, [fd00::]/8) with no bits set past its "
                 f"prefix ({e})"
             ) from None
     if not patterns:
