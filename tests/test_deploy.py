@@ -242,7 +242,8 @@ def test_init_container_installs_every_runtime_pin_but_mitmproxy(tmp_path):
     init = pod_spec()["spec"]["initContainers"][0]
     sh, dash_c, command = init["command"]
     assert (sh, dash_c) == ("sh", "-c") and "pip install --no-cache-dir --target=/deps -r " in command
-    command = command.replace("/srv/requirements/runtime.txt", str(RUNTIME)).replace("/tmp/", f"{tmp_path}/")
+    command = command.replace("/tmp/pins.txt", f"{tmp_path}/pins.txt")
+    command = command.replace("/srv/requirements/runtime.txt", str(RUNTIME))
     printed = subprocess.run(
         ["sh", "-c", 'pip() { printf "%s\\n" "$@"; cat "$5"; }; ' + command], capture_output=True, text=True, check=True
     ).stdout.splitlines()
