@@ -108,22 +108,10 @@ class Binding:
             return None
         if self.clients is not None and not self.clients.matches(flow):
             return None
-        refresher = self.refresher
-        snapshot = refresher.snapshot  # read once: a request never mixes two answers
+        snapshot = self.refresher.snapshot  # read once: a request never mixes two answers
         until = snapshot.usable_until
         if until != math.inf and time.monotonic() >= until:  # most snapshots are usable forever: no clock read
-            if may_wait and snapshot is NOTHING and not refresher.first_attempt_done:
-                return WAIT
-            counters.in_scope += 1
-            never = snapshot is NOTHING
-            if self.settings.require:
-                flow.response = _refusal(never)
-                counters.refused += 1
-                _note(flow, f"{self.comment}refused: {'no valid answer yet' if never else 'headers expired'}")
-            else:
-                counters.without += 1
-                _note(flow, f"{self.comment}no usable headers, passed without")
-            return None
+            return self._unusable(flow, snapshot, may_wait, "headers", ("no valid answer yet", "headers expired"))
         counters.in_scope += 1
         existing = request.headers.fields
         fields, clashes = merge(existing, snapshot, self.mode, request.data.http_version in _LOWER_CASE_NAMES)
@@ -143,6 +131,23 @@ class Binding:
             carried.add(self, snapshot)
         return None
 
+    def _unusable(self, flow: http.HTTPFlow, snapshot, may_wait: bool, what: str, why: tuple[str, str]) -> object:
+        """In scope, but nothing usable to add or sign with: WAIT for the first fetch, else refused (require) or
+        passed without. `why`: the comment's words before any answer, and once expired."""
+        if may_wait and snapshot is NOTHING and not self.refresher.first_attempt_done:
+            return WAIT
+        counters = self.counters
+        counters.in_scope += 1
+        never = snapshot is NOTHING
+        if self.settings.require:
+            _answer(flow, _refusal(never, what))
+            counters.refused += 1
+            _note(flow, f"{self.comment}refused: {why[0] if never else why[1]}")
+        else:
+            counters.without += 1
+            _note(flow, f"{self.comment}no usable {what}, passed {'unsigned' if self.signer else 'without'}")
+        return None
+
     def sign(self, flow: http.HTTPFlow, may_wait: bool = True) -> object:
         """Sign `flow` if it is in scope, as it will be sent: None if it is not, WAIT, DONE, or a coroutine that
         signs it with the body hashed on a worker thread."""
@@ -154,21 +159,12 @@ class Binding:
             return None
         if self.clients is not None and not self.clients.matches(flow):
             return None
-        refresher = self.refresher
-        snapshot = refresher.snapshot
+        snapshot = self.refresher.snapshot
         if time.monotonic() >= snapshot.usable_until:
-            if may_wait and snapshot is NOTHING and not refresher.first_attempt_done:
-                return WAIT
-            counters.in_scope += 1
-            never = snapshot is NOTHING
-            if self.settings.require:
-                _answer(flow, _refusal(never, "credentials"))
-                counters.refused += 1
-                _note(flow, f"{self.comment}refused: {'no credentials yet' if never else 'credentials expired'}")
-            else:
-                counters.without += 1
-                _note(flow, f"{self.comment}no usable credentials, passed unsigned")
-            return DONE
+            outcome = self._unusable(
+                flow, snapshot, may_wait, "credentials", ("no credentials yet", "credentials expired")
+            )
+            return DONE if outcome is None else outcome
         counters.in_scope += 1
         streamed = bool(request.stream)
         if streamed and not self.signer.unsigned_payload:
