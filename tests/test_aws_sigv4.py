@@ -1,6 +1,7 @@
 """kind aws-sigv4 in-process: the credentials the refresher freezes (botocore's refreshable credentials on injected
 clocks), the request as it is signed, and what the flow and the answer hold of the signature afterwards."""
 
+import contextlib
 import datetime
 import random
 
@@ -145,7 +146,10 @@ def _flow(host="bucket.s3.eu-west-1.amazonaws.com", path="/key", headers=(), con
     return f
 
 
-def _signing_addon(tctx, tmp_path, monkeypatch, **fields):
+@contextlib.contextmanager
+def signing_addon(tmp_path, monkeypatch, **fields):
+    """An addon with one aws-sigv4 entry for *.s3.eu-west-1.amazonaws.com, its credentials read from the environment
+    once, here rather than on its thread; stopped at the end."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.setenv("AWS_SESSION_TOKEN", TOKEN)
@@ -155,7 +159,15 @@ def _signing_addon(tctx, tmp_path, monkeypatch, **fields):
     (tmp_path / "providers.yaml").write_text(
         "- kind: aws-sigv4\n  service: s3\n  region: eu-west-1\n  hosts: '*.s3.eu-west-1.amazonaws.com'" + extra
     )
-    tctx.configure(tctx.master.addons.get("headeraugment"), header_providers_file=str(tmp_path / "providers.yaml"))
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, header_providers_file=str(tmp_path / "providers.yaml"))
+        try:
+            addon.bindings[0].refresher.refresh()
+            assert addon.bindings[0].refresher.snapshot.signing is not None
+            yield addon
+        finally:
+            addon.done()
 
 
 def _verify(f, secret=SECRET, token=TOKEN) -> None:
@@ -180,124 +192,96 @@ def header_augment_core_frozen(secret, token):
 
 
 def test_a_request_is_signed_as_sent_without_hop_by_hop_headers_and_masked_and_scrubbed_after(tmp_path, monkeypatch):
-    addon = header_augment.HeaderAugment()
-    with taddons.context(addon) as tctx:
-        _signing_addon(tctx, tmp_path, monkeypatch)
-        try:
-            addon.bindings[0].refresher.refresh()  # the chain read once, here rather than on its thread
-            assert addon.bindings[0].refresher.snapshot.signing is not None
-            f = _flow(
-                path="/key?prefix=a+b/c&delimiter=/&X-Amz-Signature=00&acl",
-                headers=[
-                    ("Authorization", "AWS4-HMAC-SHA256 Credential=AKIAFORGED/x, Signature=00"),
-                    ("X-Amz-Security-Token", "forged"),
-                    ("Connection", "keep-alive, X-Hop"),
-                    ("X-Hop", "1"),
-                    ("Proxy-Authorization", "Basic eDp5"),
-                    ("X-Amz-Meta-Colour", "blue"),
-                ],
-                content=b"hello",
-            )
-            assert addon.requestheaders(f) is None
-            assert addon.check_reroute(f) is None  # small: signed on the loop
-            request = f.request
-            assert request.path == "/key?prefix=a%20b%2Fc&delimiter=%2F&acl"
-            assert request.headers.get_all("authorization")[0].startswith(f"AWS4-HMAC-SHA256 Credential={KEY}/")
-            assert len(request.headers.get_all("authorization")) == 1
-            assert request.headers.get_all("x-amz-security-token") == [TOKEN]
-            signed = request.headers["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
-            assert signed == [
-                "content-length",
-                "host",
-                "x-amz-content-sha256",
-                "x-amz-date",
-                "x-amz-meta-colour",
-                "x-amz-security-token",
-            ]
-            assert request.headers["x-amz-content-sha256"] == (
-                "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"  # sha256("hello")
-            )
-            _verify(f)
-            assert "signed (sigv4 s3 eu-west-1)" in f.comment
-            assert TOKEN not in f.comment and SECRET not in f.comment
+    with signing_addon(tmp_path, monkeypatch) as addon:
+        f = _flow(
+            path="/key?prefix=a+b/c&delimiter=/&X-Amz-Signature=00&acl",
+            headers=[
+                ("Authorization", "AWS4-HMAC-SHA256 Credential=AKIAFORGED/x, Signature=00"),
+                ("X-Amz-Security-Token", "forged"),
+                ("Connection", "keep-alive, X-Hop"),
+                ("X-Hop", "1"),
+                ("Proxy-Authorization", "Basic eDp5"),
+                ("X-Amz-Meta-Colour", "blue"),
+            ],
+            content=b"hello",
+        )
+        assert addon.requestheaders(f) is None
+        assert addon.check_reroute(f) is None  # small: signed on the loop
+        request = f.request
+        assert request.path == "/key?prefix=a%20b%2Fc&delimiter=%2F&acl"
+        assert request.headers.get_all("authorization")[0].startswith(f"AWS4-HMAC-SHA256 Credential={KEY}/")
+        assert len(request.headers.get_all("authorization")) == 1
+        assert request.headers.get_all("x-amz-security-token") == [TOKEN]
+        signed = request.headers["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+        assert signed == [
+            "content-length",
+            "host",
+            "x-amz-content-sha256",
+            "x-amz-date",
+            "x-amz-meta-colour",
+            "x-amz-security-token",
+        ]
+        assert request.headers["x-amz-content-sha256"] == (
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"  # sha256("hello")
+        )
+        _verify(f)
+        assert "signed (sigv4 s3 eu-west-1)" in f.comment
+        assert TOKEN not in f.comment and SECRET not in f.comment
 
-            auth = request.headers["authorization"]
-            f.response = Response.make(200, f"echo: {auth} {TOKEN}".encode(), {"X-Echo": TOKEN})
-            addon.responseheaders(f)
-            addon.response(f)
-            assert TOKEN not in f.response.headers["x-echo"]
-            assert TOKEN.encode() not in f.response.content and auth.encode() not in f.response.content
-            assert request.headers["x-amz-security-token"] != TOKEN  # masked in the flow once sent
-            assert request.headers["authorization"] != auth
-        finally:
-            addon.done()
+        auth = request.headers["authorization"]
+        f.response = Response.make(200, f"echo: {auth} {TOKEN}".encode(), {"X-Echo": TOKEN})
+        addon.responseheaders(f)
+        addon.response(f)
+        assert TOKEN not in f.response.headers["x-echo"]
+        assert TOKEN.encode() not in f.response.content and auth.encode() not in f.response.content
+        assert request.headers["x-amz-security-token"] != TOKEN  # masked in the flow once sent
+        assert request.headers["authorization"] != auth
 
 
 def test_http2_signs_the_authority_and_a_large_body_off_the_event_loop(tmp_path, monkeypatch):
     import asyncio
 
-    addon = header_augment.HeaderAugment()
-    with taddons.context(addon) as tctx:
-        _signing_addon(tctx, tmp_path, monkeypatch)
-        try:
-            addon.bindings[0].refresher.refresh()  # the chain read once, here rather than on its thread
-            assert addon.bindings[0].refresher.snapshot.signing is not None
-            f = _flow(http2=True, content=b"x" * (header_augment.HASH_ON_LOOP + 1), headers=[("host", "elsewhere")])
-            addon.requestheaders(f)
-            pending = addon.check_reroute(f)
-            assert asyncio.iscoroutine(pending)
-            assert "authorization" not in f.request.headers  # not until the hash is done
-            asyncio.run(pending)
-            names = [name for name, _ in f.request.headers.fields]
-            assert all(name == name.lower() for name in names)
-            assert b"authorization" in names
-            assert f.request.authority == f.request.headers["host"] == "bucket.s3.eu-west-1.amazonaws.com"
-            assert "SignedHeaders=content-length;host;" in f.request.headers["authorization"]  # host once
-            _verify(f)
-        finally:
-            addon.done()
+    with signing_addon(tmp_path, monkeypatch) as addon:
+        f = _flow(http2=True, content=b"x" * (header_augment.HASH_ON_LOOP + 1), headers=[("host", "elsewhere")])
+        addon.requestheaders(f)
+        pending = addon.check_reroute(f)
+        assert asyncio.iscoroutine(pending)
+        assert "authorization" not in f.request.headers  # not until the hash is done
+        asyncio.run(pending)
+        names = [name for name, _ in f.request.headers.fields]
+        assert all(name == name.lower() for name in names)
+        assert b"authorization" in names
+        assert f.request.authority == f.request.headers["host"] == "bucket.s3.eu-west-1.amazonaws.com"
+        assert "SignedHeaders=content-length;host;" in f.request.headers["authorization"]  # host once
+        _verify(f)
 
 
 def test_out_of_scope_hosts_are_not_signed_and_a_streamed_body_needs_unsigned_payload(tmp_path, monkeypatch):
-    addon = header_augment.HeaderAugment()
-    with taddons.context(addon) as tctx:
-        _signing_addon(tctx, tmp_path, monkeypatch)
-        try:
-            addon.bindings[0].refresher.refresh()  # the chain read once, here rather than on its thread
-            assert addon.bindings[0].refresher.snapshot.signing is not None
-            elsewhere = _flow(host="example.org")
-            before = elsewhere.request.headers.fields
-            addon.check_reroute(elsewhere)
-            assert elsewhere.request.headers.fields == before
+    with signing_addon(tmp_path, monkeypatch) as addon:
+        elsewhere = _flow(host="example.org")
+        before = elsewhere.request.headers.fields
+        addon.check_reroute(elsewhere)
+        assert elsewhere.request.headers.fields == before
 
-            streamed = _flow()
-            streamed.request.stream = True
-            addon.sign_streamed(streamed)
-            assert streamed.killable is False and streamed.error is not None  # killed: nothing is sent
-            assert "unsigned_payload not set" in streamed.comment
-            assert "authorization" not in streamed.request.headers
-        finally:
-            addon.done()
+        streamed = _flow()
+        streamed.request.stream = True
+        addon.sign_streamed(streamed)
+        assert streamed.killable is False and streamed.error is not None  # killed: nothing is sent
+        assert "unsigned_payload not set" in streamed.comment
+        assert "authorization" not in streamed.request.headers
 
 
 def test_a_streamed_s3_body_is_sent_as_unsigned_payload_when_allowed(tmp_path, monkeypatch):
-    addon = header_augment.HeaderAugment()
-    with taddons.context(addon) as tctx:
-        _signing_addon(tctx, tmp_path, monkeypatch, unsigned_payload="true")
-        try:
-            addon.bindings[0].refresher.refresh()  # the chain read once, here rather than on its thread
-            assert addon.bindings[0].refresher.snapshot.signing is not None
-            f = _flow()
-            f.request.stream = True
-            assert addon.sign_streamed(f) is None
-            assert f.response is None
-            assert f.request.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
-            assert "x-amz-content-sha256" in f.request.headers["authorization"]
-            before = f.request.headers.fields
-            addon.check_reroute(f)  # its `request` hook, once the body has been streamed: not signed again
-            assert f.request.headers.fields == before
-        finally:
-            addon.done()
+    with signing_addon(tmp_path, monkeypatch, unsigned_payload="true") as addon:
+        f = _flow()
+        f.request.stream = True
+        assert addon.sign_streamed(f) is None
+        assert f.response is None
+        assert f.request.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+        assert "x-amz-content-sha256" in f.request.headers["authorization"]
+        before = f.request.headers.fields
+        addon.check_reroute(f)  # its `request` hook, once the body has been streamed: not signed again
+        assert f.request.headers.fields == before
 
 
 def test_settings_are_checked_at_configuration(monkeypatch):
