@@ -45,6 +45,7 @@ from header_augment_core.hosts import HostIndex, Hosts  # noqa: E402
 from header_augment_core.options import OPTIONS, check_deferred, label, settings_from_options  # noqa: E402
 from header_augment_core.providers_file import load_providers_file  # noqa: E402
 from header_augment_core.refresher import Refresher  # noqa: E402
+from header_augment_core.scheduler import Scheduler  # noqa: E402
 from header_augment_core.settings import ProviderSettings  # noqa: E402
 from header_augment_core.sigv4 import HASH_ON_LOOP, Unsignable, prepare, sign  # noqa: E402
 from header_augment_core.snapshot import NOTHING, Merge, merge  # noqa: E402
@@ -326,6 +327,7 @@ class HeaderAugment:
         self._guard = RerouteGuard(self.check_reroute, self.sign_streamed)
         self._keep_values = False  # header_keep_values, read once per change: options are slow to read per flow
         self._reasked_at: weakref.WeakKeyDictionary[Refresher, float] = weakref.WeakKeyDictionary()
+        self._scheduler = Scheduler()
 
     @property
     def bindings(self) -> tuple[Binding, ...]:
@@ -404,12 +406,8 @@ class HeaderAugment:
                     f"{label_of('clients')}: names users ({users}), but "
                     f"proxyauth {why}: only users proxyauth checked tell clients apart"
                 )
-        # A refresher that died (an unexpected error, logged) is replaced, not kept: reconfiguring revives it.
-        running = {
-            b.settings.fetch_key: b.refresher
-            for b in self.bindings
-            if b.refresher.ident is None or b.refresher.is_alive()
-        }
+        # A refresher that broke (an unexpected error, logged) is replaced, not kept: reconfiguring revives it.
+        running = {b.settings.fetch_key: b.refresher for b in self.bindings if not b.refresher.broken}
         counters = {self._entry_key(b.settings, i): b.counters for i, b in enumerate(self.bindings)}
         bindings = []
         for index, (settings, label_of) in enumerate(wanted):
@@ -478,8 +476,7 @@ class HeaderAugment:
 
     def _start(self) -> None:
         for binding in self.bindings:
-            if binding.refresher.ident is None:  # shared by two bindings, or already started
-                binding.refresher.start()
+            binding.refresher.start(self._scheduler)  # once: shared by two bindings, or already started
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -510,6 +507,8 @@ class HeaderAugment:
         bindings, self.bindings = self.bindings, ()
         for refresher in {b.refresher for b in bindings}:
             refresher.stop()
+        self._scheduler.close()  # its threads end with the turns in flight, which the stops have aborted
+        self._scheduler = Scheduler()
 
     async def _tick(self) -> None:
         """Reloads a changed providers file; logs the counters once a minute (at debug)."""
@@ -737,6 +736,7 @@ class HeaderAugment:
                 pass  # the loop has closed: nobody is waiting any more
 
         if binding.refresher.when_first_attempt_done(finished):
+            binding.refresher.hurry()
             try:
                 await asyncio.wait_for(done, binding.settings.timeout + FIRST_FETCH_GRACE)
             except TimeoutError:

@@ -3,6 +3,16 @@ import pytest
 from echo_upstream import received
 from servers import Mitmdump, Provider, RawProvider, Upstream, self_signed
 
+from header_augment_core.scheduler import Scheduler
+
+
+@pytest.fixture
+def scheduler():
+    """The refreshers' threads, as an addon owns them: closed (its workers end) after the test."""
+    made = Scheduler()
+    yield made
+    made.close()
+
 
 @pytest.fixture
 def provider():

@@ -376,10 +376,11 @@ async def hot_reload_scenario(provider):
         wait_until(lambda: len(refresher_threads()) == 1, what="refresher thread")
         old = refresher_threads()[0]
         sc.loadscript()  # what the watcher does when the file changes
-        assert not old.is_alive()
+        # done() does not wait on the loop for the threads: they end once their scheduler is closed.
+        wait_until(lambda: not old.is_alive(), what="the old script's thread to end")
         wait_until(lambda: len(refresher_threads()) == 1 and refresher_threads()[0] is not old, what="new thread")
         tctx.master.addons.remove(sc.ns)  # runs done()
-        assert refresher_threads() == []
+        wait_until(lambda: refresher_threads() == [], what="every thread to end")
 
 
 def test_nothing_is_the_initial_snapshot():
@@ -426,11 +427,11 @@ def test_a_refresher_that_died_is_replaced_on_reconfiguration(provider, caplog):
             dying.client.fetch = bug  # an unexpected error inside the thread, as a bug would raise
             addon.running()
             try:
-                await asyncio.to_thread(dying.join, 5)
-                assert not dying.is_alive()
+                assert await asyncio.to_thread(dying.wait_ended, 5)
+                assert dying.broken
                 tctx.configure(addon, header_merge="keep")  # any change: a new refresher takes over
                 fresh = addon.bindings[0].refresher
-                assert fresh is not dying and fresh.is_alive()
+                assert fresh is not dying and fresh.started and not fresh.stopping
                 await asyncio.to_thread(wait_until, lambda: fresh.counts.ok, 5)
             finally:
                 addon.done()

@@ -526,8 +526,14 @@ def test_only_a_host_that_names_the_endpoint_is_answered(mitmdump, provider):
 
 def test_a_burst_of_refreshes_asks_the_provider_at_most_once_a_second(mitmdump, provider):
     m, port = running_with_admin(mitmdump, provider, "--set", "termlog_verbosity=debug")
-    mark = m.mark()
     request = f"POST /refresh HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n".encode()
+    # One refresh first: the gaps are measured from a fetch on the kept-alive connection, not from the start-up
+    # fetch, whose arrival a new connection and the proxy's start-up delay by up to a tenth of a second.
+    assert raw_exchange(port, request.replace(b"Content-Length", b"Connection: close\r\nContent-Length")).startswith(
+        b"HTTP/1.1 202 "
+    )
+    provider.wait_for_requests(2)
+    mark = m.mark()
     connections = [socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) for _ in range(4)]
     try:
         started = time.monotonic()
@@ -554,8 +560,8 @@ def test_a_burst_of_refreshes_asks_the_provider_at_most_once_a_second(mitmdump, 
 
     lines = wait_until(logged, what="every refresh logged")
     asked = [line for line in lines if "already waiting" not in line]  # the info lines: one per fetch asked for
-    provider.wait_for_requests(1 + len(asked))  # none is dropped: each is one fetch
-    fetches = [r["at"] for r in provider.requests]
+    provider.wait_for_requests(2 + len(asked))  # none is dropped: each is one fetch
+    fetches = [r["at"] for r in provider.requests[1:]]
     assert len(fetches) == 1 + len(asked)
     window = answered - started
     assert 1 <= len(asked) <= 2 + int(window), window  # at most two for a burst shorter than a second

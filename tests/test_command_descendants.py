@@ -11,7 +11,7 @@ from urllib.parse import quote
 import pytest
 from conftest import client_for, values_of
 from helpers.support import DAEMONS, pid_lines, processes, zombie_children
-from servers import ROOT, Upstream, wait_until
+from servers import DEADLINE, ROOT, Upstream, wait_until
 
 from header_augment_core.fields import SettingsError
 from header_augment_core.kinds import command as command_kind
@@ -96,14 +96,14 @@ def test_the_timeout_kills_the_command_and_its_daemon(tmp_path):
     assert zombie_children() == []
 
 
-def test_stopping_the_refresher_kills_the_command_and_its_daemon(tmp_path):
+def test_stopping_the_refresher_kills_the_command_and_its_daemon(tmp_path, scheduler):
     pidfile = tmp_path / "pids"
     r = Refresher.for_settings(settings(command=[DAEMONS, "hang", str(pidfile)], timeout="60s"))
-    r.start()
+    r.start(scheduler)
     pid_lines(pidfile, 2)  # the daemon and the command have started
     pids = pids_in(pidfile)
     r.stop()
-    assert not r.is_alive()
+    assert r.wait_ended(DEADLINE)
     assert r.counts.failed == 0
     # The fetch's thread has reaped the supervisor, which reaped the rest first.
     assert none_left(pids) and zombie_children() == []

@@ -26,6 +26,7 @@ from helpers.support import (
     processes,
     zombie_children,
 )
+from helpers.waiting import DEADLINE
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
@@ -530,14 +531,14 @@ def test_exit_ends_what_the_command_left_running(tmp_path):
     assert zombie_children() == []
 
 
-def test_stop_kills_a_running_command(tmp_path):
+def test_stop_kills_a_running_command(tmp_path, scheduler):
     pidfile = tmp_path / "pids"
     s = settings(command=[HANG, str(pidfile)], timeout="60s")
     r = Refresher.for_settings(s)
-    r.start()
+    r.start(scheduler)
     [[leader, child]] = pid_lines(pidfile)
     r.stop()
-    assert not r.is_alive()  # ended within the second stop() waits for it
+    assert r.wait_ended(DEADLINE)  # stop() does not wait: the aborted run ends the refresher at once
     assert r.counts.failed == 0  # a stopped run is not the command's failure
     assert r.client.fetch().reason == "hang.sh: stopped"  # and no later run starts
     assert not {leader, child} & processes().keys() and zombie_children() == []

@@ -187,17 +187,17 @@ def refresher(url, clock=time.monotonic, schedule=None, **fields):
     return Refresher(settings.source.client(settings.timeout), settings, schedule=schedule, clock=clock)
 
 
-def test_refresher_publishes_and_refreshes(provider):
+def test_refresher_publishes_and_refreshes(provider, scheduler):
     provider.answer({"X-Token": "one"})
     r = refresher(provider.url, interval=0.1)
-    r.start()
+    r.start(scheduler)
     try:
         wait_until(lambda: r.snapshot.fields == ((b"X-Token", b"one"),), what="first snapshot")
         provider.answer({"X-Token": "two"})
         wait_until(lambda: r.snapshot.fields == ((b"X-Token", b"two"),), what="second snapshot")
     finally:
         r.stop()
-    assert not r.is_alive()
+    assert r.wait_ended(DEADLINE)
 
 
 class FakeClock:
@@ -237,10 +237,10 @@ def test_max_age_drives_the_next_refresh(provider):
     assert len(provider.requests) == 2
 
 
-def test_refresh_now(provider):
+def test_refresh_now(provider, scheduler):
     provider.answer({"A": "b"})
     r = refresher(provider.url, interval=3600)
-    r.start()
+    r.start(scheduler)
     try:
         provider.wait_for_requests(1)
         r.refresh_now()
@@ -312,14 +312,14 @@ def test_a_scheduled_fetch_serves_a_refresh_asked_for_before_it(provider):
     assert provider.count == 2  # and this new one waits for its second
 
 
-def test_stop_does_not_wait_for_a_hanging_provider(provider):
+def test_stop_does_not_wait_for_a_hanging_provider(provider, scheduler):
     provider.answer(hang=True)
     r = refresher(provider.url, timeout=60)
-    r.start()
+    r.start(scheduler)
     provider.wait_for_requests(1)
     started = time.monotonic()
     r.stop()
-    wait_until(lambda: not r.is_alive(), what="the refresher to end")
+    assert r.wait_ended(DEADLINE)
     assert time.monotonic() - started < DEADLINE  # not the minute of its call's timeout: the call was aborted
     assert r.snapshot.fields == () and r.counts.failed == 0  # an aborted call is not counted as a failure
 
@@ -328,4 +328,4 @@ def test_stop_before_start_and_twice(provider):
     r = refresher(provider.url)
     r.stop()
     r.stop()
-    assert not r.is_alive()
+    assert r.ended and r.first_attempt_done

@@ -28,7 +28,8 @@ class FetchResult:
 
 
 class Client:
-    """Fetches one provider's answer. Used by the one refresher thread that owns it, except `abort()`."""
+    """Fetches one provider's answer. Used by one thread at a time (the worker turning its refresher), but
+    `abort()`, from any thread."""
 
     # How often the refresher asks `changed()` (a file's stamp); None: never, the schedule alone decides.
     watch_interval: float | None = None
@@ -50,4 +51,4 @@ class Client:
         """Fail the fetch in flight, if any, and every later one, within a moment. Safe from any thread."""
 
     def close(self) -> None:
-        """Release what the client holds; called by the refresher thread when it ends."""
+        """Release what the client holds; called once, when its refresher ends."""

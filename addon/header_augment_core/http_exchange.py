@@ -238,7 +238,7 @@ class _AbortableBackend(httpcore.NetworkBackend):
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
         self._lookups: set[threading.Event] = set()
         self._aborted = False
-        self._deadline: float | None = None  # only the owning thread sets and reads it
+        self._deadline: float | None = None  # only the thread making the call sets and reads it
 
     @contextlib.contextmanager
     def deadline(self, seconds: float) -> Iterator[None]:
@@ -519,7 +519,7 @@ def _failure(error: httpx.HTTPError) -> Failed:
 
 
 class HttpExchange:
-    """An httpx client for one endpoint. Thread-affine: used by the one refresher thread that owns it."""
+    """An httpx client for one endpoint. Used by one thread at a time: the scheduler worker that turns its refresher."""
 
     def __init__(self, endpoint: Endpoint, timeout: float, accept: str) -> None:
         self.endpoint = endpoint

@@ -1,4 +1,4 @@
-"""The background thread that keeps one provider's snapshot fresh. Request handling never waits on it."""
+"""What keeps one provider's snapshot fresh, turned by the scheduler's threads. Request handling never waits on it."""
 
 import logging
 import math
@@ -9,14 +9,13 @@ from collections.abc import Callable
 from .counters import FetchCounters
 from .durations import format_age
 from .fetch import Client, FetchResult
-from .http_exchange import THREAD_PREFIX
 from .schedule import Schedule
+from .scheduler import Scheduler
 from .settings import ProviderSettings
 from .snapshot import NOTHING, Snapshot
 
 logger = logging.getLogger("header_augment")
 
-STOP_WAIT = 1.0
 # Refresh a credential with a known lifetime at 80% of it: early enough to ride out a failed attempt or two.
 TOKEN_REFRESH_AT = 0.8
 # A failure with a new reason is logged at warning at most this often; the same reason again, this often.
@@ -27,10 +26,10 @@ FAILURE_REMINDER = 300.0
 REFRESH_GAP = 1.0
 
 
-class Refresher(threading.Thread):
+class Refresher:
     """Asks the provider on schedule and publishes each valid answer as a new immutable `snapshot`, swapped by
-    reference. Everything it logs names headers and reasons, never a value; it logs a bounded number of lines per
-    fetch, whatever the answer holds.
+    reference. Its turns run on a `Scheduler`'s threads, one at a time. Everything it logs names headers and
+    reasons, never a value; it logs a bounded number of lines per fetch, whatever the answer holds.
     """
 
     def __init__(
@@ -41,13 +40,15 @@ class Refresher(threading.Thread):
         clock: Callable[[], float] = time.monotonic,
         seed: Snapshot = NOTHING,
     ) -> None:
-        super().__init__(name=f"{THREAD_PREFIX} refresher {settings.label}", daemon=True)
         self.client = client
         self.settings = settings
         self._schedule = schedule or Schedule(settings.interval)
         self._clock = clock
-        self._wake = threading.Event()
-        self._stopping = False
+        self._scheduler: Scheduler | None = None
+        self.stopping = False
+        self.broken = False  # stopped by an unexpected error (logged); a reconfiguration replaces it
+        self._ended = threading.Event()
+        self._end_lock = threading.Lock()
         self.snapshot = seed.restamped(settings.max_stale) if seed is not NOTHING else NOTHING
         self.counts = FetchCounters()
         self.last_error = ""
@@ -72,33 +73,64 @@ class Refresher(threading.Thread):
 
     # -- control, from any thread -------------------------------------------------------------------------------
 
+    @property
+    def started(self) -> bool:
+        return self._scheduler is not None
+
+    @property
+    def ended(self) -> bool:
+        """Stopped (or broken), with its client closed."""
+        return self._ended.is_set()
+
+    def wait_ended(self, timeout: float) -> bool:
+        return self._ended.wait(timeout)
+
+    def start(self, scheduler: Scheduler) -> None:
+        """The first fetch is due at once; each later turn is at `wake_at()`."""
+        if self._scheduler is None and not self.stopping:
+            self._scheduler = scheduler
+            self.next_fetch_at = self._clock()
+            scheduler.schedule(self)
+
+    def hurry(self) -> None:
+        """A request waits for the first answer: make the first fetch before the other providers' due ones."""
+        if self._scheduler is not None and not self._first_attempt_done:
+            self._scheduler.hurry(self)
+
     def refresh_now(self) -> bool:
         """Fetch again at once, or REFRESH_GAP after the last fetch started if that is later; every call until then
         is served by that one fetch (or by any fetch that starts sooner). Returns False when an earlier call is
         already waiting for it."""
         with self._asked_lock:
             new, self._asked = not self._asked, True
-        self._wake.set()
+        if self._scheduler is not None:
+            self._scheduler.schedule(self)
         return new
 
-    def stop(self, wait: float = STOP_WAIT) -> None:
-        """Stop polling; a call in flight is aborted, so this returns within `wait` even if the provider hangs."""
-        self._stopping = True
-        self._wake.set()
+    def stop(self) -> None:
+        """Stop polling, without waiting: a call in flight is aborted, and its turn, the last, ends the refresher
+        (closes its client) as soon as the call returns, even if the provider hangs."""
+        self.stopping = True
         self.client.abort()
-        if self.ident is None:
-            self.client.close()  # never started: the thread that would close it never will
+        if self._scheduler is None or self._scheduler.remove(self):
+            self.end()
+
+    def end(self) -> None:
+        """Once stopped and no turn is running: close the client and release whoever waits for a first answer."""
+        with self._end_lock:
+            if self._ended.is_set():
+                return
             self._finish_first_attempt()
-        elif self.is_alive() and threading.current_thread() is not self:
-            self.join(wait)
+            self.client.close()
+            self._ended.set()
 
     @property
     def first_attempt_done(self) -> bool:
         return self._first_attempt_done
 
     def when_first_attempt_done(self, callback: Callable[[], None]) -> bool:
-        """Call `callback` (from the refresher's thread) once the first fetch has finished, failed or not, or the
-        refresher has stopped. Returns False, without calling it, if that has already happened."""
+        """Call `callback` (from the thread that makes the fetch) once the first fetch has finished, failed or not,
+        or the refresher has stopped. Returns False, without calling it, if that has already happened."""
         with self._first_lock:
             if self._first_attempt_done:
                 return False
@@ -114,25 +146,21 @@ class Refresher(threading.Thread):
         for callback in callbacks:
             callback()
 
-    # -- the thread ---------------------------------------------------------------------------------------------
+    # -- a turn, on a scheduler thread --------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def turn(self) -> None:
+        """What is due now, if anything. An unexpected error stops this refresher (logged), never the worker."""
+        if self.stopping:
+            return
         try:
-            self.next_fetch_at = self._clock()
-            while not self._stopping:
-                self._wake.wait(max(0.0, self.wake_at() - self._clock()))
-                if self._stopping:
-                    break
-                self._wake.clear()  # before step() reads what refresh_now() asked: a later call wakes it again
-                self.step()
+            self.step()
         except Exception:
             logger.exception("header provider %s: refresher stopped by an unexpected error", self.settings.label)
-        finally:
-            self._finish_first_attempt()
-            self.client.close()
+            self.broken = self.stopping = True
+            self.client.abort()
 
     def wake_at(self) -> float:
-        """When the loop has something to do next: a fetch (scheduled or asked for), a change to look for, or
+        """When the refresher has something to do next: a fetch (scheduled or asked for), a change to look for, or
         headers to drop."""
         at = self.next_fetch_at
         if self._asked:
@@ -144,7 +172,7 @@ class Refresher(threading.Thread):
         return at
 
     def step(self) -> None:
-        """One turn of the loop, at `wake_at()` or when woken by `refresh_now()`."""
+        """At `wake_at()`, or sooner when `refresh_now()` asked for a fetch: does what is due, if anything."""
         now = self._clock()
         due = now >= self.next_fetch_at or (self._asked and now >= self._started_at + REFRESH_GAP)
         if not due and self.client.watch_interval is not None and now >= self._watched_at + self.client.watch_interval:
@@ -163,7 +191,7 @@ class Refresher(threading.Thread):
             result = self.client.fetch()
         finally:
             self.in_flight_since = None
-        if self._stopping:
+        if self.stopping:
             return 0.0  # an aborted call is not the provider's fault, and nothing may be published after stop()
         if result.ok:
             self._accept(result)

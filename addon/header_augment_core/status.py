@@ -28,7 +28,7 @@ class Entry(Protocol):
 
 def state(refresher: Refresher, now: float) -> str:
     """One of STATES."""
-    if refresher.ident is not None and not refresher.is_alive():
+    if refresher.stopping:  # broken by an unexpected error (logged), or stopped while still bound
         return "stopped"
     snapshot = refresher.snapshot
     if snapshot is NOTHING:

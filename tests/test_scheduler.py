@@ -1,0 +1,179 @@
+"""The scheduler that turns every refresher: bounded threads, one turn at a time per refresher, hurry, stop, close."""
+
+import math
+import threading
+import time
+
+import pytest
+from servers import DEADLINE, wait_until
+
+from header_augment_core.refresher import Refresher
+from header_augment_core.scheduler import Scheduler
+from header_augment_core.settings import parse_settings
+
+
+class Job:
+    """A refresher's side of the protocol, recording its turns: due at `at`, then never again unless asked."""
+
+    def __init__(self, name, at=0.0, hold: threading.Event | None = None, log=None, gauge=None):
+        self.name, self.at, self.hold, self.log, self.gauge = name, at, hold, log, gauge
+        self.stopping = False
+        self.turns = 0
+        self.ended = threading.Event()
+        self.inside = 0
+
+    def wake_at(self):
+        return self.at
+
+    def turn(self):
+        self.inside += 1
+        assert self.inside == 1, "two turns of one refresher at once"
+        if self.gauge is not None:
+            self.gauge.enter()
+        self.at = math.inf  # done until asked again; an ask during the turn (as refresh_now's) is kept
+        try:
+            if self.log is not None:
+                self.log.append(self.name)
+            if self.hold is not None:
+                assert self.hold.wait(DEADLINE)
+            self.turns += 1
+        finally:
+            if self.gauge is not None:
+                self.gauge.leave()
+            self.inside -= 1
+
+    def end(self):
+        self.ended.set()
+
+
+class Gauge:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+
+    def enter(self):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+
+    def leave(self):
+        with self.lock:
+            self.now -= 1
+
+
+@pytest.fixture
+def make():
+    made = []
+
+    def scheduler(**kwargs):
+        made.append(Scheduler(**kwargs))
+        return made[-1]
+
+    yield scheduler
+    for s in made:
+        s.close()
+
+
+def test_many_due_at_once_run_at_most_workers_at_a_time(make):
+    scheduler = make(workers=4)
+    gauge = Gauge()
+    release = threading.Event()
+    jobs = [Job(i, hold=release, gauge=gauge) for i in range(200)]
+    for job in jobs:
+        scheduler.schedule(job)
+    wait_until(lambda: gauge.now == 4, what="four turns running")
+    assert scheduler.threads == 4
+    release.set()
+    wait_until(lambda: all(j.turns == 1 for j in jobs), what="every first turn")
+    assert gauge.most == 4 and scheduler.threads == 4
+
+
+def test_one_refresher_never_turns_twice_at_once_and_a_request_during_its_turn_comes_after(make):
+    scheduler = make(workers=8)
+    release = threading.Event()
+    job = Job("a", hold=release)
+    scheduler.schedule(job)
+    wait_until(lambda: job.inside == 1, what="the turn to start")
+    for _ in range(100):
+        job.at = 0.0  # asked again while its turn runs
+        scheduler.schedule(job)
+    release.set()
+    wait_until(lambda: job.turns == 2, what="the turn asked for meanwhile")
+    assert scheduler.threads == 1  # the asks during the turn did not start workers for it
+
+
+def test_a_hurried_refresher_goes_before_every_other_due_one(make):
+    scheduler = make(workers=1)
+    release, log = threading.Event(), []
+    first = Job("first", hold=release, log=log)
+    scheduler.schedule(first)
+    wait_until(lambda: first.inside == 1, what="the only worker to be busy")
+    queued = [Job(i, at=time.monotonic() - 10 + i, log=log) for i in range(5)]
+    for job in queued:
+        scheduler.schedule(job)
+    scheduler.hurry(queued[4])
+    release.set()
+    wait_until(lambda: len(log) == 6, what="every turn")
+    assert log == ["first", 4, 0, 1, 2, 3]
+
+
+def test_entries_turn_at_their_time_not_before(make):
+    scheduler = make(workers=2)
+    log = []
+    soon, later = Job("soon", at=time.monotonic() + 0.2, log=log), Job("later", at=time.monotonic() + 0.4, log=log)
+    scheduler.schedule(later)
+    scheduler.schedule(soon)
+    start = time.monotonic()
+    wait_until(lambda: len(log) == 2, what="both turns")
+    assert log == ["soon", "later"] and time.monotonic() - start >= 0.35
+
+
+def test_removed_while_queued_never_turns_and_while_running_ends_after_its_turn(make):
+    scheduler = make(workers=2)
+    queued = Job("queued", at=time.monotonic() + 0.2)
+    scheduler.schedule(queued)
+    queued.stopping = True
+    assert scheduler.remove(queued) is True  # the caller ends it
+    release = threading.Event()
+    running = Job("running", hold=release)
+    scheduler.schedule(running)
+    wait_until(lambda: running.inside == 1, what="the turn to start")
+    running.stopping = True
+    assert scheduler.remove(running) is False
+    assert not running.ended.is_set()
+    release.set()
+    assert running.ended.wait(DEADLINE)  # the worker ended it once its turn was over
+    time.sleep(0.3)  # past the queued one's time: it stays unturned
+    assert queued.turns == 0 and running.turns == 1
+
+
+def test_close_ends_the_workers(make):
+    scheduler = make(workers=3)
+    jobs = [Job(i) for i in range(3)]
+    for job in jobs:
+        scheduler.schedule(job)
+    wait_until(lambda: all(j.turns for j in jobs), what="the turns")
+    workers = [t for t in threading.enumerate() if t.name.startswith("header-augment fetch")]
+    assert workers
+    scheduler.close()
+    for thread in workers:
+        thread.join(DEADLINE)
+    assert not any(t.is_alive() for t in workers)
+
+
+def test_real_refreshers_share_the_workers(make, provider):
+    provider.answer({"X-Token": "t"})
+    scheduler = make(workers=3)
+    refreshers = [
+        Refresher.for_settings(parse_settings({"url": f"{provider.url}?n={i}", "hosts": "a.example"}, str))
+        for i in range(40)
+    ]
+    for r in refreshers:
+        r.start(scheduler)
+    try:
+        wait_until(lambda: all(r.snapshot.fields == ((b"X-Token", b"t"),) for r in refreshers), what="every answer")
+        assert scheduler.threads == 3 and len(provider.requests) == 40
+    finally:
+        for r in refreshers:
+            r.stop()
+    assert all(r.wait_ended(DEADLINE) for r in refreshers)
