@@ -14,6 +14,7 @@ from mitmproxy.http import Headers
 from mitmproxy.test import taddons, tflow
 from servers import ADDON, wait_until
 
+from header_augment_core.entries import Entries
 from header_augment_core.options import OPTION_NAMES
 from header_augment_core.snapshot import NOTHING, Snapshot
 
@@ -240,7 +241,7 @@ def test_unexpected_error_passes_the_flow_untouched(caplog):
         def broken_scope(flow):
             raise RuntimeError("boom")
 
-        addon.bindings = (dataclasses.replace(addon.bindings[0], scope=broken_scope),)
+        addon._path.entries = Entries.of((dataclasses.replace(addon.bindings[0], scope=broken_scope),))
         f = make_flow()
         before = f.request.headers.fields
         addon.requestheaders(f)

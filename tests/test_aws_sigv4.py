@@ -12,10 +12,12 @@ from botocore.credentials import RefreshableCredentials
 from mitmproxy.http import Headers, Response
 from mitmproxy.test import taddons, tflow
 
+from header_augment_core.counters import RequestCounters
 from header_augment_core.kinds.aws_sigv4 import AwsSigV4Client, AwsSigV4Source
 from header_augment_core.refresher import Refresher
 from header_augment_core.schedule import Schedule
 from header_augment_core.settings import parse_settings
+from header_augment_core.sigv4 import HASH_ON_LOOP
 from header_augment_core.status import provider_status, report
 
 KEY, SECRET, TOKEN = "AKIAEXAMPLEKEY000001", "secret/Access+Key/000000000000000000001", "FwoGZXIvYXdzEXAMPLETOKEN0001"
@@ -128,7 +130,7 @@ class _Latest(random.Random):
 class _Entry:
     def __init__(self, settings, refresher) -> None:
         self.settings, self.refresher = settings, refresher
-        self.counters = header_augment.RequestCounters()
+        self.counters = RequestCounters()
 
 
 def _flow(host="bucket.s3.eu-west-1.amazonaws.com", path="/key", headers=(), content=b"", http2=False):
@@ -242,7 +244,7 @@ def test_http2_signs_the_authority_and_a_large_body_off_the_event_loop(tmp_path,
     import asyncio
 
     with signing_addon(tmp_path, monkeypatch) as addon:
-        f = _flow(http2=True, content=b"x" * (header_augment.HASH_ON_LOOP + 1), headers=[("host", "elsewhere")])
+        f = _flow(http2=True, content=b"x" * (HASH_ON_LOOP + 1), headers=[("host", "elsewhere")])
         addon.requestheaders(f)
         pending = addon.check_reroute(f)
         assert asyncio.iscoroutine(pending)

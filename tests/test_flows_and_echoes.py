@@ -17,7 +17,7 @@ from mitmproxy import http, io
 from mitmproxy.test import taddons, tflow
 from servers import serve_in_background, wait_until
 
-from header_augment_core import carried
+from header_augment_core import carried, request_path
 from header_augment_core.carried import MAX_SCRUBBED_BODY
 
 try:
@@ -188,7 +188,7 @@ def test_a_large_body_is_scrubbed_off_the_event_loop(configured):
     threads = []
     original = carried.scrub_body
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(header_augment, "scrub_body", lambda *a: threads.append(threading.get_ident()) or original(*a))
+        mp.setattr(request_path, "scrub_body", lambda *a: threads.append(threading.get_ident()) or original(*a))
         pending = addon.response(f)
         assert pending is not None  # awaited by mitmproxy: this flow waits, the loop goes on
         main = threading.get_ident()
@@ -263,7 +263,7 @@ def test_a_flow_that_carried_nothing_is_untouched(configured):
 def test_a_401_asks_the_provider_again_at_most_once_per_gap(configured, monkeypatch):
     addon, _ = configured
     now = [1000.0]
-    monkeypatch.setattr(header_augment, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(request_path, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     asked = []
     refresher = addon.bindings[0].refresher
     monkeypatch.setattr(refresher, "refresh_now", lambda: asked.append(now[0]))

@@ -3,11 +3,11 @@ mitmproxy release that renames or reshapes one fails here by name instead of som
 against mitmproxy 12.3.1). httpx and httpcore are used through their public API only (http_exchange._PoolTransport).
 """
 
-import header_augment
 import pytest
 from mitmproxy import exceptions, flowfilter, optmanager
 
 from header_augment_core import options as addon_options
+from header_augment_core.entries import searches_hosts
 
 
 def manager() -> optmanager.OptManager:
@@ -67,4 +67,4 @@ def test_compiled_filters_show_their_codes_and_children(expression, codes):
 
     compiled = flowfilter.parse(expression)
     assert walk(compiled) == codes
-    assert header_augment._searches_hosts(compiled) == bool(codes & {"d", "h", "hq", "u"})
+    assert searches_hosts(compiled) == bool(codes & {"d", "h", "hq", "u"})

@@ -1,0 +1,201 @@
+"""One provider entry on the request path: whether a flow is in its scope, and adding its headers or signing."""
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mitmproxy import flowfilter, http
+
+from .carried import Carried, carried_by, carry
+from .clients import Clients
+from .hosts import Hosts
+from .refresher import Refresher
+from .settings import ProviderSettings
+from .sigv4 import HASH_ON_LOOP, Unsignable, prepare, sign
+from .snapshot import NOTHING, Merge, merge
+
+logger = logging.getLogger("header_augment")
+
+# A warning that is true of every flow of an entry (a streamed body it cannot sign) is logged at most this often.
+WARN_INTERVAL = 60.0
+_LOWER_CASE_NAMES = (b"HTTP/2.0", b"HTTP/3")  # versions whose header names must be lower-case
+
+WAIT = object()  # from Binding.apply: hold the request until the provider's first fetch has finished
+DONE = object()  # from Binding.sign: the flow was in scope and has been dealt with
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One provider entry: its refresher (maybe shared with an entry that fetches the same), the rules for applying
+    its headers to a flow, and its own counters."""
+
+    settings: ProviderSettings
+    refresher: Refresher
+    hosts: Hosts | None
+    scope: flowfilter.TFilter | None
+    clients: Clients | None
+    counters: Any  # RequestCounters
+    comment: str  # how a flow's comment names this provider
+    mode: Merge  # settings.merge, one attribute away on the request path
+    signer: Any = None  # aws-sigv4's: the flow is signed at the end of the addon chain instead of given headers
+
+    def apply(self, flow: http.HTTPFlow, key: str | None, may_wait: bool = True) -> object:
+        """Add the headers to `flow` if it is in scope (`key`: its host's `request_key`). Returns WAIT (having done
+        nothing) when the flow should be held until the provider's first fetch has finished."""
+        counters = self.counters
+        request = flow.request
+        host, port = request.host, request.port
+        if self.hosts is not None and not self.hosts.matches_key(key, port):
+            return None
+        if self.scope is not None and not self.scope(flow):
+            return None
+        if self.clients is not None and not self.clients.matches(flow):
+            return None
+        snapshot = self.refresher.snapshot  # read once: a request never mixes two answers
+        until = snapshot.usable_until
+        if until != math.inf and time.monotonic() >= until:  # most snapshots are usable forever: no clock read
+            return self._unusable(flow, snapshot, may_wait, "headers", ("no valid answer yet", "headers expired"))
+        counters.in_scope += 1
+        existing = request.headers.fields
+        fields, clashes = merge(existing, snapshot, self.mode, request.data.http_version in _LOWER_CASE_NAMES)
+        if clashes:
+            counters.already_present += 1
+            note(flow, self.comment + _clash_note(snapshot, clashes, self.mode))
+        elif fields is not None:
+            note(flow, self.comment + snapshot.summary)
+        if fields is None:  # nothing to add: {} from the provider, or keep mode and the request had every name
+            return None
+        request.headers.fields = fields
+        counters.given += 1
+        carried = carried_by(flow)
+        if carried is None:
+            carry(flow, Carried(existing, host, port, snapshot.names, [(self, snapshot)]))
+        else:  # a second entry for the same flow
+            carried.add(self, snapshot)
+        return None
+
+    def _unusable(self, flow: http.HTTPFlow, snapshot, may_wait: bool, what: str, why: tuple[str, str]) -> object:
+        """In scope, but nothing usable to add or sign with: WAIT for the first fetch, else refused (require) or
+        passed without. `why`: the comment's words before any answer, and once expired."""
+        if may_wait and snapshot is NOTHING and not self.refresher.first_attempt_done:
+            return WAIT
+        counters = self.counters
+        counters.in_scope += 1
+        never = snapshot is NOTHING
+        if self.settings.require:
+            _answer(flow, _refusal(never, what))
+            counters.refused += 1
+            note(flow, f"{self.comment}refused: {why[0] if never else why[1]}")
+        else:
+            counters.without += 1
+            note(flow, f"{self.comment}no usable {what}, passed {'unsigned' if self.signer else 'without'}")
+        return None
+
+    def sign(self, flow: http.HTTPFlow, may_wait: bool = True) -> object:
+        """Sign `flow` if it is in scope, as it will be sent: None if it is not, WAIT, DONE, or a coroutine that
+        signs it with the body hashed on a worker thread."""
+        counters = self.counters
+        request = flow.request
+        if self.hosts is not None and not self.hosts.matches(request.host, request.port):
+            return None  # out_of_scope is derived from the flows seen (counters.py)
+        if self.scope is not None and not self.scope(flow):
+            return None
+        if self.clients is not None and not self.clients.matches(flow):
+            return None
+        snapshot = self.refresher.snapshot
+        if time.monotonic() >= snapshot.usable_until:
+            outcome = self._unusable(
+                flow, snapshot, may_wait, "credentials", ("no credentials yet", "credentials expired")
+            )
+            return DONE if outcome is None else outcome
+        counters.in_scope += 1
+        streamed = bool(request.stream)
+        if streamed and not self.signer.unsigned_payload:
+            # mitmproxy cannot answer a request whose body it streams (it would stream it again as it reads it):
+            # the flow is killed before anything is sent, and the log and the flow say why.
+            flow.kill()
+            counters.refused += 1
+            note(flow, f"{self.comment}refused: streamed body (stream_large_bodies), unsigned_payload not set")
+            _warn_streamed(self.settings.label)
+            return DONE
+        try:
+            prepared = prepare(request, streamed)
+        except Unsignable as e:
+            _answer(flow, _unsignable(str(e)))
+            counters.refused += 1
+            note(flow, f"{self.comment}refused: {e}")
+            return DONE
+        if prepared.body is not None and len(prepared.body) > HASH_ON_LOOP:
+            return self._sign_off_loop(flow, snapshot, prepared)
+        self._signed(flow, sign(self.signer, snapshot.signing, prepared))
+        return DONE
+
+    async def _sign_off_loop(self, flow: http.HTTPFlow, snapshot, prepared) -> None:
+        """Only this flow's task touches it while its hook runs; the thread reads `prepared`, never the flow."""
+        signed = await asyncio.to_thread(sign, self.signer, snapshot.signing, prepared)
+        if not (flow.response or flow.error) and flow.live:
+            self._signed(flow, signed)
+
+    def _signed(self, flow: http.HTTPFlow, signed) -> None:
+        fields, secrets = signed
+        request = flow.request
+        original = request.headers.fields
+        request.headers.fields = fields
+        self.counters.given += 1
+        note(flow, self.comment + self.signer.comment)
+        carried = carried_by(flow)
+        if carried is None:
+            carry(flow, Carried(original, request.host, request.port, secrets.names, [(self, secrets)]))
+        else:
+            carried.add(self, secrets)
+
+
+def _answer(flow: http.HTTPFlow, response: http.Response) -> None:
+    """Answer the flow ourselves. A streamed request cannot have a response: it is killed (nothing was sent)."""
+    if flow.request.stream:
+        flow.kill()
+    else:
+        flow.response = response
+
+
+_streamed_warned_at: dict[str, float] = {}
+
+
+def _warn_streamed(label: str) -> None:
+    now = time.monotonic()
+    if now - _streamed_warned_at.get(label, -math.inf) >= WARN_INTERVAL:
+        _streamed_warned_at[label] = now
+        logger.warning(
+            "header provider %s: a streamed request body (stream_large_bodies) cannot be hashed for its signature: "
+            "killed; set unsigned_payload: true to send S3 uploads with UNSIGNED-PAYLOAD (logged at most once a "
+            "minute)",
+            label,
+        )
+
+
+def _unsignable(why: str) -> http.Response:
+    return http.Response.make(
+        502, f"header-augment: not signed: {why}\n", {"Content-Type": "text/plain; charset=utf-8"}
+    )
+
+
+def note(flow: http.HTTPFlow, text: str) -> None:
+    """Say what was done where a mitmweb or console user looks: the flow's comment (names only, never values)."""
+    flow.comment = f"{flow.comment}\n{text}" if flow.comment else text
+
+
+def _clash_note(snapshot, clashes: set[bytes], mode: Merge) -> str:
+    added = [n for n, low in zip(snapshot.display_names, snapshot.lowered, strict=True) if low not in clashes]
+    present = [n for n, low in zip(snapshot.display_names, snapshot.lowered, strict=True) if low in clashes]
+    verb = {Merge.REPLACE: "replaced", Merge.APPEND: "appended to", Merge.KEEP: "kept the request's"}[mode]
+    return "; ".join(([f"added {', '.join(added)}"] if added else []) + [f"{verb} {', '.join(present)}"])
+
+
+def _refusal(never_answered: bool, what: str = "headers") -> http.Response:
+    why = "no valid answer from the header provider yet" if never_answered else f"the provider's {what} expired"
+    return http.Response.make(
+        503, f"header-augment: {why} (header_require is set)\n", {"Content-Type": "text/plain; charset=utf-8"}
+    )

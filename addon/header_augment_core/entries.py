@@ -1,0 +1,148 @@
+"""A configuration's entries, built off the event loop and swapped in by one reference: the bindings in file order,
+those that add headers and the index they are found by, and those that sign at the end of the addon chain."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mitmproxy import flowfilter
+
+from .binding import Binding
+from .counters import RequestCounters, Seen
+from .fields import SettingsError, shown
+from .hosts import HostIndex
+from .refresher import Refresher
+from .settings import ProviderSettings
+from .snapshot import NOTHING
+
+Label = Callable[[str], str]
+# Filters that search the request's host (or its Host header) with a regex: not a way to pick hosts.
+_HOST_SEARCHING_FILTERS = {"d", "h", "hq", "u"}
+
+
+@dataclass(frozen=True)
+class Entries:
+    bindings: tuple[Binding, ...]
+    adders: tuple[Binding, ...]
+    signers: tuple[Binding, ...]
+    index: HostIndex
+
+    @classmethod
+    def of(cls, bindings: tuple[Binding, ...]) -> "Entries":
+        adders = tuple(b for b in bindings if b.signer is None)
+        signers = tuple(b for b in bindings if b.signer is not None)
+        return cls(bindings, adders, signers, HostIndex([(b.settings.hosts, b) for b in adders]))
+
+
+NO_ENTRIES = Entries.of(())
+
+
+def build(wanted: list[tuple[ProviderSettings, Label]], previous: Entries, seen: Seen, proxyauth: str) -> Entries:
+    """Entries for `wanted` (settings, and how messages name their fields), nothing changed yet: raises
+    SettingsError, having stopped every refresher it made, if one cannot be made. Entries with equal fetch settings
+    share one refresher, kept from `previous` when it is there; an entry keeps its counters across reloads (found by
+    its name, or its source and position). Safe on a worker thread: it reads `previous` and touches nothing else."""
+    for settings, label_of in wanted:
+        if settings.clients.names and (not proxyauth or proxyauth.strip().lower() == "any"):
+            # proxyauth=any takes whatever user name a client sends: it would let any client be anyone.
+            why = "is not set" if not proxyauth else "is 'any', which accepts every user name a client sends"
+            named = sorted(settings.clients.names)
+            cut = [n if len(n) <= 40 else n[:40] + "…" for n in named[:3]]  # a name can be as long as the file
+            users = ", ".join(cut) + (f" and {len(named) - 3} more" * (len(named) > 3))
+            raise SettingsError(
+                f"{label_of('clients')}: names users ({users}), but "
+                f"proxyauth {why}: only users proxyauth checked tell clients apart"
+            )
+    # A refresher that broke (an unexpected error, logged) is replaced, not kept: reconfiguring revives it.
+    running = {b.settings.fetch_key: b.refresher for b in previous.bindings if not b.refresher.broken}
+    cached = {}  # the headers a running refresher holds for the same credentials (only a transport setting changed)
+    for b in previous.bindings:
+        cached.setdefault(b.settings.credential_key, b.refresher)
+    counters = {_entry_key(b.settings, i): b.counters for i, b in enumerate(previous.bindings)}
+    made: dict[tuple, Refresher] = {}  # refreshers made for this attempt, by fetch key
+    try:
+        bindings = []
+        for index, (settings, label_of) in enumerate(wanted):
+            key = settings.fetch_key
+            refresher = running.get(key) or made.get(key)
+            if refresher is None:
+                seed = cached[settings.credential_key].snapshot if settings.credential_key in cached else NOTHING
+                try:
+                    refresher = Refresher.for_settings(settings, seed=seed)
+                except SettingsError as e:
+                    raise SettingsError(f"{label_of(e.field or 'url')}: {e}") from None
+                made[key] = refresher
+            name = f"header-augment ({settings.name}): " if settings.name else "header-augment: "
+            bindings.append(
+                Binding(
+                    settings=settings,
+                    refresher=refresher,
+                    hosts=settings.hosts if settings.hosts else None,
+                    scope=_compile_scope(settings, label_of),
+                    clients=settings.clients or None,
+                    counters=counters.get(_entry_key(settings, index)) or RequestCounters(seen),
+                    comment=name,
+                    mode=settings.merge,
+                    signer=_signer_of(settings),
+                )
+            )
+        return Entries.of(tuple(bindings))
+    except Exception:
+        for refresher in made.values():
+            refresher.stop()  # made for this attempt only: close its client
+        raise
+
+
+def _entry_key(settings: ProviderSettings, index: int) -> tuple:
+    return (settings.name,) if settings.name else (settings.source.display, index)
+
+
+def warnings(previous: Entries, entries: Entries) -> list[str]:
+    """What to warn of in `entries` that `previous` did not already have: credentials for every host, and scopes
+    that search hosts with a regex."""
+    warned = {(b.settings.source, b.settings.hosts, b.settings.scope) for b in previous.bindings}
+    found = []
+    for binding in entries.bindings:
+        settings = binding.settings
+        if (settings.source, settings.hosts, settings.scope) in warned:
+            continue
+        if settings.hosts.everything and not settings.scope:
+            found.append(f"header_hosts is *: headers from {settings.label} go to every host this proxy sees")
+        if binding.scope is not None and searches_hosts(binding.scope):
+            found.append(
+                f"header_scope {shown(settings.scope)} of {settings.label} uses ~d, ~h, ~u or a bare word: these are "
+                "regex searches that also see the Host header a client chose and match look-alike names; name the "
+                "hosts with header_hosts"
+            )
+    return found
+
+
+def _compile_scope(settings: ProviderSettings, label_of: Label) -> flowfilter.TFilter | None:
+    if not settings.scope:
+        return None
+    try:
+        return flowfilter.parse(settings.scope)
+    except ValueError:  # its message only quotes the whole expression again
+        raise SettingsError(
+            f"{label_of('scope')}: {shown(settings.scope)} is not a mitmproxy filter expression"
+        ) from None
+
+
+def searches_hosts(node: object) -> bool:
+    """Whether a compiled filter uses ~d, ~h, ~hq or ~u (a bare word is ~u too). Walked without recursion: `!!!…`
+    nests as deep as the expression is long."""
+    # flowfilter's undocumented node attributes (a filter's `code`, FAnd/FOr's `lst`, FNot's `itm`): the only way to
+    # look inside a compiled filter (checked against mitmproxy 12.3.1; tests/test_seams.py fails if they move).
+    pending = [node]
+    while pending:
+        node = pending.pop()
+        if getattr(node, "code", None) in _HOST_SEARCHING_FILTERS:
+            return True
+        # extend, not +=: a list plus pyparsing's ParseResults (`lst`) recurses in ParseResults.__radd__.
+        pending.extend(getattr(node, "lst", None) or ([node.itm] if hasattr(node, "itm") else []))
+    return False
+
+
+def _signer_of(settings: ProviderSettings) -> Any:
+    make = getattr(settings.source, "signer", None)  # only a signing kind has one
+    return make() if make is not None else None
