@@ -202,6 +202,7 @@ def test_a_request_is_signed_as_sent_without_hop_by_hop_headers_and_masked_and_s
                 ("X-Hop", "1"),
                 ("Proxy-Authorization", "Basic eDp5"),
                 ("X-Amz-Meta-Colour", "blue"),
+                ("Date", "Wed, 01 Jan 2020 00:00:00 GMT"),
             ],
             content=b"hello",
         )
@@ -212,6 +213,7 @@ def test_a_request_is_signed_as_sent_without_hop_by_hop_headers_and_masked_and_s
         assert request.headers.get_all("authorization")[0].startswith(f"AWS4-HMAC-SHA256 Credential={KEY}/")
         assert len(request.headers.get_all("authorization")) == 1
         assert request.headers.get_all("x-amz-security-token") == [TOKEN]
+        assert request.headers.get_all("date") == ["Wed, 01 Jan 2020 00:00:00 GMT"]  # sent as it was, not signed
         signed = request.headers["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
         assert signed == [
             "content-length",

@@ -108,6 +108,52 @@ def test_sts_get_caller_identity_by_post_form_without_and_with_headers_of_the_cl
         assert "<Arn>arn:aws:iam::123456789012:user/proxy</Arn>" in answer.text
 
 
+def _curl(proxy: Mitmdump, *args: str) -> tuple[int, str]:
+    """curl through the proxy, with no AWS configuration: its status and body."""
+    done = subprocess.run(
+        ["curl", "-sS", "--noproxy", "", "-x", proxy.proxy, "--max-time", "20", "-w", "\n%{http_code}", *args],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    body, _, status = done.stdout.rpartition("\n")
+    return int(status), body
+
+
+def test_a_date_header_of_the_clients_own_is_sent_and_does_not_change_what_is_signed(moto, signing_proxy):
+    """botocore signs a request carrying Date with Date instead of X-Amz-Date: moto (and any verifier that reads the
+    signing time from X-Amz-Date) refused it. A stale Date, as a client may send, must not matter either."""
+    stale = "Date: Wed, 01 Jan 2020 00:00:00 GMT"
+    status, body = _curl(
+        signing_proxy,
+        "-H",
+        stale,
+        "-H",
+        "Content-Type: application/x-www-form-urlencoded",
+        "--data-binary",
+        IDENTITY_FORM.decode(),
+        moto["url"] + "/",
+    )
+    assert status == 200, body
+    assert "user/proxy" in body
+    status, body = _curl(
+        signing_proxy,
+        "-H",
+        stale,
+        "-H",
+        "Content-Type: application/octet-stream",
+        "-X",
+        "PUT",
+        "--data-binary",
+        "dated",
+        f"{moto['url']}/{BUCKET}/dated.txt",
+    )
+    assert status == 200, body
+    assert _curl(signing_proxy, "-H", stale, f"{moto['url']}/{BUCKET}/dated.txt") == (200, "dated")
+
+
 def test_a_signature_the_client_sent_is_replaced_not_doubled(moto, signing_proxy):
     forged = {
         "Authorization": "AWS4-HMAC-SHA256 Credential=AKIAFORGED/20200101/us-east-1/sts/aws4_request, "

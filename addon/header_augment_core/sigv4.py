@@ -17,6 +17,9 @@ HASH_ON_LOOP = 64 * 1024
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
+# Sent as the client wrote it, not signed: given a Date, botocore signs it in place of X-Amz-Date (rewritten to the
+# signing time), which verifiers that take the time from X-Amz-Date refuse (moto); AWS reads X-Amz-Date first.
+UNSIGNED = HOP_BY_HOP | {b"date"}
 # Which of the signed headers stand for the credentials in the flow and in answers (masked and scrubbed).
 SECRET_HEADERS = ("Authorization", "X-Amz-Security-Token")
 
@@ -55,7 +58,7 @@ def prepare(request: http.Request, streamed: bool) -> Prepared:
     try:
         for name, value in kept:
             low = name.lower()
-            if low in HOP_BY_HOP or low in listed or low.startswith(b"proxy-") or (h2 and low == b"host"):
+            if low in UNSIGNED or low in listed or low.startswith(b"proxy-") or (h2 and low == b"host"):
                 continue  # on HTTP/2 a Host header beside :authority holds the same value (host_header set both)
             signed.append((name.decode("ascii"), value.decode("utf-8")))
     except UnicodeDecodeError:

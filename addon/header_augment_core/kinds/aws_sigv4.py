@@ -36,8 +36,8 @@ SIGNATURE_QUERY = frozenset(
         "x-amz-security-token",
     }
 )
-# What botocore's signer adds, in the case it writes them.
-ADDED = ("Authorization", "X-Amz-Date", "Date", "X-Amz-Security-Token", "X-Amz-Content-SHA256")
+# What botocore's signer adds, in the case it writes them (never Date: it is not given one, see sigv4.UNSIGNED).
+ADDED = ("Authorization", "X-Amz-Date", "X-Amz-Security-Token", "X-Amz-Content-SHA256")
 
 
 def botocore_missing() -> str | None:
