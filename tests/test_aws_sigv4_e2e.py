@@ -224,6 +224,44 @@ def test_s3_put_and_get_of_a_large_body_and_a_listing_whose_query_needs_canonica
     assert "<Key>dir a/big.bin</Key>" in listing.text
 
 
+def test_http2_from_the_client_signed_with_its_authority_as_host(moto, mitmdump, tmp_path):
+    """curl speaks HTTP/2 over TLS to mitmdump in reverse mode before moto (HTTP/1.1): the :authority the client sent
+    (the proxy's address, kept by keep_host_header) is replaced by moto's, signed as `host`, and moto recomputes the
+    same signature."""
+    env = {"AWS_ACCESS_KEY_ID": moto["key"], "AWS_SECRET_ACCESS_KEY": moto["secret"]}
+    m = mitmdump(
+        *("--set", f"header_providers_file={_providers(tmp_path / 'providers.yaml', moto['port'])}"),
+        *("--mode", f"reverse:http://127.0.0.1:{moto['port']}", "--set", "keep_host_header=true"),
+        wait_listening=False,
+        env=env,
+    )
+    m.port = int(m.wait_for(r"reverse proxy to \S+ listening at 127\.0\.0\.1:(\d+)").group(1))
+    front = f"https://127.0.0.1:{m.port}"
+
+    def h2(*args: str) -> tuple[str, str]:
+        done = subprocess.run(
+            ["curl", "-sS", "-k", "--http2", "--max-time", "20", "-w", "\n%{http_version}", *args],
+            env={"PATH": os.environ["PATH"]},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr
+        body, _, version = done.stdout.rpartition("\n")
+        assert version == "2"  # the client side was HTTP/2
+        return body, done.stderr
+
+    form = ("-H", "Content-Type: application/x-www-form-urlencoded", "--data-binary", IDENTITY_FORM.decode())
+    assert "<Arn>arn:aws:iam::123456789012:user/proxy</Arn>" in h2(*form, front + "/")[0]
+    body = os.urandom(200 * 1024)  # above the size hashed on the event loop
+    (tmp_path / "h2.bin").write_bytes(body)
+    octets = ("-H", "Content-Type: application/octet-stream")
+    h2("--fail-with-body", *octets, "-T", str(tmp_path / "h2.bin"), f"{front}/{BUCKET}/h2.bin")
+    h2("--fail-with-body", "-o", str(tmp_path / "got.bin"), f"{front}/{BUCKET}/h2.bin")
+    assert (tmp_path / "got.bin").read_bytes() == body
+    m.wait_for(rf"GET http://127\.0\.0\.1:{moto['port']}/{BUCKET}/h2\.bin HTTP/2\.0")
+
+
 def test_out_of_scope_hosts_are_untouched_and_moto_refuses_them_unsigned(moto, signing_proxy, tmp_path):
     echo = Upstream()
     try:
