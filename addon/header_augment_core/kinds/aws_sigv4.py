@@ -23,8 +23,6 @@ from .base import Source
 
 INSTALL_HINT = "pip install 'header-augment[aws]' (or pip install -r requirements/aws.txt)"
 NO_HEADERS = Validated(headers=())
-# The names a client's own signature is made of: replaced, never sent beside ours.
-SIGNATURE_HEADERS = frozenset({b"authorization", b"x-amz-date", b"x-amz-security-token", b"x-amz-content-sha256"})
 SIGNATURE_QUERY = frozenset(
     {
         "x-amz-algorithm",
@@ -38,6 +36,8 @@ SIGNATURE_QUERY = frozenset(
 )
 # What botocore's signer adds, in the case it writes them (never Date: it is not given one, see sigv4.UNSIGNED).
 ADDED = ("Authorization", "X-Amz-Date", "X-Amz-Security-Token", "X-Amz-Content-SHA256")
+# The names a client's own signature is made of: replaced, never sent beside ours.
+SIGNATURE_HEADERS = frozenset(name.lower().encode() for name in ADDED)
 
 
 def botocore_missing() -> str | None:
@@ -207,6 +207,22 @@ class Signer:
         self.unsigned_payload = source.unsigned_payload
         self._auth = S3SigV4Auth if source.service == "s3" else SigV4Auth
         self.comment = f"signed (sigv4 {source.service} {source.region})"
+        # botocore's S3 signer decides between a payload hash and UNSIGNED-PAYLOAD from its client config.
+        self._configs = {hashed: SimpleNamespace(s3={"payload_signing_enabled": hashed}) for hashed in (True, False)}
+        self._last: tuple[Frozen, Any, tuple[str, ...]] | None = None
+
+    def _for(self, credentials: Frozen) -> tuple[Any, tuple[str, ...]]:
+        """botocore's signer for this frozen copy and the names it adds, made once per copy rather than per request
+        (the refresher makes a new copy at each read; botocore's signer keeps no state between requests)."""
+        last = self._last
+        if last is None or last[0] is not credentials:
+            added = ("Authorization", "X-Amz-Date")
+            if credentials.token:
+                added += ("X-Amz-Security-Token",)
+            if self.service == "s3":  # S3SigV4Auth sends it always: the hash, or UNSIGNED-PAYLOAD
+                added += ("X-Amz-Content-SHA256",)
+            last = self._last = (credentials, self._auth(credentials, self.service, self.region), added)
+        return last[1], last[2]
 
     def sign(
         self, credentials: Frozen, method: str, url: str, headers: list[tuple[str, str]], body: bytes | None
@@ -215,10 +231,11 @@ class Signer:
         it is streamed, and signed as UNSIGNED-PAYLOAD (S3 only)."""
         from botocore.awsrequest import AWSRequest
 
+        auth, added = self._for(credentials)
         request = AWSRequest(method=method, url=url, data=body or b"")
+        signed = request.headers
         for name, value in headers:
-            request.headers[name] = value  # botocore's headers keep repeats, joined with commas when signed
-        # botocore's S3 signer decides between a payload hash and UNSIGNED-PAYLOAD from its client config.
-        request.context["client_config"] = SimpleNamespace(s3={"payload_signing_enabled": body is not None})
-        self._auth(credentials, self.service, self.region).add_auth(request)
-        return [(name, request.headers[name]) for name in ADDED if name in request.headers]
+            signed[name] = value  # botocore's headers keep repeats, joined with commas when signed
+        request.context["client_config"] = self._configs[body is not None]
+        auth.add_auth(request)
+        return [(name, signed[name]) for name in added]
