@@ -329,3 +329,25 @@ def test_the_headers_botocore_never_signs_are_not_handed_to_it():
     assert {name for name in SIGNED_HEADERS_BLACKLIST if not name.startswith("proxy-")} <= {
         name.decode() for name in UNSIGNED
     }
+
+
+def test_a_new_frozen_copy_is_signed_with_its_own_keys():
+    """botocore's signer is kept per frozen copy: the copy a refresh brings signs the next request, not the last."""
+    from header_augment_core.kinds.aws_sigv4 import Frozen, Signer
+
+    signer = Signer(_settings().source)
+    url = "https://b.s3.eu-west-1.amazonaws.com/"
+    host = [("host", "b.s3.eu-west-1.amazonaws.com")]
+    for n in (1, 2):
+        copy = Frozen(f"ASIA{n:016d}", f"secret-{n}", f"token-{n}", "sso", None)
+        added = dict(signer.sign(copy, "GET", url, host, b""))
+        assert added["Authorization"].startswith(f"AWS4-HMAC-SHA256 Credential=ASIA{n:016d}/")
+        assert added["X-Amz-Security-Token"] == f"token-{n}"
+        again = AWSRequest(method="GET", url=url, data=b"")
+        for name, value in [*host, *added.items()]:
+            if name != "Authorization":
+                again.headers[name] = value
+        again.context["timestamp"] = added["X-Amz-Date"]
+        auth = S3SigV4Auth(copy, "s3", "eu-west-1")
+        signature = auth.signature(auth.string_to_sign(again, auth.canonical_request(again)), again)
+        assert added["Authorization"].endswith("Signature=" + signature)
