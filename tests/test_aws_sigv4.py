@@ -351,3 +351,26 @@ def test_a_new_frozen_copy_is_signed_with_its_own_keys():
         auth = S3SigV4Auth(copy, "s3", "eu-west-1")
         signature = auth.signature(auth.string_to_sign(again, auth.canonical_request(again)), again)
         assert added["Authorization"].endswith("Signature=" + signature)
+
+
+def test_a_payload_hash_the_client_sent_to_another_service_than_s3_is_replaced_by_the_bodys():
+    """OpenSearch Serverless wants X-Amz-Content-SHA256, which its clients send: it used to be taken off, unsigned."""
+    import hashlib
+
+    from header_augment_core.kinds.aws_sigv4 import Frozen, Signer
+    from header_augment_core.sigv4 import prepare, sign
+
+    signer = Signer(_settings(service="aoss", hosts=["search.example.com"]).source)
+    copy = Frozen(KEY, SECRET, None, "env", None)
+    for client_sent in (True, False):
+        own = [("X-Amz-Content-SHA256", hashlib.sha256(b"another body").hexdigest())] if client_sent else []
+        f = _flow(host="search.example.com", headers=own, content=b'{"query": {}}')
+        fields, _ = sign(signer, copy, prepare(f.request, False))
+        f.request.headers.fields = fields
+        sent = f.request.headers.get_all("x-amz-content-sha256")
+        signed = f.request.headers["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+        if client_sent:
+            assert sent == [hashlib.sha256(b'{"query": {}}').hexdigest()]
+            assert "x-amz-content-sha256" in signed
+        else:
+            assert sent == [] and "x-amz-content-sha256" not in signed

@@ -162,6 +162,7 @@ def test_a_signature_the_client_sent_is_replaced_not_doubled(moto, signing_proxy
         "SignedHeaders=host, Signature=00",
         "X-Amz-Date": "20200101T000000Z",
         "X-Amz-Security-Token": "forged-token",
+        "X-Amz-Content-SHA256": "0" * 64,  # replaced by the body's, and signed
     }
     with client_for(signing_proxy.proxy) as client:
         answer = client.post(moto["url"] + "/", content=IDENTITY_FORM, headers={**FORM, **forged})

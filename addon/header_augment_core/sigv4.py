@@ -48,6 +48,7 @@ class Prepared:
     body: bytes | None  # None: streamed, signed as UNSIGNED-PAYLOAD
     kept: Fields  # the request's fields without a client's own signature
     h2: bool
+    payload_hash: bool  # the client sent X-Amz-Content-SHA256: ours goes in its place (services other than S3)
 
 
 def prepare(request: http.Request, streamed: bool) -> Prepared:
@@ -61,7 +62,8 @@ def prepare(request: http.Request, streamed: bool) -> Prepared:
         canonical = _canonical_query(query)
         if canonical != query:
             request.path = f"{path}?{canonical}" if canonical else path
-    kept = tuple(f for f in request.headers.fields if f[0].lower() not in SIGNATURE_HEADERS)
+    fields = request.headers.fields
+    kept = tuple(f for f in fields if f[0].lower() not in SIGNATURE_HEADERS)
     listed = set()
     for name, value in kept:
         if name.lower() == b"connection":
@@ -76,7 +78,8 @@ def prepare(request: http.Request, streamed: bool) -> Prepared:
     except UnicodeDecodeError:
         raise Unsignable("a header name or value is not valid UTF-8") from None
     body = None if streamed else (request.raw_content or b"")
-    return Prepared(request.method, f"{request.scheme}://{host}{request.path}", signed, body, kept, h2)
+    payload_hash = len(kept) < len(fields) and any(f[0].lower() == b"x-amz-content-sha256" for f in fields)
+    return Prepared(request.method, f"{request.scheme}://{host}{request.path}", signed, body, kept, h2, payload_hash)
 
 
 def _canonical_query(query: str) -> str:
@@ -98,7 +101,9 @@ def _canonical_query(query: str) -> str:
 def sign(signer: Signer, credentials: Frozen, prepared: Prepared) -> tuple[Fields, Snapshot]:
     """The request's new fields, and a snapshot of the credentials in them (what the flow masks and answers are
     scrubbed of once it has been sent). Pure: safe on a worker thread."""
-    added = signer.sign(credentials, prepared.method, prepared.url, prepared.headers, prepared.body)
+    added = signer.sign(
+        credentials, prepared.method, prepared.url, prepared.headers, prepared.body, prepared.payload_hash
+    )
     # `kept` holds none of the names botocore adds (SIGNATURE_HEADERS are all of them): appended, nothing replaced.
     column = 1 if prepared.h2 else 0
     encoded = tuple((_ENCODED[name][column], value.encode()) for name, value in added)

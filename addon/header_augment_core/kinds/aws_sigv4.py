@@ -8,6 +8,7 @@ imported only when the kind is configured.
 """
 
 import datetime
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -225,10 +226,18 @@ class Signer:
         return last[1], last[2]
 
     def sign(
-        self, credentials: Frozen, method: str, url: str, headers: list[tuple[str, str]], body: bytes | None
+        self,
+        credentials: Frozen,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes | None,
+        payload_hash: bool = False,
     ) -> list[tuple[str, str]]:
         """The headers to add to the request (`headers` are those it is sent with, `host` among them). `body` None:
-        it is streamed, and signed as UNSIGNED-PAYLOAD (S3 only)."""
+        it is streamed, and signed as UNSIGNED-PAYLOAD (S3 only). `payload_hash`: the client sent its own
+        X-Amz-Content-SHA256, which some services other than S3 require (OpenSearch Serverless): it is replaced by
+        the body's hash, signed (S3's signer always sends its own)."""
         from botocore.awsrequest import AWSRequest
 
         auth, added = self._for(credentials)
@@ -236,6 +245,10 @@ class Signer:
         signed = request.headers
         for name, value in headers:
             signed[name] = value  # botocore's headers keep repeats, joined with commas when signed
+        if payload_hash and self.service != "s3" and body is not None:
+            # botocore's SigV4Auth signs the payload hash this header holds, computing none of its own.
+            signed["X-Amz-Content-SHA256"] = hashlib.sha256(body).hexdigest()
+            added += ("X-Amz-Content-SHA256",)
         request.context["client_config"] = self._configs[body is not None]
         auth.add_auth(request)
         return [(name, signed[name]) for name in added]
