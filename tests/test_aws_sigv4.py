@@ -374,3 +374,11 @@ def test_a_payload_hash_the_client_sent_to_another_service_than_s3_is_replaced_b
             assert "x-amz-content-sha256" in signed
         else:
             assert sent == [] and "x-amz-content-sha256" not in signed
+
+
+def test_the_private_botocore_name_read_for_the_expiry():
+    """RefreshableCredentials._expiry_time (botocore 1.44.8): the expiry the refresher schedules by and never signs
+    past; botocore has no public accessor for it."""
+    expiry = EPOCH + datetime.timedelta(seconds=100)
+    credentials = RefreshableCredentials(KEY, SECRET, TOKEN, expiry, dict, "sso", time_fetcher=lambda: EPOCH)
+    assert credentials._expiry_time == expiry

@@ -166,7 +166,8 @@ class AwsSigV4Client(Client):
             frozen = credentials.get_frozen_credentials()  # renews temporary credentials due for it: here only
         except Exception as e:
             raise Failed(f"{method}: {_why(e)}", _reason_class(e)) from None
-        # RefreshableCredentials keep their expiry here; botocore has no public accessor for it.
+        # RefreshableCredentials keep their expiry here; botocore has no public accessor for it (private name,
+        # checked with botocore 1.44.8: tests/test_aws_sigv4.py fails if it moves).
         expiry = getattr(credentials, "_expiry_time", None)
         lifetime = None
         if expiry is not None:
@@ -214,7 +215,8 @@ class Signer:
 
     def _for(self, credentials: Frozen) -> tuple[Any, tuple[str, ...]]:
         """botocore's signer for this frozen copy and the names it adds, made once per copy rather than per request
-        (the refresher makes a new copy at each read; botocore's signer keeps no state between requests)."""
+        (the refresher makes a new copy at each read; botocore's signer keeps no state between requests, as of
+        botocore 1.44.8, so threads may share it)."""
         last = self._last
         if last is None or last[0] is not credentials:
             added = ("Authorization", "X-Amz-Date")
