@@ -3,6 +3,8 @@ real process on 127.0.0.1, IAM authentication on once it is set up) recomputes e
 one. moto's quirks: its STS checks a signature over a form body only, and its server parses away a PUT body sent as
 application/x-www-form-urlencoded, so bodies here are application/octet-stream."""
 
+import base64
+import hashlib
 import os
 import shlex
 import socket
@@ -108,17 +110,101 @@ def test_sts_get_caller_identity_by_post_form_without_and_with_headers_of_the_cl
         assert "<Arn>arn:aws:iam::123456789012:user/proxy</Arn>" in answer.text
 
 
+def _curl(proxy: Mitmdump, *args: str) -> tuple[int, str]:
+    """curl through the proxy, with no AWS configuration: its status and body."""
+    done = subprocess.run(
+        ["curl", "-sS", "--noproxy", "", "-x", proxy.proxy, "--max-time", "20", "-w", "\n%{http_code}", *args],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    body, _, status = done.stdout.rpartition("\n")
+    return int(status), body
+
+
+def test_a_date_header_of_the_clients_own_is_sent_and_does_not_change_what_is_signed(moto, signing_proxy):
+    """botocore signs a request carrying Date with Date instead of X-Amz-Date: moto (and any verifier that reads the
+    signing time from X-Amz-Date) refused it. A stale Date, as a client may send, must not matter either."""
+    stale = "Date: Wed, 01 Jan 2020 00:00:00 GMT"
+    status, body = _curl(
+        signing_proxy,
+        "-H",
+        stale,
+        "-H",
+        "Content-Type: application/x-www-form-urlencoded",
+        "--data-binary",
+        IDENTITY_FORM.decode(),
+        moto["url"] + "/",
+    )
+    assert status == 200, body
+    assert "user/proxy" in body
+    status, body = _curl(
+        signing_proxy,
+        "-H",
+        stale,
+        "-H",
+        "Content-Type: application/octet-stream",
+        "-X",
+        "PUT",
+        "--data-binary",
+        "dated",
+        f"{moto['url']}/{BUCKET}/dated.txt",
+    )
+    assert status == 200, body
+    assert _curl(signing_proxy, "-H", stale, f"{moto['url']}/{BUCKET}/dated.txt") == (200, "dated")
+
+
 def test_a_signature_the_client_sent_is_replaced_not_doubled(moto, signing_proxy):
     forged = {
         "Authorization": "AWS4-HMAC-SHA256 Credential=AKIAFORGED/20200101/us-east-1/sts/aws4_request, "
         "SignedHeaders=host, Signature=00",
         "X-Amz-Date": "20200101T000000Z",
         "X-Amz-Security-Token": "forged-token",
+        "X-Amz-Content-SHA256": "0" * 64,  # replaced by the body's, and signed
     }
     with client_for(signing_proxy.proxy) as client:
         answer = client.post(moto["url"] + "/", content=IDENTITY_FORM, headers={**FORM, **forged})
     assert answer.status_code == 200, answer.text
     assert "user/proxy" in answer.text
+
+
+def test_s3_with_headers_of_the_clients_own_hop_by_hop_proxy_expect_content_md5_and_its_own_signature(
+    moto, signing_proxy
+):
+    """Each signed, left out or replaced as it must be for moto to recompute the same signature: the client's own
+    X-Amz-Date and payload hash (of another body) are replaced, its X-Amz-Meta and Content-MD5 are signed, the
+    hop-by-hop and proxy headers and Expect are not."""
+    body = os.urandom(300 * 1024)  # curl asks 100-continue for a body this large on its own as well
+    md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Content-MD5": md5,
+        "Expect": "100-continue",
+        "X-Amz-Meta-Colour": "blue",
+        "X-Amz-Date": "20200101T000000Z",
+        "X-Amz-Content-SHA256": hashlib.sha256(b"another body").hexdigest(),
+        "Authorization": "AWS4-HMAC-SHA256 Credential=AKIAFORGED/20200101/us-east-1/s3/aws4_request, "
+        "SignedHeaders=host, Signature=00",
+        "Proxy-Authorization": "Basic eDp5",
+        "Proxy-Connection": "keep-alive",
+        "Keep-Alive": "timeout=5",
+        "TE": "trailers",
+        "Connection": "TE, Keep-Alive, X-Hop",
+        "X-Hop": "1",
+    }
+    (Path(signing_proxy.confdir) / "body.bin").write_bytes(body)
+    args = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+    url = f"{moto['url']}/{BUCKET}/own-headers.bin"
+    status, answer = _curl(
+        signing_proxy, *args, "-X", "PUT", "--data-binary", f"@{signing_proxy.confdir}/body.bin", url
+    )
+    assert status == 200, answer
+    with client_for(signing_proxy.proxy) as client:
+        got = client.get(url)
+    assert got.content == body
+    assert got.headers["x-amz-meta-colour"] == "blue"
 
 
 def test_s3_put_and_get_of_a_large_body_and_a_listing_whose_query_needs_canonical_encoding(moto, signing_proxy):
@@ -137,6 +223,44 @@ def test_s3_put_and_get_of_a_large_body_and_a_listing_whose_query_needs_canonica
         )
     assert listing.status_code == 200, listing.text
     assert "<Key>dir a/big.bin</Key>" in listing.text
+
+
+def test_http2_from_the_client_signed_with_its_authority_as_host(moto, mitmdump, tmp_path):
+    """curl speaks HTTP/2 over TLS to mitmdump in reverse mode before moto (HTTP/1.1): the :authority the client sent
+    (the proxy's address, kept by keep_host_header) is replaced by moto's, signed as `host`, and moto recomputes the
+    same signature."""
+    env = {"AWS_ACCESS_KEY_ID": moto["key"], "AWS_SECRET_ACCESS_KEY": moto["secret"]}
+    m = mitmdump(
+        *("--set", f"header_providers_file={_providers(tmp_path / 'providers.yaml', moto['port'])}"),
+        *("--mode", f"reverse:http://127.0.0.1:{moto['port']}", "--set", "keep_host_header=true"),
+        wait_listening=False,
+        env=env,
+    )
+    m.port = int(m.wait_for(r"reverse proxy to \S+ listening at 127\.0\.0\.1:(\d+)").group(1))
+    front = f"https://127.0.0.1:{m.port}"
+
+    def h2(*args: str) -> tuple[str, str]:
+        done = subprocess.run(
+            ["curl", "-sS", "-k", "--http2", "--max-time", "20", "-w", "\n%{http_version}", *args],
+            env={"PATH": os.environ["PATH"]},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr
+        body, _, version = done.stdout.rpartition("\n")
+        assert version == "2"  # the client side was HTTP/2
+        return body, done.stderr
+
+    form = ("-H", "Content-Type: application/x-www-form-urlencoded", "--data-binary", IDENTITY_FORM.decode())
+    assert "<Arn>arn:aws:iam::123456789012:user/proxy</Arn>" in h2(*form, front + "/")[0]
+    body = os.urandom(200 * 1024)  # above the size hashed on the event loop
+    (tmp_path / "h2.bin").write_bytes(body)
+    octets = ("-H", "Content-Type: application/octet-stream")
+    h2("--fail-with-body", *octets, "-T", str(tmp_path / "h2.bin"), f"{front}/{BUCKET}/h2.bin")
+    h2("--fail-with-body", "-o", str(tmp_path / "got.bin"), f"{front}/{BUCKET}/h2.bin")
+    assert (tmp_path / "got.bin").read_bytes() == body
+    m.wait_for(rf"GET http://127\.0\.0\.1:{moto['port']}/{BUCKET}/h2\.bin HTTP/2\.0")
 
 
 def test_out_of_scope_hosts_are_untouched_and_moto_refuses_them_unsigned(moto, signing_proxy, tmp_path):
@@ -180,7 +304,9 @@ def test_web_identity_credentials_through_aws_endpoint_url_sts(moto, mitmdump, t
     finally:
         httpx.post(f"{moto['url']}/moto-api/reset-auth", content=b"0", trust_env=False).raise_for_status()
     with client_for(m.proxy) as client:
-        answer = client.post(moto["url"] + "/", content=IDENTITY_FORM, headers=FORM)
+        # The client's own session token is replaced by the role's (moto compares it with the one it issued).
+        own = {"X-Amz-Security-Token": "FwoGZXIvYXdzEFORGEDTOKEN"}
+        answer = client.post(moto["url"] + "/", content=IDENTITY_FORM, headers={**FORM, **own})
         put = client.put(
             f"{moto['url']}/{BUCKET}/from-role", content=b"x" * 100, headers={"Content-Type": "text/plain"}
         )
@@ -245,6 +371,21 @@ def test_a_streamed_body_is_sent_as_unsigned_payload_to_s3_only_where_the_entry_
         streamed = client.put(f"{moto['url']}/{BUCKET}/streamed/big.bin", content=body, headers=octets)
         assert streamed.status_code == 200, streamed.text
         assert client.get(f"{moto['url']}/{BUCKET}/streamed/big.bin").content == body
+        # Signed at its headers, while the 100-continue mitmproxy answers and takes off is still among them.
+        (tmp_path / "big.bin").write_bytes(body[::-1])
+        url = f"{moto['url']}/{BUCKET}/streamed/expect.bin"
+        status, answer = _curl(
+            m,
+            "-H",
+            "Expect: 100-continue",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-T",
+            str(tmp_path / "big.bin"),
+            url,
+        )
+        assert status == 200, answer
+        assert client.get(url).content == body[::-1]
         with pytest.raises(httpx.TransportError):  # killed before anything was sent: no answer can be given
             client.put(f"{moto['url']}/{BUCKET}/other/big.bin", content=body, headers=octets)
         m.wait_for(r"header provider s3 .*streamed request body.*unsigned_payload: true")

@@ -8,7 +8,7 @@ from urllib.parse import quote, unquote_plus
 from mitmproxy import http
 from mitmproxy.net.http import url
 
-from .kinds.aws_sigv4 import SIGNATURE_HEADERS, SIGNATURE_QUERY, Frozen, Signer
+from .kinds.aws_sigv4 import ADDED, SIGNATURE_HEADERS, SIGNATURE_QUERY, Frozen, Signer
 from .snapshot import Fields, Snapshot, marker, probes_of
 
 # A body larger than this is hashed on a worker thread (hashlib lets go of the GIL): other flows go on meanwhile.
@@ -17,8 +17,23 @@ HASH_ON_LOOP = 64 * 1024
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
-# Which of the signed headers stand for the credentials in the flow and in answers (masked and scrubbed).
-SECRET_HEADERS = ("Authorization", "X-Amz-Security-Token")
+# Sent as the client wrote it, not signed: given a Date, botocore signs it in place of X-Amz-Date (rewritten to the
+# signing time), which verifiers that take the time from X-Amz-Date refuse (moto); AWS reads X-Amz-Date first. The
+# others are those botocore never signs (its SIGNED_HEADERS_BLACKLIST): not handed to it, each would cost it a scan
+# of its headers at every lookup it makes.
+UNSIGNED = HOP_BY_HOP | {
+    b"date",
+    b"user-agent",
+    b"expect",
+    b"x-amzn-trace-id",
+    b"baggage",
+    b"traceparent",
+    b"tracestate",
+}
+# The names botocore adds as sent on HTTP/1 and (lower-case) on HTTP/2, encoded once; those masked and scrubbed.
+_ENCODED = {name: (name.encode(), name.lower().encode()) for name in ADDED}
+_AUTHORIZATION = (b"authorization", marker("Authorization"))
+_TOKEN = (b"x-amz-security-token", marker("X-Amz-Security-Token"))
 
 
 class Unsignable(Exception):
@@ -33,6 +48,7 @@ class Prepared:
     body: bytes | None  # None: streamed, signed as UNSIGNED-PAYLOAD
     kept: Fields  # the request's fields without a client's own signature
     h2: bool
+    payload_hash: bool  # the client sent X-Amz-Content-SHA256: ours goes in its place (services other than S3)
 
 
 def prepare(request: http.Request, streamed: bool) -> Prepared:
@@ -46,7 +62,8 @@ def prepare(request: http.Request, streamed: bool) -> Prepared:
         canonical = _canonical_query(query)
         if canonical != query:
             request.path = f"{path}?{canonical}" if canonical else path
-    kept = tuple(f for f in request.headers.fields if f[0].lower() not in SIGNATURE_HEADERS)
+    fields = request.headers.fields
+    kept = tuple(f for f in fields if f[0].lower() not in SIGNATURE_HEADERS)
     listed = set()
     for name, value in kept:
         if name.lower() == b"connection":
@@ -55,13 +72,14 @@ def prepare(request: http.Request, streamed: bool) -> Prepared:
     try:
         for name, value in kept:
             low = name.lower()
-            if low in HOP_BY_HOP or low in listed or low.startswith(b"proxy-") or (h2 and low == b"host"):
+            if low in UNSIGNED or low in listed or low.startswith(b"proxy-") or (h2 and low == b"host"):
                 continue  # on HTTP/2 a Host header beside :authority holds the same value (host_header set both)
             signed.append((name.decode("ascii"), value.decode("utf-8")))
     except UnicodeDecodeError:
         raise Unsignable("a header name or value is not valid UTF-8") from None
     body = None if streamed else (request.raw_content or b"")
-    return Prepared(request.method, f"{request.scheme}://{host}{request.path}", signed, body, kept, h2)
+    payload_hash = len(kept) < len(fields) and any(f[0].lower() == b"x-amz-content-sha256" for f in fields)
+    return Prepared(request.method, f"{request.scheme}://{host}{request.path}", signed, body, kept, h2, payload_hash)
 
 
 def _canonical_query(query: str) -> str:
@@ -83,27 +101,31 @@ def _canonical_query(query: str) -> str:
 def sign(signer: Signer, credentials: Frozen, prepared: Prepared) -> tuple[Fields, Snapshot]:
     """The request's new fields, and a snapshot of the credentials in them (what the flow masks and answers are
     scrubbed of once it has been sent). Pure: safe on a worker thread."""
-    added = signer.sign(credentials, prepared.method, prepared.url, prepared.headers, prepared.body)
-    names = {name.lower().encode() for name, _ in added}
-    fields = tuple(f for f in prepared.kept if f[0].lower() not in names)
-    encoded = tuple(((name.lower() if prepared.h2 else name).encode(), value.encode()) for name, value in added)
-    secret = [(name, value) for name, value in added if name in SECRET_HEADERS]
-    return fields + encoded, _of_this_request(secret)
+    added = signer.sign(
+        credentials, prepared.method, prepared.url, prepared.headers, prepared.body, prepared.payload_hash
+    )
+    # `kept` holds none of the names botocore adds (SIGNATURE_HEADERS are all of them): appended, nothing replaced.
+    column = 1 if prepared.h2 else 0
+    encoded = tuple((_ENCODED[name][column], value.encode()) for name, value in added)
+    token = encoded[2][1] if credentials.token else None  # in the order Signer lists them: Authorization first
+    return prepared.kept + encoded, _of_this_request(encoded[0][1], token)
 
 
-def _of_this_request(pairs: list[tuple[str, str]]) -> Snapshot:
-    """What `Snapshot.build` makes for masking and scrubbing, for these values only (a fifth of its cost: this is
-    made for every request, and the values are long, unique and need no scheme word taken off)."""
-    lowered = tuple(name.lower().encode() for name, _ in pairs)
-    values = tuple(value.encode() for _, value in pairs)
-    markers = tuple(marker(name) for name, _ in pairs)
+def _of_this_request(authorization: bytes, token: bytes | None) -> Snapshot:
+    """What `Snapshot.build` makes for masking and scrubbing, for this request's Authorization and the session token
+    only (a small part of its cost: this is made for every request, and the values are long, unique and need no
+    scheme word taken off)."""
+    pairs = [(*_AUTHORIZATION, authorization)]
+    if token:
+        pairs.append((*_TOKEN, token))
+    lowered = tuple(low for low, _, _ in pairs)
     return Snapshot(
         fields=(),
         fields_h2=(),
         lowered=lowered,
         names=frozenset(lowered),
         fetched_at=0.0,
-        masks=dict(zip(zip(lowered, values, strict=True), markers, strict=True)),
-        secrets=tuple(sorted(zip(values, markers, strict=True), key=lambda pair: -len(pair[0]))),
-        probes=probes_of(values),
+        masks={(low, value): stand_in for low, stand_in, value in pairs},
+        secrets=tuple(sorted(((value, stand_in) for _, stand_in, value in pairs), key=lambda pair: -len(pair[0]))),
+        probes=probes_of([value for _, _, value in pairs]),
     )

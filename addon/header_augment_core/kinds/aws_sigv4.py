@@ -8,6 +8,7 @@ imported only when the kind is configured.
 """
 
 import datetime
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -23,8 +24,6 @@ from .base import Source
 
 INSTALL_HINT = "pip install 'header-augment[aws]' (or pip install -r requirements/aws.txt)"
 NO_HEADERS = Validated(headers=())
-# The names a client's own signature is made of: replaced, never sent beside ours.
-SIGNATURE_HEADERS = frozenset({b"authorization", b"x-amz-date", b"x-amz-security-token", b"x-amz-content-sha256"})
 SIGNATURE_QUERY = frozenset(
     {
         "x-amz-algorithm",
@@ -36,8 +35,10 @@ SIGNATURE_QUERY = frozenset(
         "x-amz-security-token",
     }
 )
-# What botocore's signer adds, in the case it writes them.
-ADDED = ("Authorization", "X-Amz-Date", "Date", "X-Amz-Security-Token", "X-Amz-Content-SHA256")
+# What botocore's signer adds, in the case it writes them (never Date: it is not given one, see sigv4.UNSIGNED).
+ADDED = ("Authorization", "X-Amz-Date", "X-Amz-Security-Token", "X-Amz-Content-SHA256")
+# The names a client's own signature is made of: replaced, never sent beside ours.
+SIGNATURE_HEADERS = frozenset(name.lower().encode() for name in ADDED)
 
 
 def botocore_missing() -> str | None:
@@ -165,7 +166,8 @@ class AwsSigV4Client(Client):
             frozen = credentials.get_frozen_credentials()  # renews temporary credentials due for it: here only
         except Exception as e:
             raise Failed(f"{method}: {_why(e)}", _reason_class(e)) from None
-        # RefreshableCredentials keep their expiry here; botocore has no public accessor for it.
+        # RefreshableCredentials keep their expiry here; botocore has no public accessor for it (private name,
+        # checked with botocore 1.44.8: tests/test_aws_sigv4.py fails if it moves).
         expiry = getattr(credentials, "_expiry_time", None)
         lifetime = None
         if expiry is not None:
@@ -207,18 +209,48 @@ class Signer:
         self.unsigned_payload = source.unsigned_payload
         self._auth = S3SigV4Auth if source.service == "s3" else SigV4Auth
         self.comment = f"signed (sigv4 {source.service} {source.region})"
+        # botocore's S3 signer decides between a payload hash and UNSIGNED-PAYLOAD from its client config.
+        self._configs = {hashed: SimpleNamespace(s3={"payload_signing_enabled": hashed}) for hashed in (True, False)}
+        self._last: tuple[Frozen, Any, tuple[str, ...]] | None = None
+
+    def _for(self, credentials: Frozen) -> tuple[Any, tuple[str, ...]]:
+        """botocore's signer for this frozen copy and the names it adds, made once per copy rather than per request
+        (the refresher makes a new copy at each read; botocore's signer keeps no state between requests, as of
+        botocore 1.44.8, so threads may share it)."""
+        last = self._last
+        if last is None or last[0] is not credentials:
+            added = ("Authorization", "X-Amz-Date")
+            if credentials.token:
+                added += ("X-Amz-Security-Token",)
+            if self.service == "s3":  # S3SigV4Auth sends it always: the hash, or UNSIGNED-PAYLOAD
+                added += ("X-Amz-Content-SHA256",)
+            last = self._last = (credentials, self._auth(credentials, self.service, self.region), added)
+        return last[1], last[2]
 
     def sign(
-        self, credentials: Frozen, method: str, url: str, headers: list[tuple[str, str]], body: bytes | None
+        self,
+        credentials: Frozen,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes | None,
+        payload_hash: bool = False,
     ) -> list[tuple[str, str]]:
         """The headers to add to the request (`headers` are those it is sent with, `host` among them). `body` None:
-        it is streamed, and signed as UNSIGNED-PAYLOAD (S3 only)."""
+        it is streamed, and signed as UNSIGNED-PAYLOAD (S3 only). `payload_hash`: the client sent its own
+        X-Amz-Content-SHA256, which some services other than S3 require (OpenSearch Serverless): it is replaced by
+        the body's hash, signed (S3's signer always sends its own)."""
         from botocore.awsrequest import AWSRequest
 
+        auth, added = self._for(credentials)
         request = AWSRequest(method=method, url=url, data=body or b"")
+        signed = request.headers
         for name, value in headers:
-            request.headers[name] = value  # botocore's headers keep repeats, joined with commas when signed
-        # botocore's S3 signer decides between a payload hash and UNSIGNED-PAYLOAD from its client config.
-        request.context["client_config"] = SimpleNamespace(s3={"payload_signing_enabled": body is not None})
-        self._auth(credentials, self.service, self.region).add_auth(request)
-        return [(name, request.headers[name]) for name in ADDED if name in request.headers]
+            signed[name] = value  # botocore's headers keep repeats, joined with commas when signed
+        if payload_hash and self.service != "s3" and body is not None:
+            # botocore's SigV4Auth signs the payload hash this header holds, computing none of its own.
+            signed["X-Amz-Content-SHA256"] = hashlib.sha256(body).hexdigest()
+            added += ("X-Amz-Content-SHA256",)
+        request.context["client_config"] = self._configs[body is not None]
+        auth.add_auth(request)
+        return [(name, signed[name]) for name in added]
