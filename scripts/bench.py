@@ -102,7 +102,7 @@ def part_2(mode, confdir, results):
     from benchparts.inprocess import HOOK_SHARE_ROW
 
     print("2. End to end: requests/s through mitmdump, 8 keep-alive connections, loopback upstream")
-    e2e = end_to_end(confdir, sized(mode, 9, 3, 1), sized(mode, 3.0, 1.5, 0.3), 8)
+    e2e = end_to_end(confdir, sized(mode, 9, 3, 1), sized(mode, 3.0, 1.5, 0.3), 8, sized(mode, 0.5, 0.5, 0.1))
     print("   ratios: median of per-round pairs [quartiles]; CPU = the proxy process's CPU time per request")
     print("   'client sends them': plain mitmdump, the client itself sending the same 10 headers")
 
@@ -168,6 +168,57 @@ def part_5(mode, confdir, results):
     return {"flows": n_flows, "refreshes": n_refreshes, **mem}
 
 
+def part_6(mode, confdir, results):
+    from benchparts.scale import scale
+
+    small, large = 1, sized(mode, 2_000, 2_000, 20)
+    print(f"6. Scale, a real mitmdump read from /proc: {small} vs {large:,} HTTP providers (one URL each)")
+    entries = sized(mode, 5_000, 5_000, 50)
+    figures = scale(confdir, (small, large), entries, sized(mode, 3.0, 2.0, 0.5))
+    foot, reload = figures["footprint"], figures["reload"]
+    threads, rss = foot["threads"], foot["rss_mib"]
+    print(
+        f"   threads {threads[str(small)]} vs {threads[str(large)]} ({foot['threads_per_entry']:.2f} per entry); "
+        f"RSS {rss[str(small)]:.1f} vs {rss[str(large)]:.1f} MiB ({foot['kib_per_entry']:.1f} KiB per entry)"
+    )
+    print(f"   a steady request stream (1 connection) while the providers file grows from 1 to {entries:,} entries:")
+    for name in ("before", "during", "after"):
+        if name in reload:
+            row = reload[name]
+            print(f"   {name:>7}: p50 {row['p50_ms']:7.2f} ms   max {row['max_ms']:8.2f} ms   ({row['requests']} req.)")
+    refetched = reload["own_entry_refetched_s"]
+    print(
+        f"   from the rewrite: first new entry asked {reload['first_new_fetch_s']:.2f} s, every new entry fetched "
+        f"{reload['applied_s']:.2f} s, the upstream's entry asked anew "
+        + ("never" if refetched is None else f"{refetched:.2f} s")
+        + f"; threads after: {reload['threads_after']}"
+    )
+    return figures
+
+
+def part_7(mode, confdir, results):
+    from benchparts.sigv4 import cpu_per_request, latency_beside_a_large_put
+
+    size = 1024
+    print(f"7. aws-sigv4 end to end: the proxy's CPU per {size // 1024} KiB S3 PUT, moto's server verifying")
+    print("   (8 connections; 'plain, client-signed': plain mitmdump, the client sending the same request signed)")
+    cpu = cpu_per_request(confdir, sized(mode, 9, 3, 1), sized(mode, 3.0, 1.5, 0.3), 8, size)
+    for name, row in cpu.items():
+        q = row["cpu_vs_plain"]
+        print(
+            f"   {name:>22}: {row['rate']:6.0f} req/s  CPU {row['cpu_us']:6.0f} µs/request  "
+            f"{q[0]:.3f} [{q[1]:.2f}–{q[2]:.2f}]× plain"
+        )
+    large = sized(mode, 64, 64, 4)
+    print(f"   small GETs' latency (1 connection) beside {large} MiB PUTs one after another through the same proxy:")
+    beside = latency_beside_a_large_put(confdir, sized(mode, 5, 3, 1), sized(mode, 4.0, 2.0, 0.5), large << 20)
+    for name in ("alone", "beside a signed PUT", "beside an unsigned PUT"):
+        row = beside[name]
+        print(f"   {name:>22}: p50 {row['p50_ms']:6.2f} ms   p99 {row['p99_ms']:7.2f} ms   ({row['requests']} req.)")
+    print(f"   PUTs completed: {beside['puts']['signed']} signed, {beside['puts']['unsigned']} unsigned")
+    return {"cpu": cpu, "large_put_mib": large, "beside": beside}
+
+
 # In the order they run: 1a and 1c before 1b as always (valgrind's part is the slowest).
 PARTS = {
     "1": part_1,
@@ -179,6 +230,8 @@ PARTS = {
     "3": part_3,
     "4": part_4,
     "5": part_5,
+    "6": part_6,
+    "7": part_7,
 }
 
 

@@ -54,7 +54,7 @@ def paired(values, reference):
 # -- 2. end to end -----------------------------------------------------------------------------------------------
 
 
-def end_to_end(confdir: Path, rounds: int, seconds: float, connections: int) -> dict:
+def end_to_end(confdir: Path, rounds: int, seconds: float, connections: int, warm: float = 0.5) -> dict:
     """Throughput and the proxy's CPU time per request, four ways, interleaved round by round.
 
     "client sends them" is plain mitmdump with the client itself sending the same 10 headers: what carrying the
@@ -90,7 +90,7 @@ def end_to_end(confdir: Path, rounds: int, seconds: float, connections: int) -> 
     try:
         wait_for_header(proxies["header_augment"].port, upstream.port, "X-Bench-9")
         for name in proxies:
-            run(name, 0.5)  # warm-up
+            run(name, warm)  # warm-up
         rates = {name: [] for name in proxies}
         cpus = {name: [] for name in proxies}
         for _ in range(rounds):

@@ -27,9 +27,14 @@ def spec(proxy_port: int, target: str, seconds: float, connections: int = 1, **f
     }
 
 
-async def _connection(s: dict, request: bytes, deadline: float, results: dict) -> None:
+async def _connect(s: dict):
     reader, writer = await asyncio.open_connection("127.0.0.1", s["proxy_port"])
     writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return reader, writer
+
+
+async def _connection(s: dict, request: bytes, deadline: float, results: dict) -> None:
+    reader, writer = await _connect(s)
     until = s.get("until")
     latencies, starts = results["latencies"], results["starts"]
     try:
@@ -37,29 +42,39 @@ async def _connection(s: dict, request: bytes, deadline: float, results: dict) -
             at, started = time.monotonic(), time.perf_counter()
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
+            length, closing = 0, False
             for line in head.split(b"\r\n"):
                 if line[:15].lower() == b"content-length:":
                     length = int(line[15:])
-            body = await reader.readexactly(length)
+                elif line.lower() == b"connection: close":
+                    closing = True  # moto's server closes every connection, and mitmproxy passes that on
+            answer = await reader.readexactly(length)
             if not head.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError((head[:80] + body[:300]).decode(errors="replace"))
+                raise RuntimeError((head[:80] + answer[:300]).decode(errors="replace"))
             latencies.append(time.perf_counter() - started)
             starts.append(at)
+            if closing:
+                writer.close()
+                reader, writer = await _connect(s)
     finally:
         writer.close()
 
 
+def body(size: int) -> bytes:
+    """The body a request of the load carries: the same bytes each time, so that one can be signed ahead."""
+    return (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
 async def run(s: dict) -> dict:
-    body = os.urandom(s["body"])
+    body_bytes = body(s["body"])
     headers = {"Host": s["host"], "User-Agent": "bench", "Accept": "*/*", **s["headers"]}
     if s["body"]:
-        headers["Content-Length"] = str(len(body))
+        headers["Content-Length"] = str(len(body_bytes))
     request = (
         f"{s['method']} http://{s['target']}{s['path']} HTTP/1.1\r\n"
         + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         + "\r\n"
-    ).encode() + body
+    ).encode() + body_bytes
     results: dict[str, list[float]] = {"latencies": [], "starts": []}
     started = time.monotonic()
     deadline = started + s["seconds"]
