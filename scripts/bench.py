@@ -174,7 +174,7 @@ def part_6(mode, confdir, results):
     small, large = 1, sized(mode, 2_000, 2_000, 20)
     print(f"6. Scale, a real mitmdump read from /proc: {small} vs {large:,} HTTP providers (one URL each)")
     entries = sized(mode, 5_000, 5_000, 50)
-    figures = scale(confdir, (small, large), entries, sized(mode, 3.0, 2.0, 0.5))
+    figures = scale(confdir, (small, large), entries, sized(mode, 3.0, 2.0, 0.5), sized(mode, 0.25, 0.25, 0.05))
     foot, reload = figures["footprint"], figures["reload"]
     threads, rss = foot["threads"], foot["rss_mib"]
     print(

@@ -15,7 +15,8 @@ from benchparts.common import BENCH
 
 def spec(proxy_port: int, target: str, seconds: float, connections: int = 1, **fields) -> dict:
     """`target` is the upstream's authority (127.0.0.1:port). Fields: limit (requests), path, method, host (the Host
-    header), headers (extra ones), body (bytes of the body), until (a file whose appearance ends the run early)."""
+    header), headers (extra ones), body (bytes of the body), until (a file whose appearance ends the run early),
+    answered (a file made once the first answer has come)."""
     base = {"limit": 200_000, "path": "/bench", "method": "GET", "host": "api.example.com", "headers": {}, "body": 0}
     return {
         "proxy_port": proxy_port,
@@ -53,6 +54,8 @@ async def _connection(s: dict, request: bytes, deadline: float, results: dict) -
                 raise RuntimeError((head[:80] + answer[:300]).decode(errors="replace"))
             latencies.append(time.perf_counter() - started)
             starts.append(at)
+            if len(latencies) == 1 and s.get("answered"):
+                open(s["answered"], "x").close()
             if closing:
                 writer.close()
                 reader, writer = await _connect(s)

@@ -27,8 +27,8 @@ def fetched(provider: Provider, prefix: str, n: int) -> bool:
     return len({r["path"] for r in list(provider.requests) if r["path"].startswith(prefix)}) >= n
 
 
-def settled(read, what: str, timeout: float) -> int:
-    """The value `read()` gives once it has not changed for a second (threads still starting, memory still
+def settled(read, what: str, timeout: float, interval: float) -> int:
+    """The value `read()` gives once it has not changed for 4 `interval`s (threads still starting, memory still
     growing after the first fetches)."""
     seen = [read()]
 
@@ -36,11 +36,11 @@ def settled(read, what: str, timeout: float) -> int:
         seen.append(read())
         return len(seen) >= 5 and len(set(seen[-5:])) == 1
 
-    wait_until(steady, timeout, 0.25, what)
+    wait_until(steady, timeout, interval, what)
     return seen[-1]
 
 
-def scale(confdir: Path, sizes: tuple[int, int], entries: int, phase: float) -> dict:
+def scale(confdir: Path, sizes: tuple[int, int], entries: int, phase: float, settle: float = 0.25) -> dict:
     """`footprint` and `reload_delay`, their three proxies started side by side (each takes seconds of imports)."""
     provider = quiet(Provider())
     provider.answer({"X-Bench": "v"}, response_headers={"Connection": "close"})  # no server thread per refresher
@@ -54,7 +54,7 @@ def scale(confdir: Path, sizes: tuple[int, int], entries: int, phase: float) -> 
     try:
         proxies = start_proxies(confdir, specs)
         try:
-            foot = footprint(provider, {n: proxies.pop(n) for n in sizes})
+            foot = footprint(provider, {n: proxies[n] for n in sizes}, settle)
             reload = reload_delay(provider, upstream, proxies["reload"], reloaded, entries, phase)
         finally:
             for proxy in proxies.values():
@@ -65,17 +65,17 @@ def scale(confdir: Path, sizes: tuple[int, int], entries: int, phase: float) -> 
     return {"footprint": foot, "reload": reload}
 
 
-def footprint(provider: Provider, proxies: dict) -> dict:
-    """Threads and RSS of mitmdump with `sizes[0]` and `sizes[1]` HTTP providers (`proxies` by size, closed
-    here), once every entry's first fetch is done and both figures have settled."""
+def footprint(provider: Provider, proxies: dict, settle: float) -> dict:
+    """Threads and RSS of mitmdump with `sizes[0]` and `sizes[1]` HTTP providers (`proxies` by size, told to stop
+    here: they do while the reload is measured), once every entry's first fetch is done and both have settled."""
     sizes = tuple(proxies)
     try:
         figures = {}
         for n, proxy in proxies.items():
             wait_until(lambda n=n: fetched(provider, f"/headers/{n}/", n), DEADLINE * 4, 0.1, f"{n} first fetches")
             figures[n] = {
-                "threads": settled(lambda p=proxy: p.status("Threads"), "threads to settle", DEADLINE),
-                "rss_kib": settled(lambda p=proxy: p.status("VmRSS") // 256, "RSS to settle", DEADLINE) * 256,
+                "threads": settled(lambda p=proxy: p.status("Threads"), "threads to settle", DEADLINE, settle),
+                "rss_kib": settled(lambda p=proxy: p.status("VmRSS") // 256, "RSS to settle", DEADLINE, settle) * 256,
             }
         small, large = sizes
         per_entry = (figures[large]["rss_kib"] - figures[small]["rss_kib"]) / (large - small)
@@ -88,7 +88,7 @@ def footprint(provider: Provider, proxies: dict) -> dict:
         }
     finally:
         for proxy in proxies.values():
-            proxy.close()
+            proxy.proc.terminate()
 
 
 def reload_delay(provider: Provider, upstream: EchoUpstream, proxy, path: Path, entries: int, phase: float) -> dict:
@@ -96,14 +96,18 @@ def reload_delay(provider: Provider, upstream: EchoUpstream, proxy, path: Path, 
     for the upstream; the file is then rewritten with `entries` entries (the same first one), which the addon
     applies within a couple of seconds and whose refreshers all make a first fetch. Per-request latency before the
     rewrite, from it until every new entry has been fetched, and after, for `phase` seconds on either side."""
-    stop = path.parent / "reload-stop"
+    stop, answered = path.parent / "reload-stop", path.parent / "reload-answered"
     stop.unlink(missing_ok=True)
+    answered.unlink(missing_ok=True)
     try:
         wait_until(lambda: fetched(provider, "/headers/0", 1), DEADLINE, 0.05, "the first fetch")
         client = loadgen.start(
-            loadgen.spec(proxy.port, f"127.0.0.1:{upstream.port}", 600, path="/noecho", until=str(stop))
+            loadgen.spec(
+                proxy.port, f"127.0.0.1:{upstream.port}", 600, path="/noecho", until=str(stop), answered=str(answered)
+            )
         )
         try:
+            wait_until(answered.exists, DEADLINE, 0.01, "the client's first answer")
             time.sleep(phase)  # the steady stream before the rewrite: a phase of the measurement, not a wait
             written = time.monotonic()
             providers_file(path, provider.url, entries, first_host="127.0.0.1")
