@@ -23,9 +23,9 @@ from benchparts.common import (
 )
 
 
-def fetch_through(proxy_port: int, upstream_port: int) -> dict:
+def fetch_through(proxy_port: int, upstream_port: int, timeout: float = 5) -> dict:
     """The headers the echo upstream saw of one request through the proxy."""
-    with socket.create_connection(("127.0.0.1", proxy_port), 5) as s:
+    with socket.create_connection(("127.0.0.1", proxy_port), timeout) as s:
         s.sendall(
             f"GET http://127.0.0.1:{upstream_port}/ HTTP/1.1\r\nHost: api.example.com\r\n"
             "Connection: close\r\n\r\n".encode()

@@ -10,6 +10,7 @@ from servers import Provider
 
 from benchparts import loadgen
 from benchparts.common import DEADLINE, EchoUpstream, addon_args, median, quiet, start_proxies, wait_until
+from benchparts.end_to_end import fetch_through
 
 
 def providers_file(path: Path, base: str, n: int, first_host: str = "h0.example.com") -> Path:
@@ -95,7 +96,8 @@ def reload_delay(provider: Provider, upstream: EchoUpstream, proxy, path: Path, 
     """A client sends request after request (one connection) through mitmdump, whose providers file has one entry
     for the upstream; the file is then rewritten with `entries` entries (the same first one), which the addon
     applies within a couple of seconds and whose refreshers all make a first fetch. Per-request latency before the
-    rewrite, from it until every new entry has been fetched, and after, for `phase` seconds on either side."""
+    rewrite, from it until every new entry has been fetched and the proxy answers again, and after, for `phase`
+    seconds on either side."""
     stop, answered = path.parent / "reload-stop", path.parent / "reload-answered"
     stop.unlink(missing_ok=True)
     answered.unlink(missing_ok=True)
@@ -113,6 +115,10 @@ def reload_delay(provider: Provider, upstream: EchoUpstream, proxy, path: Path, 
             providers_file(path, provider.url, entries, first_host="127.0.0.1")
             wait_until(lambda: fetched(provider, "/headers/", entries), DEADLINE * 4, 0.05, "the new entries' fetches")
             applied = time.monotonic()
+            # The stream's next answers may still be held (by the loop, not the provider): the phase after
+            # begins once a request of this process's own has been answered.
+            fetch_through(proxy.port, upstream.port, DEADLINE * 4)
+            resumed = time.monotonic()
             time.sleep(phase)
             stop.touch()
             result = loadgen.finish(client, DEADLINE)
@@ -124,10 +130,11 @@ def reload_delay(provider: Provider, upstream: EchoUpstream, proxy, path: Path, 
     asked = [(r["at"] - written, r["path"]) for r in provider.requests if r["at"] >= written]
     phases = {"before": [], "during": [], "after": []}
     for at, latency in zip(result["starts"], result["latencies"], strict=True):
-        phases["before" if at < written else "during" if at < applied else "after"].append(latency * 1e3)
+        phases["before" if at < written else "during" if at < resumed else "after"].append(latency * 1e3)
     return {
         "entries": entries,
         "applied_s": applied - written,
+        "resumed_s": resumed - written,
         # When the new configuration began (its first new entry asked) and when the upstream's entry was asked
         # again (its refresher made anew, requests for it waiting on that first fetch), if it was.
         "first_new_fetch_s": min(at for at, path in asked if path != "/headers/0"),
