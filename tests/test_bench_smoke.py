@@ -1,7 +1,7 @@
 """scripts/bench.py run as a user runs it, at its smallest (`--smoke`), so that the bench cannot rot: each part chosen
 here prints its figures as JSON, and each figure is there and a measurement (positive). Left out for the suite's
-time: 1b (valgrind, minutes), 2 and 3 (seconds of load per proxy, on the same load generator as 6), 7 (moto's
-server; its signing is tested end to end in test_aws_sigv4_e2e.py)."""
+time (under 20 s on a busy machine): 1b (valgrind, minutes), 2, 3 and 4 (a mitmdump or more each, started after 6's,
+on the same load generator and servers), 7 (moto's server; its signing is tested in test_aws_sigv4_e2e.py)."""
 
 import json
 import subprocess
@@ -9,7 +9,7 @@ import sys
 
 from servers import ROOT
 
-PARTS = ("1", "1a", "1c", "1d", "4", "5", "6")
+PARTS = ("1", "1a", "1c", "1d", "5", "6")
 
 
 def test_the_bench_runs_each_part_and_reports_its_figures(tmp_path):
@@ -33,7 +33,6 @@ def test_the_bench_runs_each_part_and_reports_its_figures(tmp_path):
     assert set(scale["entries"]) == {"1", "100", "1000"} and scale["modify_headers_us"] > 0
     assert all(row["named_us"] > 0 and row["unnamed_us"] > 0 for row in scale["entries"].values())
 
-    assert parts["4"]["changes"] == 3 and 0 < parts["4"]["median_ms"] <= parts["4"]["max_ms"]
     memory = parts["5"]
     assert (memory["flows"], memory["refreshes"]) == (2000, 100) and memory["before"] > 0 and memory["after"] > 0
 
