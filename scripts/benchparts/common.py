@@ -15,7 +15,6 @@ from helpers.waiting import DEADLINE, wait_until
 from servers import ADDON, MITMDUMP, ROOT, clean_env
 
 BENCH = ROOT / "scripts" / "bench.py"
-__all__ = ["ADDON", "BENCH", "ROOT", "DEADLINE", "wait_until"]
 
 
 def bench_headers(n: int, tag: str = "") -> dict[str, str]:

@@ -163,7 +163,12 @@ def latency_beside_a_large_put(confdir: Path, rounds: int, seconds: float, size:
             finally:
                 connection.close()
 
-    cases = {"alone": None, "beside a signed PUT": f"/{BUCKET}/large.bin", "beside an unsigned PUT": "/large.bin"}
+    # (the PUTs' path, in the entry's scope or not; what they count as)
+    cases = {
+        "alone": None,
+        "beside a signed PUT": (f"/{BUCKET}/large.bin", "signed"),
+        "beside an unsigned PUT": ("/large.bin", "unsigned"),
+    }
     latencies = {name: [] for name in cases}
     try:
         loadgen.load(loadgen.spec(proxy.port, f"127.0.0.1:{upstream.port}", 0.5, path="/noecho"))  # warm-up
@@ -172,8 +177,7 @@ def latency_beside_a_large_put(confdir: Path, rounds: int, seconds: float, size:
                 done = threading.Event()
                 putter = None
                 if cases[name] is not None:
-                    key = "signed" if "signed PUT" in name and "unsigned" not in name else "unsigned"
-                    putter = threading.Thread(target=put_until, args=(done, cases[name], key), daemon=True)
+                    putter = threading.Thread(target=put_until, args=(done, *cases[name]), daemon=True)
                     putter.start()
                 try:
                     s = loadgen.spec(proxy.port, f"127.0.0.1:{upstream.port}", seconds, path="/noecho")
