@@ -4,7 +4,7 @@
 This machine is shared and noisy, so every figure is a ratio (or a latency) taken from interleaved rounds and
 reduced to a median; absolute throughput is printed only for context. The parts are modules of scripts/benchparts/.
 
-    scripts/bench                    # all parts, about twelve minutes (five of them under valgrind)
+    scripts/bench                    # all parts, about fifteen minutes (seven of them under valgrind)
     scripts/bench --quick            # fewer, shorter rounds
     scripts/bench --part 1d --part 6 # some parts only
     scripts/bench --smoke --json -   # the least that runs each part (for the smoke test: figures mean nothing)
@@ -257,7 +257,9 @@ def child_modes(args) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
     )
     parser.add_argument("--quick", action="store_true", help="fewer and shorter rounds")
     parser.add_argument("--smoke", action="store_true", help="the least that runs each part: figures mean nothing")
