@@ -50,7 +50,8 @@ def scale(confdir: Path, sizes: tuple[int, int], entries: int, phase: float, set
     for n in sizes:
         path = providers_file(confdir / f"footprint-{n}.json", f"{provider.url}/{n}", n)
         specs[n] = addon_args(header_providers_file=str(path))
-    reloaded = providers_file(confdir / "reloaded.json", provider.url, 1, first_host="127.0.0.1")
+    # Under a path of their own: the provider also answered the footprint's entries.
+    reloaded = providers_file(confdir / "reloaded.json", f"{provider.url}/r", 1, first_host="127.0.0.1")
     specs["reload"] = addon_args(header_providers_file=str(reloaded))
     try:
         proxies = start_proxies(confdir, specs)
@@ -102,7 +103,7 @@ def reload_delay(provider: Provider, upstream: EchoUpstream, proxy, path: Path, 
     stop.unlink(missing_ok=True)
     answered.unlink(missing_ok=True)
     try:
-        wait_until(lambda: fetched(provider, "/headers/0", 1), DEADLINE, 0.05, "the first fetch")
+        wait_until(lambda: fetched(provider, "/headers/r/0", 1), DEADLINE, 0.05, "the first fetch")
         client = loadgen.start(
             loadgen.spec(
                 proxy.port, f"127.0.0.1:{upstream.port}", 600, path="/noecho", until=str(stop), answered=str(answered)
@@ -112,8 +113,10 @@ def reload_delay(provider: Provider, upstream: EchoUpstream, proxy, path: Path, 
             wait_until(answered.exists, DEADLINE, 0.01, "the client's first answer")
             time.sleep(phase)  # the steady stream before the rewrite: a phase of the measurement, not a wait
             written = time.monotonic()
-            providers_file(path, provider.url, entries, first_host="127.0.0.1")
-            wait_until(lambda: fetched(provider, "/headers/", entries), DEADLINE * 4, 0.05, "the new entries' fetches")
+            providers_file(path, f"{provider.url}/r", entries, first_host="127.0.0.1")
+            wait_until(
+                lambda: fetched(provider, "/headers/r/", entries), DEADLINE * 4, 0.05, "the new entries' fetches"
+            )
             applied = time.monotonic()
             # The stream's next answers may still be held (by the loop, not the provider): the phase after
             # begins once a request of this process's own has been answered.
@@ -127,7 +130,7 @@ def reload_delay(provider: Provider, upstream: EchoUpstream, proxy, path: Path, 
         threads = proxy.status("Threads")
     finally:
         proxy.close()
-    asked = [(r["at"] - written, r["path"]) for r in provider.requests if r["at"] >= written]
+    asked = [(r["at"] - written, r["path"]) for r in provider.requests if r["at"] >= written and "/r/" in r["path"]]
     phases = {"before": [], "during": [], "after": []}
     for at, latency in zip(result["starts"], result["latencies"], strict=True):
         phases["before" if at < written else "during" if at < resumed else "after"].append(latency * 1e3)
@@ -137,8 +140,8 @@ def reload_delay(provider: Provider, upstream: EchoUpstream, proxy, path: Path, 
         "resumed_s": resumed - written,
         # When the new configuration began (its first new entry asked) and when the upstream's entry was asked
         # again (its refresher made anew, requests for it waiting on that first fetch), if it was.
-        "first_new_fetch_s": min(at for at, path in asked if path != "/headers/0"),
-        "own_entry_refetched_s": min((at for at, path in asked if path == "/headers/0"), default=None),
+        "first_new_fetch_s": min(at for at, path in asked if path != "/headers/r/0"),
+        "own_entry_refetched_s": min((at for at, path in asked if path == "/headers/r/0"), default=None),
         "threads_after": threads,
         **{name: {"requests": len(v), "p50_ms": median(v), "max_ms": max(v)} for name, v in phases.items() if v},
     }
