@@ -1,0 +1,116 @@
+"""What the parts share: the figures' helpers, the programs they start (mitmdump, the echo upstream, moto's server)
+and what /proc says of them. The programs run on the tests' process runner (tests/helpers/running.py)."""
+
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers.ports import free_port
+from helpers.running import Running
+from helpers.waiting import DEADLINE, wait_until
+from servers import ADDON, MITMDUMP, ROOT, clean_env
+
+BENCH = ROOT / "scripts" / "bench.py"
+
+
+def bench_headers(n: int, tag: str = "") -> dict[str, str]:
+    return {f"X-Bench-{i}": f"value-{i}-{tag}" + "x" * 24 for i in range(n)}
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+def connectable(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def quiet(server):
+    """A test server that says nothing of a peer gone mid-answer: a proxy closed while a provider is still
+    answering it is how the bench ends a measurement."""
+    server.server.handle_error = lambda request, client_address: None
+    return server
+
+
+class Program(Running):
+    """A program the bench measures or talks to, in a session of its own; `close()` ends it and its group."""
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill_group()
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used: less swayed by a busy machine than wall-clock rates."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def status(self, name: str) -> int:
+        """A number from /proc/<pid>/status (`Threads`, `VmRSS` in KiB, …)."""
+        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(rf"^{name}:\s+(\d+)", text, re.MULTILINE)[1])
+
+
+class Proxy(Program):
+    """A real mitmdump on 127.0.0.1, quiet (`-q`: no line per flow to write, as a production proxy runs), without
+    the addon unless the arguments load it (`-s`, see `addon_args`). Started at once; `ready()` waits until it
+    listens, so that several start side by side."""
+
+    def __init__(self, confdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()  # -q hides the line naming the port mitmdump picked: the port is chosen here
+        cmd = [str(MITMDUMP), "-q", "--listen-host", "127.0.0.1", "--listen-port", str(self.port)]
+        cmd += ["--set", f"confdir={confdir}", *args]
+        super().__init__(cmd, cwd=confdir, env={**clean_env(), **(env or {})})
+
+    def ready(self) -> "Proxy":
+        wait_until(lambda: self.proc.poll() is not None or connectable(self.port), DEADLINE, 0.05, "mitmdump")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"mitmdump ended at start:\n{self.output}")
+        return self
+
+
+def addon_args(**options: str) -> list[str]:
+    args = ["-s", str(ADDON)]
+    for name, value in options.items():
+        args += ["--set", f"{name}={value}"]
+    return args
+
+
+def start_proxies(confdir: Path, specs: dict[str, list[str]], env: dict[str, str] | None = None) -> dict[str, Proxy]:
+    """Proxies started side by side (each takes seconds of imports), returned once all listen."""
+    proxies = {name: Proxy(confdir, *args, env=env) for name, args in specs.items()}
+    try:
+        for proxy in proxies.values():
+            proxy.ready()
+    except BaseException:
+        for proxy in proxies.values():
+            proxy.close()
+        raise
+    return proxies
+
+
+class EchoUpstream(Program):
+    """scripts/echo_upstream.py in a process of its own, so that it shares a GIL with nothing the bench runs."""
+
+    def __init__(self, confdir: Path) -> None:
+        super().__init__(
+            [sys.executable, str(ROOT / "scripts" / "echo_upstream.py"), "--port", "0"], cwd=confdir, env=clean_env()
+        )
+        self.port = int(self.wait_for(r"listening on http://127\.0\.0\.1:(\d+)/").group(1))
