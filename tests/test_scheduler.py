@@ -76,6 +76,9 @@ def make():
 
 def test_many_due_at_once_run_at_most_workers_at_a_time(make):
     scheduler = make(workers=4)
+    warm = Job("warm")
+    scheduler.schedule(warm)
+    wait_until(lambda: warm.turns == 1 and scheduler._idle == 1, what="one idle worker")  # as after a first config
     gauge = Gauge()
     release = threading.Event()
     jobs = [Job(i, hold=release, gauge=gauge) for i in range(200)]

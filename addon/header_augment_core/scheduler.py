@@ -47,7 +47,8 @@ class Scheduler:
         self._queued: dict[Turned, tuple[float, int]] = {}  # each refresher's one live heap entry: (at, seq)
         self._running: set[Turned] = set()
         self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._idle = 0  # workers waiting
+        self._woken = 0  # of those, how many have been notified and not yet woken: not idle any more
         self._closed = False
 
     @property
@@ -88,7 +89,8 @@ class Scheduler:
         seq = next(self._seq)
         self._queued[refresher] = (at, seq)
         heapq.heappush(self._heap, (at, seq, refresher))
-        if self._idle:
+        if self._idle > self._woken:
+            self._woken += 1
             self._cond.notify()  # an idle worker looks at the new earliest entry
         elif not from_worker and len(self._threads) < self._most:  # a worker pushing looks at the heap next
             thread = threading.Thread(
@@ -127,7 +129,8 @@ class Scheduler:
                 if wait <= 0:
                     refresher = heapq.heappop(heap)[2]
                     del self._queued[refresher]
-                    if heap and self._idle:
+                    if heap and self._idle > self._woken:
+                        self._woken += 1
                         self._cond.notify()  # the next may be due too
                     return refresher
             self._idle += 1
@@ -135,4 +138,5 @@ class Scheduler:
                 self._cond.wait(wait)
             finally:
                 self._idle -= 1
+                self._woken = max(0, self._woken - 1)  # this one, or one whose wait ended as it was notified
         return None
