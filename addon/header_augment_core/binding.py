@@ -9,7 +9,7 @@ from typing import Any
 
 from mitmproxy import flowfilter, http
 
-from .carried import Carried, carried_by, carry
+from .carried import CARRIED, Carried, carried_by, carry
 from .clients import Clients
 from .hosts import Hosts
 from .refresher import Refresher
@@ -46,9 +46,9 @@ class Binding:
         """Add the headers to `flow` if it is in scope (`key`: its host's `request_key`). Returns WAIT (having done
         nothing) when the flow should be held until the provider's first fetch has finished."""
         counters = self.counters
-        request = flow.request
-        host, port = request.host, request.port
-        if self.hosts is not None and not self.hosts.matches_key(key, port):
+        data = flow.request.data  # the request's fields themselves: Request's properties would be a call each
+        hosts = self.hosts
+        if hosts is not None and key not in hosts.any_port and not hosts.matches_key(key, data.port):
             return None
         if self.scope is not None and not self.scope(flow):
             return None
@@ -59,8 +59,9 @@ class Binding:
         if until != math.inf and time.monotonic() >= until:  # most snapshots are usable forever: no clock read
             return self._unusable(flow, snapshot, may_wait, "headers", ("no valid answer yet", "headers expired"))
         counters.in_scope += 1
-        existing = request.headers.fields
-        fields, clashes = merge(existing, snapshot, self.mode, request.data.http_version in _LOWER_CASE_NAMES)
+        headers = data.headers
+        existing = headers.fields
+        fields, clashes = merge(existing, snapshot, self.mode, data.http_version in _LOWER_CASE_NAMES)
         if clashes:
             counters.already_present += 1
             note(flow, self.comment + _clash_note(snapshot, clashes, self.mode))
@@ -68,11 +69,12 @@ class Binding:
             note(flow, self.comment + snapshot.summary)
         if fields is None:  # nothing to add: {} from the provider, or keep mode and the request had every name
             return None
-        request.headers.fields = fields
+        headers.fields = fields
         counters.given += 1
-        carried = carried_by(flow)
+        own = flow.__dict__
+        carried = own.get(CARRIED)
         if carried is None:
-            carry(flow, Carried(existing, host, port, snapshot.names, [(self, snapshot)]))
+            own[CARRIED] = Carried(existing, data.host, data.port, snapshot.names, [(self, snapshot)])
         else:  # a second entry for the same flow
             carried.add(self, snapshot)
         return None

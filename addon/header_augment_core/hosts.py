@@ -94,6 +94,8 @@ class Hosts:
         # Lookup tables, derived: the hot path does one dict lookup per name suffix.
         object.__setattr__(self, "_exact", dict(self.exact))
         object.__setattr__(self, "_below", dict(self.below))
+        # Names given without ports: a request key found here matches with no call (the request path checks it).
+        object.__setattr__(self, "any_port", frozenset(name for name, ports in self.exact if ports is None))
 
     def __bool__(self) -> bool:
         return bool(self.patterns)

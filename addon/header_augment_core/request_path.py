@@ -14,6 +14,7 @@ from mitmproxy import http
 
 from .binding import DONE, WAIT, Binding, note
 from .carried import (
+    CARRIED,
     MAX_SCRUBBED_BODY,
     Carried,
     carried_by,
@@ -36,6 +37,7 @@ HOOK_ERROR_LOG_INTERVAL = 60.0
 REASK_AFTER_401_GAP = 10.0
 # A response body larger than this is scrubbed on a worker thread (zlib, brotli and zstd let go of the GIL).
 SCRUB_ON_LOOP = 64 * 1024
+NOT_WAITED: frozenset = frozenset()
 
 
 class RequestPath:
@@ -60,11 +62,11 @@ class RequestPath:
             note(flow, "header-augment: no headers for TRACE")
             return None
         self.seen.count += 1  # what _for does, written out here: a call less per request
-        index, host = self.entries.index, request.host
+        index, host = self.entries.index, request.data.host
         key, bindings = index.lookup(host)
         if key is None and (why := index.why_unmatchable(host)) is not None:
             note(flow, f"header-augment: not sent: {why}")
-        return self._apply(flow, bindings, key, set())
+        return self._apply(flow, bindings, key, NOT_WAITED)
 
     def _for(self, flow: http.HTTPFlow) -> tuple[str | None, tuple[Binding, ...]]:
         """The flow's host as patterns are kept (once per request), and the entries that may be for it, in order:
@@ -81,7 +83,11 @@ class RequestPath:
         since (map_remote does, in `request`), what we added goes back out, and the headers are applied again for
         where it goes now: credentials never follow a flow to a host not named.
         Called at the end of the addon chain, by the script's reroute guard."""
-        self._check_reroute(flow)
+        carried = flow.__dict__.get(CARRIED)  # only a flow we added to can have been rerouted with our headers
+        if carried is not None:
+            data = flow.request.data
+            if data.host != carried.host or data.port != carried.port:
+                self._take_back(flow, carried)
         if self.entries.signers and not (flow.response or flow.error or flow.request.stream):
             return self._sign(flow, False)
         return None
@@ -113,13 +119,8 @@ class RequestPath:
         if (more := self._sign(flow, True)) is not None:
             await more
 
-    def _check_reroute(self, flow: http.HTTPFlow) -> None:
-        carried = carried_by(flow)
-        if carried is None:
-            return
+    def _take_back(self, flow: http.HTTPFlow, carried: Carried) -> None:
         request = flow.request
-        if request.host == carried.host and request.port == carried.port:
-            return
         drop_carried(flow)
         touched = carried.names | {b"connection"}  # and the Connection header we may have edited
         request.headers.fields = tuple(f for f in request.headers.fields if f[0].lower() not in touched) + tuple(
@@ -128,7 +129,7 @@ class RequestPath:
         note(flow, f"header-augment: headers taken back: rerouted from {carried.host}:{carried.port} after the match")
         if not (flow.response or flow.error):
             key, bindings = self._for(flow)
-            self._apply(flow, bindings, key, {b.refresher for b in bindings})  # no waiting here
+            self._apply(flow, bindings, key, frozenset(b.refresher for b in bindings))  # no waiting here
 
     # -- once the request has left: nothing we added stays in the flow or comes back in the answer -------------
 
@@ -186,12 +187,13 @@ class RequestPath:
                 refresher.refresh_now()
 
     def _apply(
-        self, flow: http.HTTPFlow, bindings: tuple[Binding, ...], key: str | None, waited: set
+        self, flow: http.HTTPFlow, bindings: tuple[Binding, ...], key: str | None, waited: frozenset
     ) -> Coroutine | None:
-        """Apply `bindings` in order; a coroutine (for mitmproxy to await) if one must wait for a first fetch."""
+        """Apply `bindings` in order; a coroutine (for mitmproxy to await) if one must wait for a first fetch.
+        `waited`: the refreshers whose first fetch this flow has waited for already."""
         for index, binding in enumerate(bindings):
             try:
-                outcome = binding.apply(flow, key, may_wait=binding.refresher not in waited)
+                outcome = binding.apply(flow, key, binding.refresher not in waited)
             except Exception:
                 self._hook_error(flow, binding)
                 return None
@@ -202,13 +204,13 @@ class RequestPath:
         return None
 
     async def _after_first_fetch(
-        self, flow: http.HTTPFlow, bindings: tuple[Binding, ...], key: str | None, waited: set
+        self, flow: http.HTTPFlow, bindings: tuple[Binding, ...], key: str | None, waited: frozenset
     ) -> None:
         """Hold `flow` until the provider's first fetch has finished (bounded by its timeout), then go on. Only this
         flow waits: the event loop and every other request carry on."""
         binding = bindings[0]
         await self._first_fetch(binding)
-        waited.add(binding.refresher)
+        waited |= {binding.refresher}
         if flow.response or flow.error or not flow.live:
             return
         if (more := self._apply(flow, bindings, key, waited)) is not None:
