@@ -1,15 +1,21 @@
 """The scheduler that turns every refresher: bounded threads, one turn at a time per refresher, hurry, stop, close."""
 
+import asyncio
+import json
 import math
 import threading
 import time
 
+import header_augment
 import pytest
-from servers import DEADLINE, wait_until
+from mitmproxy.test import taddons, tflow
+from servers import DEADLINE, Provider, wait_until
 
 from header_augment_core.refresher import Refresher
 from header_augment_core.scheduler import Scheduler
 from header_augment_core.settings import parse_settings
+
+SLOW = 2.0  # seconds a slow provider takes to answer
 
 
 class Job:
@@ -180,3 +186,38 @@ def test_real_refreshers_share_the_workers(make, provider):
         for r in refreshers:
             r.stop()
     assert all(r.wait_ended(DEADLINE) for r in refreshers)
+
+
+def test_a_request_waits_for_its_own_entrys_first_fetch_not_for_the_queue(provider, tmp_path):
+    """56 slow providers fill the 16 workers four times over; a request for the last entry's host moves that entry
+    to the front, so it waits for one round of slow fetches and its own, not for three more rounds."""
+    provider.answer({"X-Slow": "s"}, delay=SLOW)
+    fast = Provider()
+    fast.answer({"X-Fast": "f"})
+    entries = [{"url": f"{provider.url}/{i}", "hosts": f"s{i}.example", "timeout": "30s"} for i in range(56)]
+    entries.append({"url": fast.url, "hosts": "target.example", "timeout": "30s"})
+    path = tmp_path / "providers.json"
+    path.write_text(json.dumps(entries))
+
+    async def scenario():
+        addon = header_augment.HeaderAugment()
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, header_providers_file=str(path))
+            addon.running()
+            try:
+                f = tflow.tflow()
+                f.request.host = "target.example"
+                started = time.monotonic()
+                pending = addon.requestheaders(f)
+                assert pending is not None  # held for the entry's first answer
+                await pending
+                return time.monotonic() - started, f.request.headers.get("X-Fast")
+            finally:
+                addon.done()
+
+    try:
+        waited, added = asyncio.run(scenario())
+    finally:
+        fast.close()
+    assert added == "f"
+    assert waited < 2 * SLOW, waited  # 3 × SLOW without the hurry: its fetch would start in the fourth round
