@@ -189,7 +189,7 @@ def test_real_refreshers_share_the_workers(make, provider):
 
 
 def test_a_request_waits_for_its_own_entrys_first_fetch_not_for_the_queue(provider, tmp_path):
-    """56 slow providers fill the 16 workers four times over; a request for the last entry's host moves that entry
+    """56 slow providers keep the 16 workers busy for four rounds; a request for the last entry's host moves that entry
     to the front, so it waits for one round of slow fetches and its own, not for three more rounds."""
     provider.answer({"X-Slow": "s"}, delay=SLOW)
     fast = Provider()
