@@ -2,6 +2,7 @@
 and what /proc says of them. The programs run on the tests' process runner (tests/helpers/running.py)."""
 
 import os
+import random
 import re
 import socket
 import statistics
@@ -114,3 +115,20 @@ class EchoUpstream(Program):
             [sys.executable, str(ROOT / "scripts" / "echo_upstream.py"), "--port", "0"], cwd=confdir, env=clean_env()
         )
         self.port = int(self.wait_for(r"listening on http://127\.0\.0\.1:(\d+)/").group(1))
+
+
+def interleaved(proxies: dict, run, rounds: int, seconds: float) -> tuple[dict, dict, dict]:
+    """`rounds` of `run(name, seconds)` for every proxy, in a new random order each round (the machine's speed drifts
+    within a round): per name, the proxy's CPU seconds per request and the request rate of each round, and the
+    number of errors the runs reported."""
+    cpus = {name: [] for name in proxies}
+    rates = {name: [] for name in proxies}
+    errors = dict.fromkeys(proxies, 0)
+    for _ in range(rounds):
+        for name in random.sample(list(proxies), len(proxies)):
+            before = proxies[name].cpu_seconds()
+            result = run(name, seconds)
+            cpus[name].append((proxies[name].cpu_seconds() - before) / result["requests"])
+            rates[name].append(result["requests"] / result["seconds"])
+            errors[name] += len(result["errors"])
+    return cpus, rates, errors

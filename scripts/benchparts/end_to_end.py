@@ -16,6 +16,7 @@ from benchparts.common import (
     EchoUpstream,
     addon_args,
     bench_headers,
+    interleaved,
     median,
     percentile,
     quiet,
@@ -91,14 +92,7 @@ def end_to_end(confdir: Path, rounds: int, seconds: float, connections: int, war
         wait_for_header(proxies["header_augment"].port, upstream.port, "X-Bench-9")
         for name in proxies:
             run(name, warm)  # warm-up
-        rates = {name: [] for name in proxies}
-        cpus = {name: [] for name in proxies}
-        for _ in range(rounds):
-            for name in random.sample(list(proxies), len(proxies)):
-                before = proxies[name].cpu_seconds()
-                result = run(name, seconds)
-                cpus[name].append((proxies[name].cpu_seconds() - before) / result["requests"])
-                rates[name].append(result["requests"] / result["seconds"])
+        cpus, rates, _ = interleaved(proxies, run, rounds, seconds)
         return {
             name: {
                 "rate": median(rates[name]),

@@ -17,6 +17,7 @@ from benchparts.common import (
     EchoUpstream,
     Program,
     addon_args,
+    interleaved,
     median,
     percentile,
     start_proxies,
@@ -111,16 +112,7 @@ def cpu_per_request(confdir: Path, rounds: int, seconds: float, connections: int
     try:
         for name in proxies:
             run(name, 0.5)  # warm-up (and the first fetch of the signing entry's credentials)
-        cpus = {name: [] for name in proxies}
-        rates = {name: [] for name in proxies}
-        errors = dict.fromkeys(proxies, 0)
-        for _ in range(rounds):
-            for name in random.sample(list(proxies), len(proxies)):
-                before = proxies[name].cpu_seconds()
-                result = run(name, seconds)
-                cpus[name].append((proxies[name].cpu_seconds() - before) / result["requests"])
-                rates[name].append(result["requests"] / result["seconds"])
-                errors[name] += len(result["errors"])
+        cpus, rates, errors = interleaved(proxies, run, rounds, seconds)
         reference = cpus["plain, client-signed"]
         return {
             name: {
