@@ -156,6 +156,53 @@ def test_removed_while_queued_never_turns_and_while_running_ends_after_its_turn(
     assert queued.turns == 0 and running.turns == 1
 
 
+def test_a_turn_that_hangs_never_holds_up_the_others(make):
+    """Refreshers added one at a time (each start finds a worker idle), then one hangs: the rest go on."""
+    scheduler = make(workers=4)
+    warm = Job("warm")
+    scheduler.schedule(warm)
+
+    def waiting():  # the one worker waits again, not yet notified
+        return scheduler._idle == 1 and scheduler._woken == 0
+
+    wait_until(lambda: warm.turns == 1 and waiting(), what="one idle worker")
+    release = threading.Event()
+    stuck, later = Job("stuck", at=time.monotonic() + 0.3, hold=release), Job("later", at=time.monotonic() + 0.6)
+    scheduler.schedule(stuck)
+    wait_until(waiting, what="the worker to wait for the next time")
+    scheduler.schedule(later)  # found the worker idle: notified, no new worker
+    try:
+        wait_until(lambda: later.turns == 1, what="the other refresher's turn while one hangs")
+    finally:
+        release.set()
+
+
+def test_a_refresher_that_raises_ends_and_the_worker_goes_on(make, caplog):
+    class Broken(Job):
+        def wake_at(self):
+            if self.turns:
+                raise RuntimeError("a bug")
+            return 0.0
+
+    scheduler = make(workers=1)
+    broken, fine = Broken("broken"), Job("fine", at=time.monotonic() + 0.2)
+    scheduler.schedule(broken)
+    assert broken.ended.wait(DEADLINE)  # ended, not left queued or running
+    scheduler.schedule(fine)
+    wait_until(lambda: fine.turns == 1, what="the next refresher on the same worker")
+    assert scheduler.threads == 1
+    assert "could not be scheduled again" in caplog.text
+
+
+def test_a_nan_time_is_a_look_a_second_later_not_a_spin(make):
+    scheduler = make(workers=1)
+    odd = Job("odd", at=math.nan)
+    fine = Job("fine", at=time.monotonic() + 0.1)
+    scheduler.schedule(odd)
+    scheduler.schedule(fine)
+    wait_until(lambda: fine.turns == 1 and odd.turns == 1, what="both turns")
+
+
 def test_close_ends_the_workers(make):
     scheduler = make(workers=3)
     jobs = [Job(i) for i in range(3)]

@@ -103,7 +103,7 @@ class Refresher:
         already waiting for it."""
         with self._asked_lock:
             new, self._asked = not self._asked, True
-        if self._scheduler is not None:
+        if self._scheduler is not None and not self.stopping:
             self._scheduler.schedule(self)
         return new
 

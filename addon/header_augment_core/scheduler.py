@@ -7,6 +7,7 @@ many at a time rather than all at once.
 
 import heapq
 import itertools
+import logging
 import math
 import threading
 import time
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .http_exchange import THREAD_PREFIX
+
+logger = logging.getLogger("header_augment")
 
 # Fetches in flight at once. A fetch is bounded by its timeout and aborted when its provider is stopped, so a few
 # hanging providers delay the others' turns by at most their timeout; a request waiting for an entry's first answer
@@ -83,6 +86,8 @@ class Scheduler:
             self._cond.notify_all()
 
     def _push(self, refresher: Turned, at: float, from_worker: bool = False) -> None:
+        if at != at:  # NaN: it would stay at the top of the heap and make every wait return at once
+            at = self._clock() + 1.0
         queued = self._queued.get(refresher)
         if at == math.inf or (queued is not None and queued[0] <= at):
             return  # nothing to do until asked, or already due as soon: one live entry per refresher
@@ -92,7 +97,12 @@ class Scheduler:
         if self._idle > self._woken:
             self._woken += 1
             self._cond.notify()  # an idle worker looks at the new earliest entry
-        elif not from_worker and len(self._threads) < self._most:  # a worker pushing looks at the heap next
+        elif not from_worker:  # a worker pushing looks at the heap next
+            self._add_worker()
+
+    def _add_worker(self) -> None:
+        """One more worker, below the cap: whenever a turn starts, someone is left watching the heap."""
+        if len(self._threads) < self._most:
             thread = threading.Thread(
                 target=self._work, name=f"{THREAD_PREFIX} fetch {len(self._threads) + 1}", daemon=True
             )
@@ -106,16 +116,26 @@ class Scheduler:
                 if refresher is None:
                     return
                 self._running.add(refresher)
+            ended = True
             try:
-                refresher.turn()  # it catches and logs its own errors; a turn never ends a worker
+                refresher.turn()  # it catches and logs its own errors
+            except Exception:  # a bug in a refresher ends that refresher, never the worker (nor the others)
+                logger.exception("header-augment: a refresher's turn failed; it is stopped")
             finally:
                 with self._cond:
                     self._running.discard(refresher)
-                    ended = refresher.stopping  # read under the lock that remove() takes: stop() is seen here
-                    if not ended and not self._closed:
-                        self._push(refresher, refresher.wake_at(), from_worker=True)
-                if ended:
+                    try:
+                        ended = refresher.stopping  # read under the lock that remove() takes: stop() is seen here
+                        if not ended and not self._closed:
+                            self._push(refresher, refresher.wake_at(), from_worker=True)
+                    except Exception:
+                        logger.exception("header-augment: a refresher could not be scheduled again; it is stopped")
+                        ended = True
+            if ended:
+                try:
                     refresher.end()
+                except Exception:
+                    logger.exception("header-augment: a refresher could not be ended cleanly")
 
     def _take(self) -> Turned | None:
         """The earliest due refresher, waited for; None once closed. Called with the lock held."""
@@ -132,6 +152,10 @@ class Scheduler:
                     if heap and self._idle > self._woken:
                         self._woken += 1
                         self._cond.notify()  # the next may be due too
+                    elif heap and self._idle == 0:
+                        # Nobody else watches the heap while this turn runs: without a standby, a provider that
+                        # hangs would hold up every other one until its timeout.
+                        self._add_worker()
                     return refresher
             self._idle += 1
             try:
