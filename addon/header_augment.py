@@ -141,6 +141,11 @@ class HeaderAugment:
         previous, self._path.entries = self._path.entries, built
         for refresher in {b.refresher for b in previous.bindings} - {b.refresher for b in built.bindings}:
             refresher.stop()
+        kept = {b.counters for b in previous.bindings}
+        for binding in built.bindings:
+            if binding.counters not in kept:
+                # A new entry counts the flows seen from now, not from its build (on a thread, seconds earlier).
+                binding.counters.out_of_scope = 0
         if not built.bindings and (previous.bindings or not self._configured):
             logger.warning(
                 "no header provider configured (header_provider_url, header_provider_file, header_provider_command, "

@@ -15,6 +15,7 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
 from servers import DEADLINE, ROOT, HeldProvider, Provider, TokenEndpoint, wait_until
 
+from header_augment_core import entries
 from header_augment_core.fields import SettingsError
 from header_augment_core.providers_file import load_providers_file
 from header_augment_core.refresher import Refresher
@@ -587,3 +588,25 @@ def test_an_entry_without_one_source_is_refused_naming_the_fields_once(tmp_path,
     with pytest.raises(SettingsError) as e:
         load_providers_file(write(tmp_path / "p.yaml", f"- {entry}\n"))
     assert str(e.value).endswith(message) and str(e.value).count("provider 1") == 1
+
+
+def test_flows_seen_while_a_reload_is_built_are_not_the_new_entries_out_of_scope(tmp_path, provider, monkeypatch):
+    provider.answer({"X-A": "1"})
+    path = tmp_path / "providers.yaml"
+    one = f"- {{name: one, url: '{provider.url}', hosts: one.example}}\n"
+    write(path, one)
+    addon = header_augment.HeaderAugment()
+    real_build = entries.build
+
+    def build_while_flows_pass(*args):
+        built = real_build(*args)
+        addon._path.seen.count += 7  # flows the loop handled while the worker thread built the entries
+        return built
+
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, header_providers_file=str(path))
+        monkeypatch.setattr(entries, "build", build_while_flows_pass)
+        write(path, one + f"- {{url: '{provider.url}?2', hosts: b}}\n")
+        reload_checks(addon)
+        assert [b.counters.out_of_scope for b in addon.bindings] == [7, 0]  # the old entry saw them, the new did not
+        addon.done()
