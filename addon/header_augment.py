@@ -232,8 +232,16 @@ class HeaderAugment:
             built = entries.build(single + entries_from_file, previous, self._path.seen, proxyauth)
             return built, file_stamp, entries.warnings(previous, built)
 
+        def unused(made: entries.Entries) -> None:
+            for refresher in {b.refresher for b in made.bindings} - {b.refresher for b in previous.bindings}:
+                refresher.stop()
+
+        work = asyncio.ensure_future(asyncio.to_thread(build))
         try:
-            built, file_stamp, warnings = await asyncio.to_thread(build)
+            built, file_stamp, warnings = await asyncio.shield(work)
+        except asyncio.CancelledError:  # done() while the thread builds: what it makes is stopped once it is made
+            work.add_done_callback(lambda w: w.cancelled() or w.exception() or unused(w.result()[0]))
+            raise
         except Exception as e:  # whatever the file makes go wrong, it is reported once, not every second
             watch.current = stamp(path)
             if isinstance(e, SettingsError):
@@ -246,8 +254,7 @@ class HeaderAugment:
                 )
             return
         if self._file is not watch or self._path.entries is not previous:  # reconfigured meanwhile: that stands
-            for refresher in {b.refresher for b in built.bindings} - {b.refresher for b in previous.bindings}:
-                refresher.stop()
+            unused(built)
             return
         watch.current = file_stamp
         logger.info("header_providers_file %s changed: %d provider(s) configured", path, len(built.bindings))

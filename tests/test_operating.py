@@ -5,6 +5,7 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 import time
 import urllib.parse
 
@@ -609,4 +610,38 @@ def test_flows_seen_while_a_reload_is_built_are_not_the_new_entries_out_of_scope
         write(path, one + f"- {{url: '{provider.url}?2', hosts: b}}\n")
         reload_checks(addon)
         assert [b.counters.out_of_scope for b in addon.bindings] == [7, 0]  # the old entry saw them, the new did not
+        addon.done()
+
+
+def test_a_reload_cancelled_while_it_builds_stops_what_it_made(tmp_path, provider, monkeypatch):
+    provider.answer({"X-A": "1"})
+    path = tmp_path / "providers.yaml"
+    write(path, f"- {{url: '{provider.url}', hosts: one.example}}\n")
+    addon = header_augment.HeaderAugment()
+    real_build, made, building, release = entries.build, [], threading.Event(), threading.Event()
+
+    def slow_build(*args):
+        built = real_build(*args)
+        made.append(built)
+        building.set()
+        assert release.wait(DEADLINE)
+        return built
+
+    async def scenario():
+        await addon._reload_providers_file()  # the change is seen; it is applied once the file has settled
+        reload = asyncio.ensure_future(addon._reload_providers_file())
+        assert await asyncio.to_thread(building.wait, DEADLINE)
+        reload.cancel()  # as done() cancels the ticker
+        with pytest.raises(asyncio.CancelledError):
+            await reload
+        release.set()
+        [new] = [b.refresher for b in made[0].bindings]
+        assert await asyncio.to_thread(new.wait_ended, DEADLINE)  # its client closed, nothing left running
+
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, header_providers_file=str(path))
+        monkeypatch.setattr(entries, "build", slow_build)
+        write(path, f"- {{url: '{provider.url}?2', hosts: two.example}}\n")
+        asyncio.run(scenario())  # the loop goes on after the cancel, as mitmproxy's does after a script's done()
+        assert [b.settings.hosts.patterns for b in addon.bindings] == [("one.example",)]
         addon.done()
