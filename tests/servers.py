@@ -113,6 +113,11 @@ class Provider:
     def wait_for_requests(self, n: int, timeout: float = DEADLINE) -> None:
         wait_until(lambda: self.count >= n, timeout, what=f"{n} provider requests")
 
+    def paths_asked(self, prefix: str) -> int:
+        """How many distinct paths starting with `prefix` have been asked for (an entry each, for many entries)."""
+        with self._lock:
+            return len({r["path"] for r in self.requests if r["path"].startswith(prefix)})
+
     def close(self) -> None:
         self._release.set()
         self.server.shutdown()

@@ -4,12 +4,13 @@ part 1d; the figures of this test's measurements are its part 6.)"""
 
 import json
 import os
-import re
 import threading
 import time
 from pathlib import Path
 
 from conftest import client_for
+from helpers.procfs import status_number
+from helpers.waiting import settled
 from servers import DEADLINE, wait_until
 
 # Targets of the fleet issue, for 2,000 HTTP providers against one.
@@ -17,10 +18,6 @@ MORE_THREADS = 32
 KIB_PER_ENTRY = 40
 # A build on the loop held requests 1.9 s for 5,000 entries; built on a worker thread, 0.27 s on an idle machine.
 LONGEST_DELAY = 1.0
-
-
-def proc_status(pid: int, field: str) -> int:
-    return int(re.search(rf"^{field}:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)[1])
 
 
 def write_entries(path: Path, base: str, n: int) -> None:
@@ -32,22 +29,6 @@ def write_entries(path: Path, base: str, n: int) -> None:
     os.replace(written, path)
 
 
-def settled(read, interval=0.2):
-    """read()'s value once it has not changed for four intervals (threads still starting, memory still growing)."""
-    seen = [read()]
-
-    def steady():
-        seen.append(read())
-        return len(seen) >= 5 and len(set(seen[-5:])) == 1
-
-    wait_until(steady, DEADLINE, interval, "a settled value")
-    return seen[-1]
-
-
-def fetched(provider, prefix: str, n: int) -> bool:
-    return len({r["path"] for r in list(provider.requests) if r["path"].startswith(prefix)}) >= n
-
-
 def test_threads_memory_and_a_reload_with_thousands_of_providers(mitmdump, provider, upstream, tmp_path):
     provider.answer({"X-Fleet": "v"}, response_headers={"Connection": "close"})
     path = tmp_path / "providers.json"
@@ -55,13 +36,13 @@ def test_threads_memory_and_a_reload_with_thousands_of_providers(mitmdump, provi
     m = mitmdump("--set", f"header_providers_file={path}")
     pid = m.proc.pid
     provider.wait_for_requests(1)
-    one = settled(lambda: proc_status(pid, "Threads")), settled(lambda: proc_status(pid, "VmRSS"))
+    one = settled(lambda: status_number(pid, "Threads")), settled(lambda: status_number(pid, "VmRSS"))
 
     mark = m.mark()
     write_entries(path, f"{provider.url}/many", 2000)
     m.wait_for("changed: 2000 provider", DEADLINE, mark)
-    wait_until(lambda: fetched(provider, "/headers/many/", 2000), DEADLINE * 2, 0.1, "2,000 first fetches")
-    many = settled(lambda: proc_status(pid, "Threads")), settled(lambda: proc_status(pid, "VmRSS"))
+    wait_until(lambda: provider.paths_asked("/headers/many/") >= 2000, DEADLINE * 2, 0.1, "2,000 first fetches")
+    many = settled(lambda: status_number(pid, "Threads")), settled(lambda: status_number(pid, "VmRSS"))
     assert many[0] - one[0] <= MORE_THREADS, (one, many)
     assert (many[1] - one[1]) / 1999 <= KIB_PER_ENTRY, (one, many)
 
@@ -84,7 +65,7 @@ def test_threads_memory_and_a_reload_with_thousands_of_providers(mitmdump, provi
         written = time.monotonic()
         write_entries(path, f"{provider.url}/more", 5000)
         m.wait_for("changed: 5000 provider", DEADLINE, mark)
-        wait_until(lambda: fetched(provider, "/headers/more/", 500), DEADLINE, 0.05, "the first fetches under way")
+        wait_until(lambda: provider.paths_asked("/headers/more/") >= 500, DEADLINE, 0.05, "the first fetches under way")
         seen = len(latencies)
         wait_until(lambda: len(latencies) >= seen + 20, what="the stream to go on")
     finally:

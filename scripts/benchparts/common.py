@@ -3,7 +3,6 @@ and what /proc says of them. The programs run on the tests' process runner (test
 
 import os
 import random
-import re
 import socket
 import statistics
 import subprocess
@@ -11,6 +10,7 @@ import sys
 from pathlib import Path
 
 from helpers.ports import free_port
+from helpers.procfs import status_number
 from helpers.running import Running
 from helpers.waiting import DEADLINE, wait_until
 from servers import ADDON, MITMDUMP, ROOT, clean_env
@@ -65,8 +65,7 @@ class Program(Running):
 
     def status(self, name: str) -> int:
         """A number from /proc/<pid>/status (`Threads`, `VmRSS` in KiB, …)."""
-        text = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(re.search(rf"^{name}:\s+(\d+)", text, re.MULTILINE)[1])
+        return status_number(self.proc.pid, name)
 
 
 class Proxy(Program):

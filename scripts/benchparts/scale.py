@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+from helpers.waiting import settled
 from servers import Provider
 
 from benchparts import loadgen
@@ -21,24 +22,6 @@ def providers_file(path: Path, base: str, n: int, first_host: str = "h0.example.
     written.write_text(json.dumps(entries))
     os.replace(written, path)
     return path
-
-
-def fetched(provider: Provider, prefix: str, n: int) -> bool:
-    """Whether the provider has been asked for `n` distinct URLs (those of one file's entries) starting `prefix`."""
-    return len({r["path"] for r in list(provider.requests) if r["path"].startswith(prefix)}) >= n
-
-
-def settled(read, what: str, timeout: float, interval: float) -> int:
-    """The value `read()` gives once it has not changed for 4 `interval`s (threads still starting, memory still
-    growing after the first fetches)."""
-    seen = [read()]
-
-    def steady():
-        seen.append(read())
-        return len(seen) >= 5 and len(set(seen[-5:])) == 1
-
-    wait_until(steady, timeout, interval, what)
-    return seen[-1]
 
 
 def scale(confdir: Path, sizes: tuple[int, int], entries: int, phase: float, settle: float = 0.25) -> dict:
@@ -74,7 +57,7 @@ def footprint(provider: Provider, proxies: dict, settle: float) -> dict:
     try:
         figures = {}
         for n, proxy in proxies.items():
-            wait_until(lambda n=n: fetched(provider, f"/headers/{n}/", n), DEADLINE * 4, 0.1, f"{n} first fetches")
+            wait_until(lambda n=n: provider.paths_asked(f"/headers/{n}/") >= n, DEADLINE * 4, 0.1, f"{n} first fetches")
             figures[n] = {
                 "threads": settled(lambda p=proxy: p.status("Threads"), "threads to settle", DEADLINE, settle),
                 "rss_kib": settled(lambda p=proxy: p.status("VmRSS") // 256, "RSS to settle", DEADLINE, settle) * 256,
@@ -103,7 +86,7 @@ def reload_delay(provider: Provider, upstream: EchoUpstream, proxy, path: Path, 
     stop.unlink(missing_ok=True)
     answered.unlink(missing_ok=True)
     try:
-        wait_until(lambda: fetched(provider, "/headers/r/0", 1), DEADLINE, 0.05, "the first fetch")
+        wait_until(lambda: provider.paths_asked("/headers/r/0") >= 1, DEADLINE, 0.05, "the first fetch")
         client = loadgen.start(
             loadgen.spec(
                 proxy.port, f"127.0.0.1:{upstream.port}", 600, path="/noecho", until=str(stop), answered=str(answered)
@@ -115,7 +98,7 @@ def reload_delay(provider: Provider, upstream: EchoUpstream, proxy, path: Path, 
             written = time.monotonic()
             providers_file(path, f"{provider.url}/r", entries, first_host="127.0.0.1")
             wait_until(
-                lambda: fetched(provider, "/headers/r/", entries), DEADLINE * 4, 0.05, "the new entries' fetches"
+                lambda: provider.paths_asked("/headers/r/") >= entries, DEADLINE * 4, 0.05, "the new entries' fetches"
             )
             applied = time.monotonic()
             # The stream's next answers may still be held (by the loop, not the provider): the phase after

@@ -51,3 +51,8 @@ def peak_rss_kib(pid: int) -> int:
     """The process's peak resident set size so far (VmHWM), in KiB."""
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)[1])
+
+
+def status_number(pid: int, name: str) -> int:
+    """A number from /proc/<pid>/status: `Threads`, `VmRSS` (KiB), …"""
+    return int(re.search(rf"^{name}:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)[1])

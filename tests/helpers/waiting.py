@@ -17,3 +17,15 @@ def wait_until(predicate, timeout: float = DEADLINE, interval: float = 0.01, wha
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def settled(read, what: str = "a settled value", timeout: float = DEADLINE, interval: float = 0.2):
+    """`read()`'s value once it has not changed for four intervals (threads still starting, memory still growing)."""
+    seen = [read()]
+
+    def steady():
+        seen.append(read())
+        return len(seen) >= 5 and len(set(seen[-5:])) == 1
+
+    wait_until(steady, timeout, interval, what)
+    return seen[-1]
