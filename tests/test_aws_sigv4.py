@@ -384,3 +384,45 @@ def test_the_private_botocore_name_read_for_the_expiry():
     expiry = EPOCH + datetime.timedelta(seconds=100)
     credentials = RefreshableCredentials(KEY, SECRET, TOKEN, expiry, dict, "sso", time_fetcher=lambda: EPOCH)
     assert credentials._expiry_time == expiry
+
+
+def test_a_request_is_signed_by_the_entry_naming_its_host_found_by_index_not_by_asking_every_signer(
+    tmp_path, monkeypatch
+):
+    """Each request walked every aws-sigv4 entry, asking each whether the flow was its (a cost per request that
+    grew with the entries it had nothing to do with). The signers are now found by their hosts, as the adders are,
+    and looked up where the flow goes once every addon has changed it: a flow rerouted after `requestheaders` is
+    signed by the entry of its new host."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    entries = "".join(
+        f"- name: r{n}\n  kind: aws-sigv4\n  service: s3\n  region: region-{n}\n  hosts: 'b.s3.region-{n}.example'\n"
+        for n in range(300)
+    )
+    (tmp_path / "providers.yaml").write_text(
+        entries + "- name: every\n  kind: aws-sigv4\n  service: sts\n  region: eu-west-1\n  hosts: '*.sts.example'\n"
+    )
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, header_providers_file=str(tmp_path / "providers.yaml"))
+        try:
+            by_name = {b.settings.name: b for b in addon.bindings}
+            for name in ("r17", "r250"):
+                by_name[name].refresher.refresh()
+            signing = addon._path.entries.signing
+            assert signing.lookup("b.s3.region-250.example") == ("b.s3.region-250.example", (by_name["r250"],))
+            assert signing.lookup("x.sts.example")[1] == (by_name["every"],)
+            assert signing.lookup("example.org")[1] == ()
+
+            f = _flow(host="b.s3.region-17.example")
+            addon.requestheaders(f)
+            f.request.host = "b.s3.region-250.example"  # as map_remote would, in `request`
+            assert addon.check_reroute(f) is None
+            assert "/region-250/s3/aws4_request" in f.request.headers["authorization"]
+            assert f.request.host_header == "b.s3.region-250.example"
+            assert by_name["r250"].counters.given == 1 and by_name["r17"].counters.given == 0
+        finally:
+            addon.done()

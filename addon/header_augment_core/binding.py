@@ -96,12 +96,13 @@ class Binding:
             note(flow, f"{self.comment}no usable {what}, passed {'unsigned' if self.signer else 'without'}")
         return None
 
-    def sign(self, flow: http.HTTPFlow, may_wait: bool = True) -> object:
-        """Sign `flow` if it is in scope, as it will be sent: None if it is not, WAIT, DONE, or a coroutine that
-        signs it with the body hashed on a worker thread."""
+    def sign(self, flow: http.HTTPFlow, key: str | None, may_wait: bool = True) -> object:
+        """Sign `flow` if it is in scope (`key`: its host's `request_key`), as it will be sent: None if it is not,
+        WAIT, DONE, or a coroutine that signs it with the body hashed on a worker thread."""
         counters = self.counters
         request = flow.request
-        if self.hosts is not None and not self.hosts.matches(request.host, request.port):
+        hosts = self.hosts
+        if hosts is not None and key not in hosts.any_port and not hosts.matches_key(key, request.data.port):
             return None  # out_of_scope is derived from the flows seen (counters.py)
         if self.scope is not None and not self.scope(flow):
             return None

@@ -25,13 +25,20 @@ class Entries:
     bindings: tuple[Binding, ...]
     adders: tuple[Binding, ...]
     signers: tuple[Binding, ...]
-    index: HostIndex
+    index: HostIndex  # the adders by host
+    signing: HostIndex  # the signers by host: a request pays for those that name its host, not for every one
 
     @classmethod
     def of(cls, bindings: tuple[Binding, ...]) -> "Entries":
         adders = tuple(b for b in bindings if b.signer is None)
         signers = tuple(b for b in bindings if b.signer is not None)
-        return cls(bindings, adders, signers, HostIndex([(b.settings.hosts, b) for b in adders]))
+        return cls(
+            bindings,
+            adders,
+            signers,
+            HostIndex([(b.settings.hosts, b) for b in adders]),
+            HostIndex([(b.settings.hosts, b) for b in signers]),
+        )
 
 
 NO_ENTRIES = Entries.of(())

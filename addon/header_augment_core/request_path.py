@@ -99,10 +99,12 @@ class RequestPath:
         return None
 
     def _sign(self, flow: http.HTTPFlow, waited: bool) -> Coroutine | None:
-        """The first signing entry whose hosts the flow goes to signs it: a request carries one signature."""
-        for binding in self.entries.signers:
+        """The first signing entry whose hosts the flow goes to signs it: a request carries one signature. The host
+        is looked up now, where mitmproxy will connect (an addon may have rerouted the flow since `requestheaders`)."""
+        key, bindings = self.entries.signing.lookup(flow.request.data.host)
+        for binding in bindings:
             try:
-                outcome = binding.sign(flow, may_wait=not waited)
+                outcome = binding.sign(flow, key, may_wait=not waited)
             except Exception:
                 self._hook_error(flow, binding)
                 return None
