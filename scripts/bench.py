@@ -4,7 +4,7 @@
 This machine is shared and noisy, so every figure is a ratio (or a latency) taken from interleaved rounds and
 reduced to a median; absolute throughput is printed only for context. The parts are modules of scripts/benchparts/.
 
-    scripts/bench                    # all parts, about fifteen minutes (seven of them under valgrind)
+    scripts/bench                    # all parts, about twenty minutes (thirteen of them under valgrind)
     scripts/bench --quick            # fewer, shorter rounds
     scripts/bench --part 1d --part 6 # some parts only
     scripts/bench --smoke --json -   # the least that runs each part (for the smoke test: figures mean nothing)
@@ -220,6 +220,26 @@ def part_7(mode, confdir, results):
     return {"cpu": cpu, "large_put_mib": large, "beside": beside}
 
 
+def part_7b(mode, confdir, results):
+    from benchparts.sigv4 import instructions_per_request
+
+    size = 1024
+    print(f"7b. aws-sigv4 end to end in instructions per {size // 1024} KiB S3 PUT, counted by valgrind")
+    print("    (moto verifying, 1 connection; the proxy's idle instructions a second taken off; minutes)")
+    counts = instructions_per_request(
+        confdir, sized(mode, 300, 100, 5), size, sized(mode, 40, 20, 2), sized(mode, 10.0, 5.0, 1.0)
+    )
+    if counts is None:
+        print("   valgrind is not installed: skipped")
+        return None
+    for name, row in counts.items():
+        print(
+            f"   {name:>22}: {row['instructions']:>12,.0f} instructions/request   {row['vs_plain']:.3f}× plain"
+            + (f"  ({row['errors']} answered 5xx by moto)" if row["errors"] else "")
+        )
+    return counts
+
+
 # In the order they run: 1a and 1c before 1b as always (valgrind's part is the slowest).
 PARTS = {
     "1": part_1,
@@ -233,6 +253,7 @@ PARTS = {
     "5": part_5,
     "6": part_6,
     "7": part_7,
+    "7b": part_7b,
 }
 
 

@@ -73,14 +73,16 @@ class Proxy(Program):
     the addon unless the arguments load it (`-s`, see `addon_args`). Started at once; `ready()` waits until it
     listens, so that several start side by side."""
 
-    def __init__(self, confdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, confdir: Path, *args: str, env: dict[str, str] | None = None, under: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()  # -q hides the line naming the port mitmdump picked: the port is chosen here
-        cmd = [str(MITMDUMP), "-q", "--listen-host", "127.0.0.1", "--listen-port", str(self.port)]
+        cmd = [*under, str(MITMDUMP), "-q", "--listen-host", "127.0.0.1", "--listen-port", str(self.port)]
         cmd += ["--set", f"confdir={confdir}", *args]
         super().__init__(cmd, cwd=confdir, env={**clean_env(), **(env or {})})
 
-    def ready(self) -> "Proxy":
-        wait_until(lambda: self.proc.poll() is not None or connectable(self.port), DEADLINE, 0.05, "mitmdump")
+    def ready(self, timeout: float = DEADLINE) -> "Proxy":
+        wait_until(lambda: self.proc.poll() is not None or connectable(self.port), timeout, 0.05, "mitmdump")
         if self.proc.poll() is not None:
             raise RuntimeError(f"mitmdump ended at start:\n{self.output}")
         return self
@@ -93,12 +95,19 @@ def addon_args(**options: str) -> list[str]:
     return args
 
 
-def start_proxies(confdir: Path, specs: dict[str, list[str]], env: dict[str, str] | None = None) -> dict[str, Proxy]:
-    """Proxies started side by side (each takes seconds of imports), returned once all listen."""
-    proxies = {name: Proxy(confdir, *args, env=env) for name, args in specs.items()}
+def start_proxies(
+    confdir: Path,
+    specs: dict[str, list[str]],
+    env: dict[str, str] | None = None,
+    under: dict[str, tuple[str, ...]] | None = None,
+    timeout: float = DEADLINE,
+) -> dict[str, Proxy]:
+    """Proxies started side by side (each takes seconds of imports), returned once all listen. `under`: the command
+    each is run under, by name (valgrind's)."""
+    proxies = {name: Proxy(confdir, *args, env=env, under=(under or {}).get(name, ())) for name, args in specs.items()}
     try:
         for proxy in proxies.values():
-            proxy.ready()
+            proxy.ready(timeout)
     except BaseException:
         for proxy in proxies.values():
             proxy.close()

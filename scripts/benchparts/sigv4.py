@@ -1,15 +1,21 @@
 """7: aws-sigv4 end to end. The proxy's CPU per request signing S3 PUTs that moto's server verifies (IAM
 authentication on) against plain mitmdump carrying the same requests signed by the client, and against the addon
-with its entry out of scope of them; and small requests' latency while a 64 MiB PUT is signed."""
+with its entry out of scope of them, in CPU time and (7b) in instructions counted by valgrind; and small requests'
+latency while a 64 MiB PUT is signed."""
 
 import http.client
 import os
 import random
+import re
+import shutil
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from helpers.ports import free_port
+from helpers.waiting import wait_until
 from servers import clean_env
 
 from benchparts import loadgen
@@ -76,44 +82,55 @@ def signing_file(path: Path, hosts: str, scope: str = "") -> Path:
     return path
 
 
-def cpu_per_request(confdir: Path, rounds: int, seconds: float, connections: int, size: int) -> dict:
-    """CPU µs per signed PUT of `size` bytes, three ways, interleaved round by round: the addon signing it, plain
-    mitmdump carrying the client's own signature, the addon with its entry for another host carrying the same."""
-    moto = Moto(confdir)
+# The three ways part 7 compares: the addon signing (the client holds no credentials), plain mitmdump carrying the
+# same request signed by the client with botocore, and the addon with its entry for another host carrying the same.
+SIGNING, PLAIN, ELSEWHERE = "addon signing", "plain, client-signed", "addon, out of scope"
+PUT_PATH = f"/{BUCKET}/object.bin"
+
+
+def three_ways(confdir: Path, moto: Moto) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The three proxies' arguments, by name, and the environment they run in (moto's key for the addon's chain)."""
     env = {"AWS_ACCESS_KEY_ID": moto.key, "AWS_SECRET_ACCESS_KEY": moto.secret, "AWS_REGION": REGION}
     env |= {"AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
     signing = signing_file(confdir / "sigv4.yaml", f"127.0.0.1:{moto.port}")
     elsewhere = signing_file(confdir / "sigv4-elsewhere.yaml", "s3.elsewhere.example")
+    specs = {
+        SIGNING: addon_args(header_providers_file=str(signing)),
+        PLAIN: [],
+        ELSEWHERE: addon_args(header_providers_file=str(elsewhere)),
+    }
+    return specs, env
+
+
+def puts(moto: Moto, name: str, proxy_port: int, size: int, seconds: float, connections: int, **fields) -> dict:
+    """PUTs of `size` bytes through one of the three proxies for `seconds` (or `limit` of them)."""
+    # Signed afresh for each run: a signature is dated, and moto refuses one 15 minutes old.
+    headers = dict(OCTETS) if name == SIGNING else moto.signed("PUT", PUT_PATH, loadgen.body(size))
+    headers.pop("Host", None)
+    target = f"127.0.0.1:{moto.port}"
+    s = loadgen.spec(proxy_port, target, seconds, connections, path=PUT_PATH, method="PUT", **fields)
+    s |= {"host": target, "headers": headers, "body": size, "tolerate_5xx": True}
+    return loadgen.load(s)
+
+
+def cpu_per_request(confdir: Path, rounds: int, seconds: float, connections: int, size: int) -> dict:
+    """CPU µs per signed PUT of `size` bytes, the three ways, interleaved round by round."""
+    moto = Moto(confdir)
     try:
-        proxies = start_proxies(
-            confdir,
-            {
-                "addon signing": addon_args(header_providers_file=str(signing)),
-                "plain, client-signed": [],
-                "addon, out of scope": addon_args(header_providers_file=str(elsewhere)),
-            },
-            env=env,
-        )
+        specs, env = three_ways(confdir, moto)
+        proxies = start_proxies(confdir, specs, env=env)
     except BaseException:
         moto.close()
         raise
-    path = f"/{BUCKET}/object.bin"
 
     def run(name: str, slice_seconds: float) -> dict:
-        # Signed afresh for each slice: a signature is dated, and moto refuses one 15 minutes old.
-        headers = dict(OCTETS) if name == "addon signing" else moto.signed("PUT", path, loadgen.body(size))
-        headers.pop("Host", None)
-        s = loadgen.spec(
-            proxies[name].port, f"127.0.0.1:{moto.port}", slice_seconds, connections, path=path, method="PUT"
-        )
-        s |= {"host": f"127.0.0.1:{moto.port}", "headers": headers, "body": size, "tolerate_5xx": True}
-        return loadgen.load(s)
+        return puts(moto, name, proxies[name].port, size, slice_seconds, connections)
 
     try:
         for name in proxies:
             run(name, 0.5)  # warm-up (and the first fetch of the signing entry's credentials)
         cpus, rates, errors = interleaved(proxies, run, rounds, seconds)
-        reference = cpus["plain, client-signed"]
+        reference = cpus[PLAIN]
         return {
             name: {
                 "rate": median(rates[name]),
@@ -127,6 +144,75 @@ def cpu_per_request(confdir: Path, rounds: int, seconds: float, connections: int
         for proxy in proxies.values():
             proxy.close()
         moto.close()
+
+
+class Callgrind:
+    """The counters of a program running under valgrind's callgrind, zeroed and read while it runs
+    (`callgrind_control`); each read is a dump, written to `out`.1, `out`.2, ..."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.pid, self.out, self.dumps = pid, out, 0
+
+    def zero(self) -> None:
+        subprocess.run(["callgrind_control", "-z", str(self.pid)], check=True, capture_output=True, timeout=300)
+
+    def read(self) -> int:
+        """Instructions executed since the counters were last zeroed."""
+        subprocess.run(["callgrind_control", "-d", str(self.pid)], check=True, capture_output=True, timeout=300)
+        self.dumps += 1
+        dump = Path(f"{self.out}.{self.dumps}")
+
+        def summary() -> str | None:  # the totals line ends a dump
+            text = dump.read_text() if dump.exists() else ""
+            found = re.search(r"^summary: (\d+)$", text, re.M)
+            return found.group(1) if found and re.search(r"^totals: ", text, re.M) else None
+
+        wait_until(lambda: summary() is not None, 300, 0.2, f"callgrind's dump {dump.name}")
+        return int(summary())
+
+
+def instructions_per_request(confdir: Path, requests: int, size: int, warm: int, idle: float) -> dict | None:
+    """Instructions each of the three proxies executes per PUT of `size` bytes (one connection, one request after
+    another), counted by valgrind's callgrind: the same count whatever else the machine does, where the CPU time of
+    `cpu_per_request` moves by more than signing costs. Each proxy runs under callgrind from its start. After `warm`
+    requests its counters are zeroed and it is left alone for `idle` seconds: what its timers cost per second, taken
+    off the requests' count for their wall time (under valgrind a request takes some 50 times as long). Then it
+    carries `requests`. A full garbage collection lands in a run or not: `requests` should be hundreds. None when
+    valgrind is not installed."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        return None
+    moto = Moto(confdir)
+    try:
+        specs, env = three_ways(confdir, moto)
+        out = {name: confdir / f"callgrind-{n}.out" for n, name in enumerate(specs)}
+        under = {name: ("valgrind", "--tool=callgrind", f"--callgrind-out-file={out[name]}") for name in specs}
+        proxies = start_proxies(confdir, specs, env=env, under=under, timeout=900)
+    except BaseException:
+        moto.close()
+        raise
+    counts, errors = {}, {}
+    try:
+        for name, proxy in proxies.items():
+            puts(moto, name, proxy.port, size, 900, 1, limit=warm)
+            counter = Callgrind(proxy.proc.pid, out[name])
+            counter.zero()
+            started = time.monotonic()
+            time.sleep(idle)  # the measurement itself: what the proxy does with no request
+            per_second = counter.read() / (time.monotonic() - started)
+            counter.zero()
+            started = time.monotonic()
+            result = puts(moto, name, proxy.port, size, 3600, 1, limit=requests)
+            wall = time.monotonic() - started
+            counts[name] = (counter.read() - per_second * wall) / result["requests"]
+            errors[name] = len(result["errors"])
+    finally:
+        for proxy in proxies.values():
+            proxy.close()
+        moto.close()
+    return {
+        name: {"instructions": count, "vs_plain": count / counts[PLAIN], "errors": errors[name]}
+        for name, count in counts.items()
+    }
 
 
 def latency_beside_a_large_put(confdir: Path, rounds: int, seconds: float, size: int) -> dict:
