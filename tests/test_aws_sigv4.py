@@ -424,5 +424,12 @@ def test_a_request_is_signed_by_the_entry_naming_its_host_found_by_index_not_by_
             assert "/region-250/s3/aws4_request" in f.request.headers["authorization"]
             assert f.request.host_header == "b.s3.region-250.example"
             assert by_name["r250"].counters.given == 1 and by_name["r17"].counters.given == 0
+
+            away = _flow(host="b.s3.region-17.example")
+            addon.requestheaders(away)
+            away.request.host = "b.s3.region-17.example.attacker.example"  # rerouted to a host no entry names
+            before = away.request.headers.fields
+            assert addon.check_reroute(away) is None
+            assert away.request.headers.fields == before and by_name["r17"].counters.given == 0
         finally:
             addon.done()
