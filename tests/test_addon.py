@@ -70,6 +70,8 @@ def test_options_are_declared_with_help():
         ("header_hosts", ["api.example.com/path"], "header_hosts: 'api.example.com': give the host alone"),
         ("header_hosts", ["*", "a.example"], "header_hosts: '*' (every host) cannot be combined"),
         ("header_hosts", [], "header_hosts: required"),
+        ("header_aws_region", "eu-west-1", "header_aws_region: not used with header_provider_url"),
+        ("header_aws_service", "s3", "header_provider_url and header_aws_service are both set"),
     ],
 )
 def test_bad_values_raise_options_error_naming_the_option(option, value, message):

@@ -6,6 +6,7 @@ application/x-www-form-urlencoded, so bodies here are application/octet-stream."
 import base64
 import hashlib
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -462,3 +463,29 @@ def test_a_web_identity_call_that_fails_names_the_chain_step_and_requests_get_50
     with client_for(m.proxy) as client:
         assert client.post(moto["url"] + "/", content=IDENTITY_FORM, headers=FORM).status_code == 503
     assert "eyJhbGciOiJub25lIn0" not in m.output and "Traceback" not in m.output
+
+
+def test_the_readme_single_provider_options_sign_as_its_providers_file_does(moto, tmp_path):
+    """The README's `--set header_aws_service=…` line, its S3 hosts pointed at moto: the same entry, no file."""
+    from test_readme import section_text
+
+    (line,) = re.findall(
+        r"`(--set header_aws_service=[^`]+)`", section_text("AWS APIs, signed by the proxy: `kind: aws-sigv4`")
+    )
+    args = shlex.split(line.replace("\n", " ").replace("*.s3.eu-west-1.amazonaws.com", f"127.0.0.1:{moto['port']}"))
+    assert [a.split("=")[0] for a in args if a != "--set"] == [
+        "header_aws_service",
+        "header_aws_region",
+        "header_hosts",
+        "header_require",
+    ]
+    env = {"AWS_ACCESS_KEY_ID": moto["key"], "AWS_SECRET_ACCESS_KEY": moto["secret"]}
+    m = Mitmdump(tmp_path / "confdir", *args, env=env)
+    try:
+        octets = {"Content-Type": "application/octet-stream"}
+        with client_for(m.proxy) as client:
+            put = client.put(f"{moto['url']}/{BUCKET}/options.bin", content=b"by options", headers=octets)
+            assert put.status_code == 200, put.text
+            assert client.get(f"{moto['url']}/{BUCKET}/options.bin").content == b"by options"
+    finally:
+        m.stop()

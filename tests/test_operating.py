@@ -576,11 +576,11 @@ def test_the_periodic_check_survives_an_unexpected_error(provider, tmp_path, cap
     [
         (
             "{hosts: a}",
-            "provider 1: kind: not given, so one of url, path, command must name the source (none is given)",
+            "provider 1: kind: not given, so one of url, path, command, service must name the source (none is given)",
         ),
         (
             "{hosts: a, url: 'http://a/', path: /x}",
-            "provider 1: kind: not given, so one of url, path, command must name the source "
+            "provider 1: kind: not given, so one of url, path, command, service must name the source "
             "(url and path are both given)",
         ),
     ],

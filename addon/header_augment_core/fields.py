@@ -37,6 +37,9 @@ class Option:
 
 Parser = Callable[[object], object]
 
+# The end of each single-provider locator's help: the options that each pick the provider's kind, one at a time.
+ONE_SOURCE = "One of header_provider_url, header_provider_file, header_provider_command, header_aws_service."
+
 
 def setting(default: object, parse: Parser, option: Option | None = None, *, transport: bool = False) -> Any:
     """A settings field. `transport`: it changes how credentials are fetched, not which ones (a change to it keeps

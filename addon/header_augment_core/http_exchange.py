@@ -24,7 +24,7 @@ import httpcore
 import httpx
 
 from .failures import Failed
-from .fields import Option, SettingsError, setting, shown, text
+from .fields import ONE_SOURCE, Option, SettingsError, setting, shown, text
 from .rules import MAX_BODY_BYTES
 
 THREAD_PREFIX = "header-augment"
@@ -115,7 +115,7 @@ class Endpoint:
             str,
             "",
             "http(s) URL of the header provider (by default it answers with a JSON object of header names to "
-            "values). One of header_provider_url, header_provider_file, header_provider_command.",
+            "values). " + ONE_SOURCE,
         ),
     )
     authority: str = setting(

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from ..failures import Failed
 from ..fetch import Client, FetchResult
-from ..fields import SettingsError, boolean, setting, text
+from ..fields import ONE_SOURCE, Option, SettingsError, boolean, setting, text
 from ..rules import Validated
 from .base import Source
 
@@ -73,11 +73,48 @@ class Frozen:
 @dataclass(frozen=True)
 class AwsSigV4Source(Source):
     KIND: ClassVar[str] = "aws-sigv4"
+    LOCATOR: ClassVar[str] = "service"
 
-    service: str = setting("", text)
-    region: str = setting("", text)
-    profile: str = setting("", text)
-    unsigned_payload: bool = setting(False, boolean)
+    service: str = setting(
+        "",
+        text,
+        Option(
+            "header_aws_service",
+            str,
+            "",
+            "Sign each request to header_hosts with AWS Signature Version 4 for this service (s3, sts, execute-api, "
+            "es, bedrock, ...), with credentials from botocore's chain (environment, shared files, web identity, "
+            "container, instance metadata); needs header-augment[aws]. " + ONE_SOURCE,
+        ),
+    )
+    region: str = setting(
+        "",
+        text,
+        Option(
+            "header_aws_region",
+            str,
+            "",
+            "The signing region for header_aws_service; empty: AWS_REGION or AWS_DEFAULT_REGION.",
+        ),
+    )
+    profile: str = setting(
+        "",
+        text,
+        Option(
+            "header_aws_profile", str, "", "A profile of the shared AWS files, for header_aws_service's credentials."
+        ),
+    )
+    unsigned_payload: bool = setting(
+        False,
+        boolean,
+        Option(
+            "header_aws_unsigned_payload",
+            bool,
+            False,
+            "S3 only: send a body mitmproxy streams (stream_large_bodies), which cannot be hashed first, as "
+            "UNSIGNED-PAYLOAD; without it such a request is killed before anything is sent.",
+        ),
+    )
 
     @property
     def display(self) -> str:

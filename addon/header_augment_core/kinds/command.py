@@ -21,7 +21,7 @@ from typing import ClassVar
 from ..durations import format_duration
 from ..failures import Failed
 from ..fetch import Client, FetchResult
-from ..fields import Option, SettingsError, setting, shown
+from ..fields import ONE_SOURCE, Option, SettingsError, setting, shown
 from ..formats import Content, read
 from ..http_exchange import redact_urls
 from ..rules import MAX_BODY_BYTES
@@ -86,7 +86,7 @@ class CommandSource(Content, Source):
             "",
             "Command printing the provider's content (by default one token, sent as 'Authorization: Bearer …'), "
             "split into words as a POSIX shell would and run without one. Run at start, at every interval and on "
-            "augment.refresh. One of header_provider_url, header_provider_file, header_provider_command.",
+            "augment.refresh. " + ONE_SOURCE,
             convert=_split,
         ),
     )

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from ..failures import Failed
 from ..fetch import Client, FetchResult
-from ..fields import Option, SettingsError, setting, text
+from ..fields import ONE_SOURCE, Option, SettingsError, setting, text
 from ..files import SettledChange, read_regular, stamp
 from ..formats import Content, read
 from ..rules import MAX_BODY_BYTES
@@ -31,8 +31,7 @@ class FileSource(Content, Source):
             str,
             "",
             "File holding the provider's content (by default a JSON object of headers), re-read when it changes "
-            "(an atomic rename, a Kubernetes volume update) and at every interval. One of header_provider_url, "
-            "header_provider_file, header_provider_command.",
+            "(an atomic rename, a Kubernetes volume update) and at every interval. " + ONE_SOURCE,
         ),
     )
 
