@@ -433,3 +433,8 @@ def test_a_request_is_signed_by_the_entry_naming_its_host_found_by_index_not_by_
             assert away.request.headers.fields == before and by_name["r17"].counters.given == 0
         finally:
             addon.done()
+
+
+def test_service_names_the_kind_as_url_path_and_command_do():
+    settings = parse_settings({"service": "sts", "region": "eu-west-1", "hosts": "sts.amazonaws.com"}, str)
+    assert isinstance(settings.source, AwsSigV4Source) and settings.source.service == "sts"
