@@ -14,8 +14,8 @@ class Source:
     """A kind's own settings. Subclasses are frozen dataclasses: equal settings fetch the same credentials."""
 
     KIND: ClassVar[str]
-    # The field that names where credentials come from (url, path, command). Given without `kind`, it picks this
-    # kind; None: the kind must be named.
+    # The field that names where credentials come from (url, path, command, service). Given without `kind`, it picks
+    # this kind; None: the kind must be named.
     LOCATOR: ClassVar[str | None] = None
     # Defaults this kind gives to fields declared elsewhere (the shared `timeout`, the content `format`).
     DEFAULTS: ClassVar[dict[str, Any]] = {}
