@@ -77,6 +77,7 @@ def test_kinds_and_their_locator_options():
         "header_provider_url": "http",
         "header_provider_file": "file",
         "header_provider_command": "command",
+        "header_aws_service": "aws-sigv4",
     }
 
 
@@ -108,7 +109,9 @@ def test_exactly_one_locator_option(given):
             tctx.configure(addon, header_hosts=["*"], **given)
     message = str(e.value)
     assert all(name in message.split(" set:")[0] for name in given), message
-    assert message.endswith("give one of header_provider_url, header_provider_file, header_provider_command")
+    assert message.endswith(
+        "give one of header_provider_url, header_provider_file, header_provider_command, header_aws_service"
+    )
 
 
 def test_command_option_is_split_like_a_shell_and_never_shown():
