@@ -28,7 +28,13 @@ from header_augment_core.binding import Binding  # noqa: E402
 from header_augment_core.counters import request_summary  # noqa: E402
 from header_augment_core.fields import SettingsError  # noqa: E402
 from header_augment_core.files import SettledChange, stamp  # noqa: E402
-from header_augment_core.options import OPTIONS, check_deferred, label, settings_from_options  # noqa: E402
+from header_augment_core.options import (  # noqa: E402
+    LOCATORS,
+    OPTIONS,
+    check_deferred,
+    label,
+    settings_from_options,
+)
 from header_augment_core.providers_file import load_providers_file  # noqa: E402
 from header_augment_core.request_path import RequestPath  # noqa: E402
 from header_augment_core.scheduler import Scheduler  # noqa: E402
@@ -148,8 +154,8 @@ class HeaderAugment:
                 binding.counters.out_of_scope = 0
         if not built.bindings and (previous.bindings or not self._configured):
             logger.warning(
-                "no header provider configured (header_provider_url, header_provider_file, header_provider_command, "
-                "header_providers_file): header-augment is idle and adds no headers"
+                "no header provider configured (%s, header_providers_file): header-augment is idle and adds no headers",
+                ", ".join(LOCATORS),
             )
         self._configured = True
         for warning in warnings:

@@ -133,8 +133,8 @@ class AwsSigV4Source(Source):
             object.__setattr__(self, "region", region)  # settled once, so equal settings stay equal
         if self.unsigned_payload and self.service != "s3":
             raise SettingsError(f"{label('unsigned_payload')}: only S3 accepts UNSIGNED-PAYLOAD")
-        if (why := botocore_missing()) is not None:
-            raise SettingsError(f"{label('kind')}: {why}")
+        if (why := botocore_missing()) is not None:  # named by the field that is always given (an option sets it)
+            raise SettingsError(f"{label('service')}: {why}")
 
     def client(self, timeout: float) -> Client:
         return AwsSigV4Client(self, timeout)
