@@ -111,17 +111,23 @@ def test_sts_get_caller_identity_by_post_form_without_and_with_headers_of_the_cl
         assert "<Arn>arn:aws:iam::123456789012:user/proxy</Arn>" in answer.text
 
 
-def _curl(proxy: Mitmdump, *args: str) -> tuple[int, str]:
-    """curl through the proxy, with no AWS configuration: its status and body."""
+def _curl_out(write: str, *args: str) -> tuple[str, str]:
+    """curl with no AWS configuration: the body and what `-w write` printed after it."""
     done = subprocess.run(
-        ["curl", "-sS", "--noproxy", "", "-x", proxy.proxy, "--max-time", "20", "-w", "\n%{http_code}", *args],
+        ["curl", "-sS", "--max-time", "20", "-w", "\n" + write, *args],
         env={"PATH": os.environ["PATH"]},
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert done.returncode == 0, done.stderr
-    body, _, status = done.stdout.rpartition("\n")
+    body, _, written = done.stdout.rpartition("\n")
+    return body, written
+
+
+def _curl(proxy: Mitmdump, *args: str) -> tuple[int, str]:
+    """curl through the proxy: its status and body."""
+    body, status = _curl_out("%{http_code}", "--noproxy", "", "-x", proxy.proxy, *args)
     return int(status), body
 
 
@@ -240,21 +246,13 @@ def test_http2_from_the_client_signed_with_its_authority_as_host(moto, mitmdump,
     m.port = int(m.wait_for(r"reverse proxy to \S+ listening at 127\.0\.0\.1:(\d+)").group(1))
     front = f"https://127.0.0.1:{m.port}"
 
-    def h2(*args: str) -> tuple[str, str]:
-        done = subprocess.run(
-            ["curl", "-sS", "-k", "--http2", "--max-time", "20", "-w", "\n%{http_version}", *args],
-            env={"PATH": os.environ["PATH"]},
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert done.returncode == 0, done.stderr
-        body, _, version = done.stdout.rpartition("\n")
+    def h2(*args: str) -> str:
+        body, version = _curl_out("%{http_version}", "-k", "--http2", *args)
         assert version == "2"  # the client side was HTTP/2
-        return body, done.stderr
+        return body
 
     form = ("-H", "Content-Type: application/x-www-form-urlencoded", "--data-binary", IDENTITY_FORM.decode())
-    assert "<Arn>arn:aws:iam::123456789012:user/proxy</Arn>" in h2(*form, front + "/")[0]
+    assert "<Arn>arn:aws:iam::123456789012:user/proxy</Arn>" in h2(*form, front + "/")
     body = os.urandom(200 * 1024)  # above the size hashed on the event loop
     (tmp_path / "h2.bin").write_bytes(body)
     octets = ("-H", "Content-Type: application/octet-stream")

@@ -32,7 +32,7 @@ from mitmproxy.test import taddons
 
 from header_augment_core.counters import RequestCounters
 from header_augment_core.failures import Failed
-from header_augment_core.fields import SettingsError, shown
+from header_augment_core.fields import ONE_SOURCE, SettingsError, shown
 from header_augment_core.formats import read
 from header_augment_core.kinds import KINDS
 from header_augment_core.kinds.command import KUBERNETES_EXEC_INFO, CommandSource
@@ -79,6 +79,7 @@ def test_kinds_and_their_locator_options():
         "header_provider_command": "command",
         "header_aws_service": "aws-sigv4",
     }
+    assert ONE_SOURCE == f"One of {', '.join(LOCATORS)}."  # the sentence each of their helps ends with
 
 
 def test_defaults_and_display(tmp_path):
