@@ -2,6 +2,8 @@
 operator would try them (a review of both, 2026-12-02): the index against asking every entry, host forms, reroutes,
 file order, and the options' odd combinations and runtime changes."""
 
+import contextlib
+
 import header_augment
 import pytest
 from mitmproxy import exceptions
@@ -22,6 +24,17 @@ def aws_env(tmp_path, monkeypatch):
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return tmp_path
+
+
+@contextlib.contextmanager
+def _addon():
+    """An addon in mitmproxy's test context, its refreshers and scheduler stopped at the end."""
+    addon = header_augment.HeaderAugment()
+    with taddons.context(addon) as tctx:
+        try:
+            yield addon, tctx
+        finally:
+            addon.done()
 
 
 def _file_addon(tctx, addon, path, text):
@@ -138,29 +151,25 @@ def test_host_forms_reroutes_and_file_order_on_the_real_addon(aws_env):
         + _entry("second", "b.s3.example, [2001:db8::1]", region="r-second")
         + _entry("idn", "bücher.example", region="r-idn")
     )
-    addon = header_augment.HeaderAugment()
-    with taddons.context(addon) as tctx:
-        try:
-            _file_addon(tctx, addon, aws_env / "providers.yaml", entries)
-            assert _signed_by(_sign(addon, "api.example.com", 8443)) == "r-ported"
-            assert _signed_by(_sign(addon, "API.EXAMPLE.COM.", 8443)) == "r-ported"
-            assert _signed_by(_sign(addon, "api.example.com", 443)) is None  # the pattern's port only
-            assert _signed_by(_sign(addon, "api.example.com", 8443, reroute=(None, 443))) is None
-            assert _signed_by(_sign(addon, "api.example.com", 443, reroute=(None, 8443))) == "r-ported"
-            # two entries name b.s3.example (one by *.s3.example): the first in the file signs
-            f = _sign(addon, "b.s3.example")
-            assert _signed_by(f) == "r-first"
-            _verify_region(f, "r-first")
-            assert _signed_by(_sign(addon, "2001:db8::1", 443)) == "r-first"
-            assert _signed_by(_sign(addon, "2001:0DB8::0:1", 8443)) == "r-second"
-            assert _signed_by(_sign(addon, "s3.example")) is None  # *.name is not the name itself
-            assert _signed_by(_sign(addon, "xn--bcher-kva.example")) == "r-idn"
-            assert _signed_by(_sign(addon, "BÜCHER.example")) == "r-idn"
-            assert _signed_by(_sign(addon, "other.org", reroute=("x.s3.example", None))) == "r-first"
-            assert _signed_by(_sign(addon, "b.s3.example", reroute=("b.s3.example.evil", None))) is None
-            assert _signed_by(_sign(addon, "b.s3.example", reroute=("2001:db8::2", 443))) is None
-        finally:
-            addon.done()
+    with _addon() as (addon, tctx):
+        _file_addon(tctx, addon, aws_env / "providers.yaml", entries)
+        assert _signed_by(_sign(addon, "api.example.com", 8443)) == "r-ported"
+        assert _signed_by(_sign(addon, "API.EXAMPLE.COM.", 8443)) == "r-ported"
+        assert _signed_by(_sign(addon, "api.example.com", 443)) is None  # the pattern's port only
+        assert _signed_by(_sign(addon, "api.example.com", 8443, reroute=(None, 443))) is None
+        assert _signed_by(_sign(addon, "api.example.com", 443, reroute=(None, 8443))) == "r-ported"
+        # two entries name b.s3.example (one by *.s3.example): the first in the file signs
+        f = _sign(addon, "b.s3.example")
+        assert _signed_by(f) == "r-first"
+        _verify_region(f, "r-first")
+        assert _signed_by(_sign(addon, "2001:db8::1", 443)) == "r-first"
+        assert _signed_by(_sign(addon, "2001:0DB8::0:1", 8443)) == "r-second"
+        assert _signed_by(_sign(addon, "s3.example")) is None  # *.name is not the name itself
+        assert _signed_by(_sign(addon, "xn--bcher-kva.example")) == "r-idn"
+        assert _signed_by(_sign(addon, "BÜCHER.example")) == "r-idn"
+        assert _signed_by(_sign(addon, "other.org", reroute=("x.s3.example", None))) == "r-first"
+        assert _signed_by(_sign(addon, "b.s3.example", reroute=("b.s3.example.evil", None))) is None
+        assert _signed_by(_sign(addon, "b.s3.example", reroute=("2001:db8::2", 443))) is None
 
 
 def _verify_region(f, region):
@@ -172,112 +181,92 @@ def test_a_signer_and_a_header_entry_for_the_same_host(aws_env, provider):
     them, so the signature covers what is sent."""
     provider.answer({"X-Amz-Meta-Team": "blue"})
     entries = f"- url: {provider.url}\n  hosts: b.s3.example\n" + _entry("signer", "b.s3.example", region="r-one")
-    addon = header_augment.HeaderAugment()
-    with taddons.context(addon) as tctx:
-        try:
-            _file_addon(tctx, addon, aws_env / "providers.yaml", entries)
-            addon.bindings[0].refresher.refresh()
-            f = _sign(addon, "b.s3.example")
-            assert f.request.headers["x-amz-meta-team"] == "blue"
-            assert _signed_by(f) == "r-one"
-            assert "x-amz-meta-team" in f.request.headers["authorization"].split("SignedHeaders=")[1]
-        finally:
-            addon.done()
+    with _addon() as (addon, tctx):
+        _file_addon(tctx, addon, aws_env / "providers.yaml", entries)
+        addon.bindings[0].refresher.refresh()
+        f = _sign(addon, "b.s3.example")
+        assert f.request.headers["x-amz-meta-team"] == "blue"
+        assert _signed_by(f) == "r-one"
+        assert "x-amz-meta-team" in f.request.headers["authorization"].split("SignedHeaders=")[1]
 
 
 # -- 2. the single-provider aws-sigv4 options ------------------------------------------------------------------
 
 
 def test_aws_options_refuse_the_odd_combinations(aws_env, provider):
-    addon = header_augment.HeaderAugment()
-    with taddons.context(addon) as tctx:
-        try:
-            with pytest.raises(exceptions.OptionsError, match="header_provider_url and header_aws_service"):
-                tctx.configure(
-                    addon,
-                    header_aws_service="s3",
-                    header_aws_region="eu-west-1",
-                    header_provider_url=provider.url,
-                    header_hosts=["b.s3.example"],
-                )
-            assert addon.bindings == ()
-            with pytest.raises(exceptions.OptionsError, match="header_hosts: required"):
-                tctx.configure(addon, header_aws_service="s3", header_aws_region="eu-west-1")
-            with pytest.raises(exceptions.OptionsError, match="header_aws_region: required"):
-                tctx.configure(addon, header_aws_service="s3", header_hosts=["b.s3.example"])
-            with pytest.raises(exceptions.OptionsError, match="header_aws_unsigned_payload: only S3"):
-                tctx.configure(
-                    addon,
-                    header_aws_service="sts",
-                    header_aws_region="eu-west-1",
-                    header_hosts=["sts.example"],
-                    header_aws_unsigned_payload=True,
-                )
-            with pytest.raises(exceptions.OptionsError, match="header_aws_region: not used with header_provider_url"):
-                tctx.configure(
-                    addon, header_provider_url=provider.url, header_aws_region="eu-west-1", header_hosts=["a.example"]
-                )
-            assert addon.bindings == ()
-        finally:
-            addon.done()
+    with _addon() as (addon, tctx):
+        with pytest.raises(exceptions.OptionsError, match="header_provider_url and header_aws_service"):
+            tctx.configure(
+                addon,
+                header_aws_service="s3",
+                header_aws_region="eu-west-1",
+                header_provider_url=provider.url,
+                header_hosts=["b.s3.example"],
+            )
+        assert addon.bindings == ()
+        with pytest.raises(exceptions.OptionsError, match="header_hosts: required"):
+            tctx.configure(addon, header_aws_service="s3", header_aws_region="eu-west-1")
+        with pytest.raises(exceptions.OptionsError, match="header_aws_region: required"):
+            tctx.configure(addon, header_aws_service="s3", header_hosts=["b.s3.example"])
+        with pytest.raises(exceptions.OptionsError, match="header_aws_unsigned_payload: only S3"):
+            tctx.configure(
+                addon,
+                header_aws_service="sts",
+                header_aws_region="eu-west-1",
+                header_hosts=["sts.example"],
+                header_aws_unsigned_payload=True,
+            )
+        with pytest.raises(exceptions.OptionsError, match="header_aws_region: not used with header_provider_url"):
+            tctx.configure(
+                addon, header_provider_url=provider.url, header_aws_region="eu-west-1", header_hosts=["a.example"]
+            )
+        assert addon.bindings == ()
 
 
 def test_region_from_the_environment_and_service_set_then_unset_at_runtime(aws_env, monkeypatch):
     monkeypatch.setenv("AWS_REGION", "ap-south-1")
-    addon = header_augment.HeaderAugment()
-    with taddons.context(addon) as tctx:
-        try:
-            tctx.configure(addon, header_aws_service="s3", header_hosts=["b.s3.example"])
-            (binding,) = addon.bindings
-            assert binding.settings.source.region == "ap-south-1"
-            refresher = binding.refresher
-            refresher.refresh()
-            assert _signed_by(_sign(addon, "b.s3.example")) == "ap-south-1"
-            tctx.configure(addon, header_aws_service="")
-            assert addon.bindings == () and addon._path.entries.signing.lookup("b.s3.example")[1] == ()
-            assert refresher.stopping and refresher._ended.is_set()  # its client closed
-            assert _signed_by(_sign(addon, "b.s3.example")) is None
-        finally:
-            addon.done()
+    with _addon() as (addon, tctx):
+        tctx.configure(addon, header_aws_service="s3", header_hosts=["b.s3.example"])
+        (binding,) = addon.bindings
+        assert binding.settings.source.region == "ap-south-1"
+        refresher = binding.refresher
+        refresher.refresh()
+        assert _signed_by(_sign(addon, "b.s3.example")) == "ap-south-1"
+        tctx.configure(addon, header_aws_service="")
+        assert addon.bindings == () and addon._path.entries.signing.lookup("b.s3.example")[1] == ()
+        assert refresher.stopping and refresher._ended.is_set()  # its client closed
+        assert _signed_by(_sign(addon, "b.s3.example")) is None
 
 
 def test_a_providers_file_entry_with_service_and_url_and_no_kind_is_refused(aws_env, provider):
     path = aws_env / "providers.yaml"
     path.write_text(f"- service: s3\n  region: eu-west-1\n  url: {provider.url}\n  hosts: b.s3.example\n")
-    addon = header_augment.HeaderAugment()
-    with taddons.context(addon) as tctx:
-        try:
-            with pytest.raises(exceptions.OptionsError, match="url and service are both given"):
-                tctx.configure(addon, header_providers_file=str(path))
-            assert addon.bindings == ()
-        finally:
-            addon.done()
+    with _addon() as (addon, tctx):
+        with pytest.raises(exceptions.OptionsError, match="url and service are both given"):
+            tctx.configure(addon, header_providers_file=str(path))
+        assert addon.bindings == ()
 
 
 def test_a_refused_runtime_change_keeps_the_running_signer_and_options_reach_the_signer(aws_env):
-    addon = header_augment.HeaderAugment()
-    with taddons.context(addon) as tctx:
-        try:
-            tctx.configure(
-                addon,
-                header_aws_service="s3",
-                header_aws_region="eu-west-1",
-                header_hosts=["b.s3.example"],
-                header_aws_unsigned_payload=True,
-            )
-            (binding,) = addon.bindings
-            binding.refresher.refresh()
-            with pytest.raises(exceptions.OptionsError, match="only S3"):
-                tctx.configure(addon, header_aws_service="sts")
-            (kept,) = addon.bindings  # rebuilt by the rollback, its refresher kept
-            assert kept.refresher is binding.refresher and not binding.refresher.stopping
-            streamed = _flow(host="b.s3.example")
-            streamed.request.stream = True
-            assert addon.sign_streamed(streamed) is None
-            assert streamed.request.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
-            assert _signed_by(streamed) == "eu-west-1"
-        finally:
-            addon.done()
+    with _addon() as (addon, tctx):
+        tctx.configure(
+            addon,
+            header_aws_service="s3",
+            header_aws_region="eu-west-1",
+            header_hosts=["b.s3.example"],
+            header_aws_unsigned_payload=True,
+        )
+        (binding,) = addon.bindings
+        binding.refresher.refresh()
+        with pytest.raises(exceptions.OptionsError, match="only S3"):
+            tctx.configure(addon, header_aws_service="sts")
+        (kept,) = addon.bindings  # rebuilt by the rollback, its refresher kept
+        assert kept.refresher is binding.refresher and not binding.refresher.stopping
+        streamed = _flow(host="b.s3.example")
+        streamed.request.stream = True
+        assert addon.sign_streamed(streamed) is None
+        assert streamed.request.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+        assert _signed_by(streamed) == "eu-west-1"
 
 
 def test_without_botocore_the_error_names_the_option_that_was_set(aws_env, monkeypatch):
@@ -286,16 +275,10 @@ def test_without_botocore_the_error_names_the_option_that_was_set(aws_env, monke
     import sys
 
     monkeypatch.setitem(sys.modules, "botocore.auth", None)  # what an install without the [aws] extra has
-    addon = header_augment.HeaderAugment()
-    with taddons.context(addon) as tctx:
-        try:
-            with pytest.raises(exceptions.OptionsError) as raised:
-                tctx.configure(
-                    addon, header_aws_service="s3", header_aws_region="eu-west-1", header_hosts=["b.s3.example"]
-                )
-            assert str(raised.value).split(":")[0] == "header_aws_service"
-        finally:
-            addon.done()
+    with _addon() as (addon, tctx):
+        with pytest.raises(exceptions.OptionsError) as raised:
+            tctx.configure(addon, header_aws_service="s3", header_aws_region="eu-west-1", header_hosts=["b.s3.example"])
+        assert str(raised.value).split(":")[0] == "header_aws_service"
 
 
 def test_the_idle_warning_names_every_single_provider_source(caplog):
@@ -303,31 +286,23 @@ def test_the_idle_warning_names_every_single_provider_source(caplog):
     others."""
     from header_augment_core.options import LOCATORS
 
-    addon = header_augment.HeaderAugment()
-    with taddons.context(addon) as tctx:
-        try:
-            tctx.configure(addon, header_keep_values=True, header_hosts=["a.example"])
-            (warning,) = [r.getMessage() for r in caplog.records if "no header provider configured" in r.getMessage()]
-            assert all(name in warning for name in LOCATORS)
-        finally:
-            addon.done()
+    with _addon() as (addon, tctx):
+        tctx.configure(addon, header_keep_values=True, header_hosts=["a.example"])
+        (warning,) = [r.getMessage() for r in caplog.records if "no header provider configured" in r.getMessage()]
+        assert all(name in warning for name in LOCATORS)
 
 
 def test_unsetting_the_service_stops_a_scheduled_refresher(aws_env):
     import threading
 
-    addon = header_augment.HeaderAugment()
-    with taddons.context(addon) as tctx:
-        try:
-            tctx.configure(addon, header_aws_service="sts", header_aws_region="eu-west-1", header_hosts=["sts.example"])
-            (binding,) = addon.bindings
-            refresher = binding.refresher
-            fetched = threading.Event()
-            assert refresher.when_first_attempt_done(fetched.set)
-            addon._start()  # what `running` does: the refresher polls on the addon's scheduler
-            assert fetched.wait(10) and refresher.snapshot.signing is not None
-            tctx.configure(addon, header_aws_service="")
-            assert addon.bindings == ()
-            assert refresher.wait_ended(10)  # its client closed, no more turns
-        finally:
-            addon.done()
+    with _addon() as (addon, tctx):
+        tctx.configure(addon, header_aws_service="sts", header_aws_region="eu-west-1", header_hosts=["sts.example"])
+        (binding,) = addon.bindings
+        refresher = binding.refresher
+        fetched = threading.Event()
+        assert refresher.when_first_attempt_done(fetched.set)
+        addon._start()  # what `running` does: the refresher polls on the addon's scheduler
+        assert fetched.wait(10) and refresher.snapshot.signing is not None
+        tctx.configure(addon, header_aws_service="")
+        assert addon.bindings == ()
+        assert refresher.wait_ended(10)  # its client closed, no more turns
