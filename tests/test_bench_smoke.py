@@ -43,3 +43,16 @@ def test_the_bench_runs_each_part_and_reports_its_figures(tmp_path):
     assert reload["entries"] == 50 and reload["applied_s"] > 0 and reload["threads_after"] > 0
     for phase in ("before", "during", "after"):
         assert reload[phase]["requests"] > 0 and 0 < reload[phase]["p50_ms"] <= reload[phase]["max_ms"]
+
+
+def test_proxies_started_side_by_side_find_their_ca_made_already(tmp_path):
+    """Each mitmdump makes its CA in the confdir when there is none: the bench's proxies, started side by side in
+    one confdir, raced, and one read the PEM file another was still writing (seen once in a full suite run with the
+    other core busy). The CA is now there, whole, before the first proxy starts."""
+    from benchparts.common import start_proxies
+    from mitmproxy.certs import CertStore
+
+    assert start_proxies(tmp_path, {}) == {}
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert "mitmproxy-ca.pem" in made and "mitmproxy-ca-cert.pem" in made
+    assert CertStore.from_store(tmp_path, "mitmproxy", 2048).default_ca is not None  # whole: it loads

@@ -104,6 +104,12 @@ def start_proxies(
 ) -> dict[str, Proxy]:
     """Proxies started side by side (each takes seconds of imports), returned once all listen. `under`: the command
     each is run under, by name (valgrind's)."""
+    from mitmproxy.certs import CertStore
+
+    # Each mitmdump makes its CA in the shared confdir if there is none: started side by side, one read the file
+    # another was still writing ("Unable to load PEM file": seen once in a full suite run with the other core busy).
+    # mitmproxy's own CertStore makes it first, as mitmdump would (its basename and default key size).
+    CertStore.from_store(confdir, "mitmproxy", 2048)
     proxies = {name: Proxy(confdir, *args, env=env, under=(under or {}).get(name, ())) for name, args in specs.items()}
     try:
         for proxy in proxies.values():
