@@ -9,6 +9,8 @@ from .clients import EVERY_CLIENT, Clients, parse_clients
 from .fields import Option, SettingsError, boolean, declared, duration, setting, shown, text
 from .hosts import NO_HOSTS, Hosts, parse_hosts
 from .kinds import KINDS, Source
+from .paths import parse_paths
+from .secret_headers import parse_header_names
 from .snapshot import Merge
 
 MIN_INTERVAL = 0.1
@@ -76,6 +78,18 @@ class ProviderSettings:
             "header_hosts for hosts: ~d, ~h and ~u are regex searches that also see the client's Host header.",
         ),
     )
+    paths: tuple[str, ...] = setting(
+        (),
+        parse_paths,
+        Option(
+            "header_paths",
+            Sequence[str],
+            [],
+            "Path prefixes a request must start with to get the headers (or be signed), e.g. /v2/: matched against "
+            "the request's path once normalised, never its query. Repeat the option or separate with commas. "
+            "Empty: every path.",
+        ),
+    )
     clients: Clients = setting(
         EVERY_CLIENT,
         parse_clients,
@@ -86,6 +100,18 @@ class ProviderSettings:
             "The clients of the proxy that get the provider's headers: user names as proxyauth authenticated "
             "them (proxyauth must be set, and not to any), client addresses or networks (127.0.0.2, "
             "10.1.0.0/16, [fd00::]/8). Repeat the option or separate with commas. Empty: every client.",
+        ),
+    )
+    secret_headers: frozenset[str] = setting(
+        frozenset(),
+        parse_header_names,
+        Option(
+            "header_secret_headers",
+            Sequence[str],
+            [],
+            "More names of added headers whose values are credentials, scrubbed from answers (Authorization, "
+            "Proxy-Authorization, Cookie and names holding token, key, secret, auth, session, signature or "
+            "credential always are). Repeat the option or separate with commas.",
         ),
     )
     merge: Merge = setting(
