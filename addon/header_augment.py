@@ -25,6 +25,7 @@ from header_augment_core import entries  # noqa: E402
 from header_augment_core.admin import OPTION as ADMIN_OPTION  # noqa: E402
 from header_augment_core.admin import AdminEndpoint  # noqa: E402
 from header_augment_core.binding import Binding  # noqa: E402
+from header_augment_core.clients import proxyauth_changed  # noqa: E402
 from header_augment_core.counters import request_summary  # noqa: E402
 from header_augment_core.fields import SettingsError  # noqa: E402
 from header_augment_core.files import SettledChange, stamp  # noqa: E402
@@ -88,6 +89,7 @@ class HeaderAugment:
         self.responseheaders = path.responseheaders
         self.response = path.response
         self.error = path.error
+        self.http_connect, self.socks5_auth = path.http_connect, path.socks5_auth
         self.check_reroute, self.sign_streamed = path.check_reroute, path.sign_streamed  # the guard's hooks
         self._guard = RerouteGuard(self.check_reroute, self.sign_streamed)
         self._running = False
@@ -115,6 +117,8 @@ class HeaderAugment:
                 self._admin.want(ctx.options.header_admin_listen)
             if "header_keep_values" in updated:
                 self._path.keep_values = ctx.options.header_keep_values
+            if "proxyauth" in updated:
+                proxyauth_changed()
             if "proxyauth" in updated or any(
                 name.startswith("header_") and name not in (ADMIN_OPTION, "header_keep_values") for name in updated
             ):  # proxyauth: an entry's clients may name users only while it is set

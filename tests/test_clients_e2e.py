@@ -1,14 +1,18 @@
 """Credentials per client, in a real mitmdump: proxyauth users from a bcrypt htpasswd file and client addresses pick
 the entries whose headers a request gets (field `clients`); the proxy's own credentials never reach the upstream."""
 
+import base64
+import http.client
 import json
+import ssl
 import subprocess
 
 import bcrypt
 import pytest
 from echo_upstream import received
-from servers import clean_env
+from servers import ROOT, clean_env
 from test_admin import ADMIN, admin_client
+from test_scoping_e2e import console
 
 from header_augment_core.counters import REQUEST_OUTCOMES
 
@@ -55,6 +59,8 @@ def gateway(mitmdump, upstream, tls_upstream, tmp_path):
         "header_require=true",
         "--set",
         "ssl_insecure=true",
+        "-s",
+        str(ROOT / "tests" / "console_set.py"),
         *ADMIN,
     )
     for name in ENTRIES:
@@ -109,3 +115,49 @@ def test_each_client_gets_only_its_own_entries_headers(gateway, upstream, tls_up
     assert counts["v6-net"] == {"given": 0, "out_of_scope": 6, "refused": 0, "without": 0}
     for password in USERS.values():
         assert password not in gateway.output
+
+
+def basic(user: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{USERS[user]}".encode()).decode()
+
+
+def tunnel(m, upstream, user: str) -> http.client.HTTPSConnection:
+    """A CONNECT tunnel as `user`, kept open: proxyauth authenticates the CONNECT alone."""
+    conn = http.client.HTTPSConnection("127.0.0.1", m.port, timeout=10, context=ssl._create_unverified_context())
+    conn.set_tunnel("127.0.0.1", upstream.port, headers={"Proxy-Authorization": basic(user)})
+    return conn
+
+
+def get(conn: http.client.HTTPSConnection, **headers: str) -> tuple[int, list[tuple[str, str]]]:
+    conn.request("GET", "/", headers=headers)
+    response = conn.getresponse()
+    body = response.read()
+    return response.status, received(json.loads(body)) if response.status == 200 else []
+
+
+def test_a_user_revoked_at_runtime_gets_nothing_on_the_tunnel_she_has_open(gateway, upstream, tls_upstream, tmp_path):
+    alice = tunnel(gateway, tls_upstream, "alice")
+    bob = tunnel(gateway, tls_upstream, "bob")
+    # A Proxy-Authorization inside the tunnel is not proxyauth's (it reads the CONNECT's): it never goes upstream.
+    status, seen = get(alice, **{"Proxy-Authorization": basic("bob")})
+    assert status == 200 and ours(seen) == {"X-Alice": "value-of-alice"}
+    assert [name for name, _ in seen if name.lower() == "proxy-authorization"] == []
+    assert ours(get(bob)[1]) == {"X-Bob": "value-of-bob"}
+
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(
+        "".join(line + "\n" for line in htpasswd.read_text().splitlines() if line.split(":")[0] != "alice")
+    )
+    assert console(("127.0.0.1", gateway.port), f"set proxyauth=@{htpasswd}")[0] == 200
+
+    # proxyauth still lets the open tunnels through, but a user authenticated before the change is nobody now:
+    # bob's too, until he connects again (proxyauth does not check a tunnel's user a second time).
+    status, seen = get(alice)
+    assert status == 200 and ours(seen) == {}
+    assert ours(get(bob)[1]) == {}
+    assert curl(gateway, upstream, "-U", "alice:alice-pass")[0] == 407
+    status, seen = curl(gateway, tls_upstream, "-U", "bob:bob-pass")
+    assert status == 200 and ours(seen) == {"X-Bob": "value-of-bob"}
+    assert ours(get(tunnel(gateway, tls_upstream, "bob"))[1]) == {"X-Bob": "value-of-bob"}
+    alice.close()
+    bob.close()

@@ -10,7 +10,7 @@ from mitmproxy.addons import proxyauth
 from mitmproxy.test import taddons
 from test_addon import VALID, give, make_flow
 
-from header_augment_core.clients import parse_clients
+from header_augment_core.clients import parse_clients, proxyauth_changed, tunnel_opened
 from header_augment_core.fields import SettingsError
 from header_augment_core.snapshot import Snapshot
 
@@ -41,6 +41,18 @@ def from_client(address: str, user: str | None = None, host: str = "api.example.
 def test_a_client_matches_by_its_user_or_its_address(address, user, expected):
     clients = parse_clients(["10.1.0.0/16", "127.0.0.2", "[fd00::]/8", "alice"])
     assert clients.matches(from_client(address, user)) is expected
+
+
+def test_a_user_authenticated_for_a_whole_tunnel_counts_only_under_the_proxyauth_that_checked_her():
+    clients = parse_clients("alice")
+    in_tunnel, alone = from_client("192.0.2.1", "alice"), from_client("192.0.2.2", "alice")
+    tunnel_opened(in_tunnel.client_conn)
+    assert clients.matches(in_tunnel) and clients.matches(alone)
+    proxyauth_changed()
+    # A request authenticated by itself was checked under the new configuration; the tunnel's user was not.
+    assert not clients.matches(in_tunnel) and clients.matches(alone)
+    tunnel_opened(in_tunnel.client_conn)  # connected again, checked again
+    assert clients.matches(in_tunnel)
 
 
 def test_a_user_name_is_never_taken_from_a_header():

@@ -29,8 +29,8 @@ class Clients:
 
     def matches(self, flow) -> bool:
         if self.names:
-            user = flow.metadata.get("proxyauth")  # (user, password), set by proxyauth once it authenticated them
-            if user is not None and user[0] in self.names:
+            user = user_of(flow)
+            if user is not None and user in self.names:
                 return True
         if self.networks:
             peer = flow.client_conn.peername
@@ -46,6 +46,38 @@ class Clients:
 
 
 EVERY_CLIENT = Clients()
+
+# proxyauth remembers the user of each connection it authenticated by CONNECT or SOCKS5 and gives it to every flow of
+# that connection, and a change of its option (a user removed from the htpasswd file, then `set proxyauth=@file`)
+# does not reach those connections: a revoked user's open tunnel kept her credentials. So each such connection is
+# stamped with the proxyauth configuration in force when it was authenticated, and its user counts only while that is
+# still the one in force. A stamp is a new object at every change (not a number): a reloaded script, whose counter
+# would start again, never takes an old connection's stamp for a current one.
+TUNNEL = "_header_augment_tunnel"  # on the client connection object: it goes when the connection goes
+_in_force = object()
+
+
+def proxyauth_changed() -> None:
+    """The proxyauth option was set (even to the same value: mitmproxy reads the htpasswd file again)."""
+    global _in_force
+    _in_force = object()
+
+
+def tunnel_opened(client_conn) -> None:
+    """A CONNECT or SOCKS5 handshake has been through proxyauth: what it authenticated holds for this configuration."""
+    client_conn.__dict__[TUNNEL] = _in_force
+
+
+def user_of(flow) -> str | None:
+    """The proxyauth user of `flow`, as proxyauth authenticated them under the configuration in force; never a header.
+    The one place a user is read: every match by user (entries' clients, egress rules) goes through it."""
+    user = flow.metadata.get("proxyauth")  # (user, password), set by proxyauth once it authenticated them
+    if user is None:
+        return None
+    stamp = flow.client_conn.__dict__.get(TUNNEL)
+    if stamp is not None and stamp is not _in_force:
+        return None  # authenticated once for the whole connection, under a proxyauth that has changed since
+    return user[0]
 
 
 def _network(pattern: str) -> Network:

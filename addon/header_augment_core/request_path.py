@@ -24,6 +24,7 @@ from .carried import (
     scrub_headers,
     without_markers,
 )
+from .clients import TUNNEL, tunnel_opened
 from .counters import Seen
 from .entries import NO_ENTRIES, Entries
 from .refresher import Refresher
@@ -58,6 +59,11 @@ class RequestPath:
         request = flow.request
         if flow.is_replay == "request" and (fields := without_markers(request.headers.fields)) is not None:
             request.headers.fields = fields  # a saved flow replayed: the markers go, the live values come back
+        if TUNNEL in flow.client_conn.__dict__ and (fields := _without_proxy_authorization(request.data.headers)):
+            # proxyauth reads Proxy-Authorization at the CONNECT only: one sent inside the tunnel would reach the
+            # upstream, and the proxy's own credentials never do.
+            request.data.headers.fields = fields
+            note(flow, "header-augment: removed Proxy-Authorization sent inside a tunnel")
         if request.data.method == b"TRACE":  # the upstream would send the request, with our headers, back
             note(flow, "header-augment: no headers for TRACE")
             return None
@@ -67,6 +73,15 @@ class RequestPath:
         if key is None and (why := index.why_unmatchable(host)) is not None:
             note(flow, f"header-augment: not sent: {why}")
         return self._apply(flow, bindings, key, NOT_WAITED)
+
+    @staticmethod
+    def http_connect(flow: http.HTTPFlow) -> None:
+        tunnel_opened(flow.client_conn)  # after proxyauth's own http_connect: built-in addons run first
+
+    @staticmethod
+    def socks5_auth(data) -> None:
+        if data.valid:
+            tunnel_opened(data.client_conn)
 
     def _for(self, flow: http.HTTPFlow) -> tuple[str | None, tuple[Binding, ...]]:
         """The flow's host as patterns are kept (once per request), and the entries that may be for it, in order:
@@ -254,6 +269,12 @@ class RequestPath:
             )
             binding.counters.in_scope += 1  # it was refused as one in scope
             binding.counters.refused += 1
+
+
+def _without_proxy_authorization(headers: http.Headers) -> tuple | None:
+    fields = headers.fields
+    kept = tuple(f for f in fields if f[0].lower() != b"proxy-authorization")
+    return kept if len(kept) != len(fields) else None
 
 
 def _resolve(future: asyncio.Future) -> None:
