@@ -122,13 +122,20 @@ def substitute(text: str, ports: dict[int, int]) -> str:
     return re.sub(rf"(?<![\w.])({numbers})(?![\w.])", lambda m: str(ports[int(m.group())]), text)
 
 
-def scratch(base: Path) -> tuple[Path, Path]:
-    """A working directory mirroring the repository's top level through links, and an empty home."""
+def scratch(base: Path, root: Path = ROOT) -> tuple[Path, Path]:
+    """A working directory mirroring the repository's top level through links, and an empty home.
+
+    Only directories and the files git tracks are linked: a file the user made there by following the README
+    (upstream.pem) would be written through its link when a test runs the same command."""
     work, home = base / "work", base / "home"
     work.mkdir()
     home.mkdir()
-    for entry in ROOT.iterdir():
-        if entry.name != ".git":
+    tracked = subprocess.run(
+        ["git", "-C", str(root), "ls-files"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    top = {path.split("/", 1)[0] for path in tracked}
+    for entry in root.iterdir():
+        if entry.name != ".git" and (entry.name in top or (entry.is_dir() and not entry.is_symlink())):
             (work / entry.name).symlink_to(entry)
     return work, home
 
@@ -362,3 +369,16 @@ def test_config_yaml_holds_the_same_settings(world, tmp_path):
         if other is not None and other.exception() is None:
             other.result().stop()
         run.kill_group()
+
+
+def test_a_file_the_user_made_beside_the_repository_is_not_written_by_the_tests(tmp_path):
+    root = tmp_path / "clone"
+    (root / "scripts").mkdir(parents=True)
+    (root / "README.md").write_text("readme")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "README.md"], check=True)
+    (root / "upstream.pem").write_text("the user's own")
+    work, _ = scratch(tmp_path, root)
+    assert sorted(p.name for p in work.iterdir()) == ["README.md", "scripts"]
+    (work / "upstream.pem").write_text("what a test's openssl writes")
+    assert (root / "upstream.pem").read_text() == "the user's own"
