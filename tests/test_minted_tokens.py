@@ -341,7 +341,7 @@ def test_an_unusable_service_account_key_is_refused_naming_the_field(tmp_path, c
         ({"client_id": "c"}, "client_secret_file: required for kind oauth2 (or client_assertion_file)"),
         ({"grant": "token-exchange", "subject_token_file": "SECRET", "client_secret_file": "SECRET"}, "client_id: req"),
         ({"grant": "token-exchange", "subject_token_file": "EMPTY"}, "subject_token_file: empty"),
-        ({"client_id": "c", "client_assertion_file": "/nonexistent"}, "client_assertion_file: cannot read it"),
+        ({"client_id": "c", "client_assertion_file": "/nonexistent"}, "client_assertion_file: cannot open it"),
         ({"kind": "github-app", "app_id": "1", "private_key_file": "SECRET"}, "installation_id: required"),
         ({"kind": "github-app", "app_id": "1", "installation_id": "x1"}, "installation_id: 'x1' is not an"),
         ({"kind": "google-service-account", "key_file": "SECRET"}, "scopes: required"),

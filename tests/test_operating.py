@@ -230,7 +230,7 @@ providers:
         ("- {url: 'http://a/', kind: oauth2}", "provider 1: client_id: required for kind oauth2"),
         (
             "- {url: 'http://a/', kind: oauth2, client_id: x, client_secret_file: /nonexistent}",
-            "provider 1: client_secret_file: cannot read it",
+            "provider 1: client_secret_file: cannot open it (No such file or directory)",
         ),
         ("- {url: 'http://a/', client_id: x}", "provider 1: client_id: not a setting of kind http"),
         (

@@ -1,5 +1,5 @@
-"""Reading the files we are pointed at (providers file, file providers): regular files only, within a size limit,
-and the stamp that tells when one has changed."""
+"""Reading the files we are pointed at (providers file, file providers, key and secret files): regular files only,
+never the kernel's, within a size limit, and the stamp that tells when one has changed."""
 
 import os
 import stat
@@ -7,6 +7,51 @@ import stat
 from .failures import Failed
 
 Stamp = tuple[int, int, int, int]
+
+# The kernel's own file systems. What they hold is the state of the system and its processes (a process's
+# environment, its memory maps, ...), read as files that stat calls regular and empty: never a credential or a
+# setting meant for us, whatever a symlink says.
+KERNEL_FS_TYPES = frozenset(
+    {
+        "proc",
+        "sysfs",
+        "cgroup",
+        "cgroup2",
+        "debugfs",
+        "tracefs",
+        "securityfs",
+        "configfs",
+        "bpf",
+        "pstore",
+        "efivarfs",
+        "binfmt_misc",
+        "fusectl",
+    }
+)
+KERNEL_MOUNT_POINTS = ("proc", "sys")  # /proc and /sys, and whatever is mounted below them
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+def _kernel_devices() -> frozenset[int]:
+    """The device numbers of every mount of a kernel file system, wherever it is, and of every mount at or under
+    /proc and /sys, as this process's mount namespace has them. Read at each use: it is short, and a mount made
+    later (with a new device number) is then seen too."""
+    try:
+        with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        # No procfs at /proc (so nothing of it can be read there); sysfs may still be mounted at /sys.
+        return frozenset(os.stat(f"/{p}").st_dev for p in KERNEL_MOUNT_POINTS if os.path.ismount(f"/{p}"))
+    devices = set()
+    for line in lines:
+        # ID PARENT MAJOR:MINOR ROOT MOUNT-POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER-OPTIONS
+        fields = line.split(" ")
+        fs_type = fields[fields.index("-", 6) + 1]
+        major, minor = fields[2].split(":")
+        # The mount point's first name: "proc" and "sys" have none of the characters mountinfo escapes (\040).
+        if fs_type in KERNEL_FS_TYPES or fields[4].split("/")[1] in KERNEL_MOUNT_POINTS:
+            devices.add(os.makedev(int(major), int(minor)))
+    return frozenset(devices)
 
 
 def stamp(path: str) -> Stamp | None:
@@ -24,14 +69,20 @@ def stamp(path: str) -> Stamp | None:
 def read_regular(path: str, limit: int) -> tuple[bytes, Stamp]:
     """The content of a regular file of at most `limit` bytes, and its stamp. Raises Failed (class file or size).
 
-    Opened without blocking and checked before reading: a FIFO or a device would hang the reader.
+    Opened without blocking and checked before reading: a FIFO or a device would hang the reader or fill memory.
     """
     try:
-        fd = os.open(os.path.expanduser(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(os.path.expanduser(path), os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         raise Failed(f"cannot open it ({e.strerror})", "file") from None
     try:
         st = os.fstat(fd)
+        # What was opened is checked, by its device: a path checked before the open (os.path.realpath) can be
+        # swapped for a symlink into /proc between the check and the open, and the name of the opened file
+        # (/proc/self/fd/N) misses /proc or /sys mounted or bind-mounted somewhere else (a container's /host/proc).
+        # The device of the opened file against those of every kernel mount has neither gap.
+        if st.st_dev in _kernel_devices():
+            raise Failed("a kernel file (/proc, /sys): not read", "file")
         if not stat.S_ISREG(st.st_mode):
             raise Failed("not a regular file", "file")
         if st.st_size > limit:

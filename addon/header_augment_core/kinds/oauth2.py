@@ -16,6 +16,7 @@ from typing import ClassVar
 from ..failures import Failed
 from ..fetch import Client, FetchResult
 from ..fields import SettingsError, choice, setting, text
+from ..files import read_regular
 from ..formats import bearer_token
 from ..http_exchange import Answer, Endpoint, HttpExchange
 from .base import Source
@@ -24,32 +25,45 @@ CLIENT_AUTH = ("basic", "post")
 GRANTS = ("client-credentials", "token-exchange")
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+# The subject token types that are always a JWT: RFC 8693's jwt, and an OpenID Connect ID token (a JWT by definition).
+JWT_TOKEN_TYPES = (JWT_TOKEN_TYPE, "urn:ietf:params:oauth:token-type:id_token")
 JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # Only with a token exchange: the settings of the token given in exchange and of the one asked for.
 EXCHANGE_ONLY = ("subject_token_file", "subject_token_type", "resource", "requested_token_type")
 # RFC 6749 §5.2 error codes are short ASCII words; anything else from a token endpoint is not echoed into logs.
 _OAUTH_ERROR = re.compile(r"[a-z_]{1,64}")
-
-
-def read_secret(path: str) -> str:
-    """A secret from a file, without its final newline. Read on every use, so a rotated secret is picked up."""
-    with open(path, encoding="utf-8") as f:
-        return f.read().rstrip("\r\n")
+# A client secret, a subject token or an assertion is a few hundred bytes, a JWT with many claims a few KiB: a file
+# over this is not one, and is never read into memory.
+MAX_SECRET_FILE_BYTES = 16 * 1024
+# What a secret or an opaque token may hold: RFC 6749's VSCHAR (client-secret = *VSCHAR), visible ASCII and the
+# space. Checked so that a file pointed at something else (a process's environment, a binary) is not sent.
+_VSCHARS = re.compile(r"[\x20-\x7e]*")
+# A JWS in compact serialization (RFC 7515 §7.1): header, payload and signature, each base64url.
+_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 def _read_file(source: "OAuth2Source", field: str) -> str:
-    """What the file in `field` holds, at the moment of use (the kubelet and Vault rotate them). Raises Failed, its
-    reason starting with the field."""
+    """What the file in `field` holds, at the moment of use (the kubelet and Vault rotate them), checked to be what
+    the field is for. Raises Failed, its reason starting with the field and never quoting the file."""
     try:
-        value = read_secret(getattr(source, field))
-    except OSError as e:
-        raise Failed(f"{field}: cannot read it ({e.strerror})", "file") from None
-    except UnicodeDecodeError:
-        raise Failed(f"{field}: cannot read it (not UTF-8)", "file") from None
-    if field != "client_secret_file":
+        data, _ = read_regular(getattr(source, field), MAX_SECRET_FILE_BYTES)
+    except Failed as e:
+        raise Failed(f"{field}: {e.reason}", e.reason_class) from None
+    value = data.decode("latin-1")  # never fails; the checks below take ASCII only
+    if field == "client_secret_file":
+        value = value.rstrip("\r\n")  # spaces around a secret may be part of it (RFC 6749 allows them)
+    else:
         value = value.strip()  # a token or an assertion: white space around it is not part of it
         if not value:
             raise Failed(f"{field}: empty", "file")
+    jwt_expected = field == "client_assertion_file" or (
+        field == "subject_token_file" and source.subject_token_type in JWT_TOKEN_TYPES
+    )
+    if jwt_expected:
+        if not _JWT.fullmatch(value):
+            raise Failed(f"{field}: not a JWT (three base64url parts)", "format")
+    elif not _VSCHARS.fullmatch(value):
+        raise Failed(f"{field}: has characters other than visible ASCII, or more than one line", "format")
     return value
 
 
