@@ -327,7 +327,7 @@ def test_bad_runtime_value_keeps_the_previous_configuration():
 
 def test_deferred_bad_values_and_unknown_names_are_logged_as_errors(caplog):
     with caplog.at_level(logging.ERROR), taddons.context() as tctx:
-        tctx.options.set("header_require=maybe", "header_requir=true", "header_xyzzy_plugh=1", "other=1", defer=True)
+        tctx.options.set("header_require=maybe", "header_requir=true", "header_xyzzy_wombat_quux=1", "other=1", defer=True)
         tctx.options.set("header_scope=a", "header_scope=b", defer=True)
         tctx.master.addons.register(header_augment.HeaderAugment())
         assert "other" in tctx.options.deferred  # not ours to judge
@@ -336,7 +336,7 @@ def test_deferred_bad_values_and_unknown_names_are_logged_as_errors(caplog):
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any("header_require: 'maybe' is not accepted" in m and "true, false" in m for m in messages)
     assert any("unknown option header_requir; did you mean header_require?" in m for m in messages)
-    assert any("unknown option header_xyzzy_plugh; header-augment's options:" in m for m in messages)
+    assert any("unknown option header_xyzzy_wombat_quux; header-augment's options:" in m for m in messages)
     assert any("header_scope" in m and "multiple values" in m for m in messages)
 
 
