@@ -256,3 +256,31 @@ def test_a_secret_keeps_its_spaces_and_loses_only_its_final_newline(tmp_path, en
     settings.source.client(settings.timeout).fetch()
     (request,) = endpoint.requests
     assert dict(urllib.parse.parse_qsl(request["body"].decode()))["client_secret"] == " s3cret with spaces "
+
+
+# -- a command's stderr line -----------------------------------------------------------------------------------
+
+STDERR_LINES = [
+    ("error: token rejected: Bearer ya29.a0AfH6SMBx3dL-k_2", "error: token rejected: Bearer ***"),
+    ("Authorization: Basic dXNlcjpwYXNzd29yZA== refused", "Authorization: Basic *** refused"),
+    (f"bad assertion {ASSERTION}, try again", "bad assertion ***, try again"),
+    (f"cut short: {ASSERTION[:30]}", "cut short: ***"),
+    ("key wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY is invalid", "key *** is invalid"),
+    ("ghp_16C7e42F292c6912E7710c838347Ae178B4a expired", "*** expired"),
+    ("session 0123456789abcdef0123456789abcdef", "session ***"),
+    # Words, flags, paths and short numbers stay readable.
+    (
+        "ERROR: (gcloud.auth.print-access-token) application_default_credentials not found in /home/me/.config",
+        "ERROR: (gcloud.auth.print-access-token) application_default_credentials not found in /home/me/.config",
+    ),
+    ("Bearer token required (HTTP 401, request 12345)", "Bearer token required (HTTP 401, request 12345)"),
+]
+
+
+@pytest.mark.parametrize(("line", "shown"), STDERR_LINES)
+def test_a_commands_stderr_line_has_anything_credential_shaped_masked_in_its_reason(line, shown):
+    program = [sys.executable, "-c", "import sys; sys.stderr.write(sys.argv[1] + '\\n'); sys.exit(1)", line]
+    settings = settings_of(kind="command", command=program)
+    result = settings.source.client(settings.timeout).fetch()
+    name = os.path.basename(sys.executable)
+    assert (result.reason, result.reason_class) == (f"{name}: exit status 1: {shown}", "command")

@@ -45,6 +45,17 @@ KUBERNETES_EXEC_INFO = json.dumps(
     separators=(",", ":"),
 )
 _ESCAPE_SEQUENCE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+# What in a line of stderr looks like a credential, masked before the line goes into a reason (the log, the status and
+# the admin endpoint show it): an Authorization value (a token68 of 8 or more characters: "Bearer token required"
+# stays as it is), a JWT (or what is left of one), and a run of 20 or more base64 or hex characters with a digit in
+# it. The digit keeps words, names and flags (print-access-token, application_default_credentials) readable: 20
+# random base64 characters lack one once in about 30.
+_CREDENTIAL_SHAPED = re.compile(
+    r"(?i:\b(bearer|basic)\s+)[A-Za-z0-9._~+/-]{8,}=*"
+    r"|\beyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){0,2}"
+    r"|(?<![A-Za-z0-9+/_-])(?=[A-Za-z0-9+/_-]*[0-9])[A-Za-z0-9+/_-]{20,}=*"
+)
+MASK = "***"
 
 
 def _argv(value: object) -> tuple[str, ...]:
@@ -259,13 +270,19 @@ def _signal_name(number: int) -> str:
 
 def _last_line(err: bytes) -> str:
     """The last non-blank line of stderr, made safe to log: no escape sequences or control characters, no URL
-    query or userinfo, at most STDERR_LINE_CHARS characters."""
+    query or userinfo, nothing credential-shaped, at most STDERR_LINE_CHARS characters. The one way a command's
+    words reach a reason."""
     for raw in reversed(err.splitlines()):
         line = _ESCAPE_SEQUENCE.sub("", raw.decode("utf-8", "replace"))
         line = "".join(c for c in line if c.isprintable()).strip()
         if line:
-            return redact_urls(line)[:STDERR_LINE_CHARS]
+            return mask_credentials(redact_urls(line))[:STDERR_LINE_CHARS]
     return ""
+
+
+def mask_credentials(line: str) -> str:
+    """`line` with everything credential-shaped in it replaced by MASK (an Authorization scheme is kept)."""
+    return _CREDENTIAL_SHAPED.sub(lambda m: f"{m[1]} {MASK}" if m[1] else MASK, line)
 
 
 def _failed(program: str, what: str, stderr_line: str, reason_class: str = "command") -> Failed:
