@@ -13,7 +13,7 @@ REASON_CLASSES = (
     "size",  # the answer, or the headers it asks for, is over a limit
     "format",  # not in the expected format (not JSON, not an object, no token, ...)
     "expired",  # the credential had already expired when it was read
-    "file",  # a file provider's file is missing, unreadable or not a regular file
+    "file",  # a file (a provider's, a secret, a key) is missing, unreadable, not a regular file or the kernel's
     "command",  # a command provider's command could not run or failed
     "other",
 )
