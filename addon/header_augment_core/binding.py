@@ -116,20 +116,20 @@ class Binding:
             return DONE if outcome is None else outcome
         counters.in_scope += 1
         streamed = bool(request.stream)
-        if streamed and not self.signer.unsigned_payload:
+        try:
+            prepared = prepare(request, streamed)
+        except Unsignable as e:
+            _answer(flow, _unsignable(str(e), e.status))
+            counters.refused += 1
+            note(flow, f"{self.comment}refused: {e}")
+            return DONE
+        if streamed and prepared.streaming is None and not self.signer.unsigned_payload:
             # mitmproxy cannot answer a request whose body it streams (it would stream it again as it reads it):
             # the flow is killed before anything is sent, and the log and the flow say why.
             flow.kill()
             counters.refused += 1
             note(flow, f"{self.comment}refused: streamed body (stream_large_bodies), unsigned_payload not set")
             _warn_streamed(self.settings.label)
-            return DONE
-        try:
-            prepared = prepare(request, streamed)
-        except Unsignable as e:
-            _answer(flow, _unsignable(str(e)))
-            counters.refused += 1
-            note(flow, f"{self.comment}refused: {e}")
             return DONE
         if prepared.body is not None and len(prepared.body) > HASH_ON_LOOP:
             return self._sign_off_loop(flow, snapshot, prepared)
@@ -179,9 +179,9 @@ def _warn_streamed(label: str) -> None:
         )
 
 
-def _unsignable(why: str) -> http.Response:
+def _unsignable(why: str, status: int) -> http.Response:
     return http.Response.make(
-        502, f"header-augment: not signed: {why}\n", {"Content-Type": "text/plain; charset=utf-8"}
+        status, f"header-augment: not signed: {why}\n", {"Content-Type": "text/plain; charset=utf-8"}
     )
 
 

@@ -36,8 +36,31 @@ _AUTHORIZATION = (b"authorization", marker("Authorization"))
 _TOKEN = (b"x-amz-security-token", marker("X-Amz-Security-Token"))
 
 
+# X-Amz-Content-SHA256 for an aws-chunked body whose chunks are not signed, with a checksum in a trailer: what
+# boto3/botocore >= 1.36 and the AWS CLI send over HTTPS by default. The literal is signed in place of a payload hash,
+# and the body, framing and all, goes on as it came (S3 takes the framing off).
+STREAMING_UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+_STREAMING_UNSIGNED_TRAILER = STREAMING_UNSIGNED_TRAILER.encode()
+# The forms whose every chunk carries a signature chained from the request's (SigV4, or SigV4a's ECDSA): ours
+# replaces the request's, so the client's chunk signatures would no longer verify. Named in the refusal; another
+# STREAMING- value is refused without being repeated.
+SIGNED_CHUNKS = frozenset(
+    {
+        b"STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        b"STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+        b"STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD",
+        b"STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD-TRAILER",
+    }
+)
+
+
 class Unsignable(Exception):
-    """The request cannot be signed as it will be sent; the message says why (never a value)."""
+    """The request cannot be signed as it will be sent; the message says why (never a credential or a value the
+    client made up), `status` is the answer's: 400 where the client can send it otherwise, 502 where it cannot."""
+
+    def __init__(self, why: str, status: int = 502) -> None:
+        super().__init__(why)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +68,11 @@ class Prepared:
     method: str
     url: str
     headers: list[tuple[str, str]]  # those signed: the request's, without hop-by-hop and proxy ones
-    body: bytes | None  # None: streamed, signed as UNSIGNED-PAYLOAD
+    body: bytes | None  # None: streamed, signed as UNSIGNED-PAYLOAD, or not needed (`streaming`)
     kept: Fields  # the request's fields without a client's own signature
     h2: bool
     payload_hash: bool  # the client sent X-Amz-Content-SHA256: ours goes in its place (services other than S3)
+    streaming: str | None = None  # STREAMING_UNSIGNED_TRAILER: signed as the payload, the body never read
 
 
 def prepare(request: http.Request, streamed: bool) -> Prepared:
@@ -64,10 +88,31 @@ def prepare(request: http.Request, streamed: bool) -> Prepared:
             request.path = f"{path}?{canonical}" if canonical else path
     fields = request.headers.fields
     kept = tuple(f for f in fields if f[0].lower() not in SIGNATURE_HEADERS)
+    declared = None  # the client's own X-Amz-Content-SHA256, among the signature headers `kept` is without
+    if len(kept) < len(fields):
+        for name, value in fields:
+            if name.lower() == b"x-amz-content-sha256":
+                declared = value
+    streaming = None
+    if declared is not None and declared.startswith(b"STREAMING-"):
+        if declared != _STREAMING_UNSIGNED_TRAILER:
+            raise Unsignable(_signed_chunks(declared), 400)
+        streaming = STREAMING_UNSIGNED_TRAILER
     listed = set()
+    chunked = False
     for name, value in kept:
-        if name.lower() == b"connection":
+        low = name.lower()
+        if low == b"connection":
             listed |= {token.strip().lower() for token in value.split(b",")}
+        elif low == b"content-encoding" and b"aws-chunked" in value.lower():
+            chunked = True
+    if chunked and streaming is None:
+        # Signed as a hash of the framed body, or as UNSIGNED-PAYLOAD, S3 would store the framing with the object.
+        raise Unsignable(
+            "Content-Encoding aws-chunked without X-Amz-Content-SHA256 STREAMING-UNSIGNED-PAYLOAD-TRAILER: the "
+            "signature would not say the body is framed",
+            400,
+        )
     signed = [("host", host)] if h2 else []
     try:
         for name, value in kept:
@@ -77,9 +122,18 @@ def prepare(request: http.Request, streamed: bool) -> Prepared:
             signed.append((name.decode("ascii"), value.decode("utf-8")))
     except UnicodeDecodeError:
         raise Unsignable("a header name or value is not valid UTF-8") from None
-    body = None if streamed else (request.raw_content or b"")
-    payload_hash = len(kept) < len(fields) and any(f[0].lower() == b"x-amz-content-sha256" for f in fields)
-    return Prepared(request.method, f"{request.scheme}://{host}{request.path}", signed, body, kept, h2, payload_hash)
+    body = None if streamed or streaming else (request.raw_content or b"")
+    target = f"{request.scheme}://{host}{request.path}"
+    return Prepared(request.method, target, signed, body, kept, h2, declared is not None, streaming)
+
+
+def _signed_chunks(declared: bytes) -> str:
+    value = declared.decode() if declared in SIGNED_CHUNKS else "another STREAMING- form"
+    return (
+        f"X-Amz-Content-SHA256 {value}: the client signed each chunk of the body, and the proxy, whose signature "
+        "replaces the client's, does not sign chunks; upload over https:// with payload signing off (the AWS SDKs' "
+        "default there), or turn chunked encoding off (AWS SDK for Java: S3Configuration chunkedEncodingEnabled(false))"
+    )
 
 
 def _canonical_query(query: str) -> str:
@@ -102,7 +156,13 @@ def sign(signer: Signer, credentials: Frozen, prepared: Prepared) -> tuple[Field
     """The request's new fields, and a snapshot of the credentials in them (what the flow masks and answers are
     scrubbed of once it has been sent). Pure: safe on a worker thread."""
     added = signer.sign(
-        credentials, prepared.method, prepared.url, prepared.headers, prepared.body, prepared.payload_hash
+        credentials,
+        prepared.method,
+        prepared.url,
+        prepared.headers,
+        prepared.body,
+        prepared.payload_hash,
+        prepared.streaming,
     )
     # `kept` holds none of the names botocore adds (SIGNATURE_HEADERS are all of them): appended, nothing replaced.
     column = 1 if prepared.h2 else 0

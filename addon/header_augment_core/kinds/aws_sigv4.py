@@ -235,6 +235,9 @@ def _reason_class(error: Exception) -> str:
     return "other"
 
 
+_IN_TRAILER = {"request_algorithm": {"in": "trailer"}}
+
+
 class Signer:
     """Signs one request with botocore's signer: `SigV4Auth`, or `S3SigV4Auth` (which sends x-amz-content-sha256)."""
 
@@ -272,11 +275,13 @@ class Signer:
         headers: list[tuple[str, str]],
         body: bytes | None,
         payload_hash: bool = False,
+        streaming: str | None = None,
     ) -> list[tuple[str, str]]:
         """The headers to add to the request (`headers` are those it is sent with, `host` among them). `body` None:
         it is streamed, and signed as UNSIGNED-PAYLOAD (S3 only). `payload_hash`: the client sent its own
         X-Amz-Content-SHA256, which some services other than S3 require (OpenSearch Serverless): it is replaced by
-        the body's hash, signed (S3's signer always sends its own)."""
+        the body's hash, signed (S3's signer always sends its own). `streaming`: signed as the payload in place of a
+        hash (STREAMING-UNSIGNED-PAYLOAD-TRAILER: an aws-chunked body with its checksum in a trailer)."""
         from botocore.awsrequest import AWSRequest
 
         auth, added = self._for(credentials)
@@ -284,7 +289,15 @@ class Signer:
         signed = request.headers
         for name, value in headers:
             signed[name] = value  # botocore's headers keep repeats, joined with commas when signed
-        if payload_hash and self.service != "s3" and body is not None:
+        if streaming is not None:
+            # What botocore's checksum step tells its signer for a checksum sent in a trailer (checked with botocore
+            # 1.44.8, tests/test_aws_chunked.py): the literal is signed as the payload, S3SigV4Auth writes it into
+            # X-Amz-Content-SHA256, and the body is never read.
+            request.context["checksum"] = _IN_TRAILER
+            if self.service != "s3":  # SigV4Auth signs the header's value, sending none of its own
+                signed["X-Amz-Content-SHA256"] = streaming
+                added += ("X-Amz-Content-SHA256",)
+        elif payload_hash and self.service != "s3" and body is not None:
             # botocore's SigV4Auth signs the payload hash this header holds, computing none of its own.
             signed["X-Amz-Content-SHA256"] = hashlib.sha256(body).hexdigest()
             added += ("X-Amz-Content-SHA256",)
