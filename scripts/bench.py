@@ -77,6 +77,20 @@ def part_1c(mode, confdir, results):
     return dict(rows)
 
 
+def part_1e(mode, confdir, results):
+    from benchparts.instructions import answer_instructions
+
+    print("1e. Once the request has left, in instructions per flow, counted by valgrind (10 headers, one of them")
+    print("    Authorization; 'all secret': the other nine named in header_secret_headers)")
+    counts = answer_instructions()
+    if counts is None:
+        print("   valgrind is not installed: skipped")
+        return None
+    for label, count in counts.items():
+        print(f"   {label:>32} {count:>10,.0f}")
+    return counts
+
+
 def part_1d(mode, confdir, results):
     from benchparts.inprocess import SCALE_SIZES, hook_scale
 
@@ -129,6 +143,21 @@ def part_2(mode, confdir, results):
             f"= {hook_us / floor_us:.2%}; throughput bound vs plain with the headers: {bound:.4f}"
         )
     return e2e
+
+
+def part_2b(mode, confdir, results):
+    from benchparts.end_to_end import instructions_per_request
+
+    print("2b. Part 2 in instructions per request, counted by valgrind (1 connection, /noecho; minutes)")
+    requests, warm, idle = sized(mode, 300, 100, 5), sized(mode, 40, 20, 2), sized(mode, 10.0, 5.0, 1.0)
+    counts = instructions_per_request(confdir, requests, warm, idle)
+    if counts is None:
+        print("   valgrind is not installed: skipped")
+        return None
+    for name, row in counts.items():
+        count, ratio = row["instructions"], row["vs_client_sent"]
+        print(f"   {name:>26}: {count:>12,.0f} instructions/request   {ratio:.4f}× client-sent")
+    return counts
 
 
 def part_3(mode, confdir, results):
@@ -240,14 +269,16 @@ def part_7b(mode, confdir, results):
     return counts
 
 
-# In the order they run: 1a and 1c before 1b as always (valgrind's part is the slowest).
+# In the order they run: 1a and 1c before 1b and 1e as always (valgrind's parts are the slowest).
 PARTS = {
     "1": part_1,
     "1a": part_1a,
     "1c": part_1c,
     "1b": part_1b,
+    "1e": part_1e,
     "1d": part_1d,
     "2": part_2,
+    "2b": part_2b,
     "3": part_3,
     "4": part_4,
     "5": part_5,
@@ -271,6 +302,10 @@ def child_modes(args) -> bool:
         from benchparts.instructions import hook_run
 
         hook_run(json.loads(args.hook_run))
+    elif args.answer_run:
+        from benchparts.instructions import answer_run
+
+        answer_run(json.loads(args.answer_run))
     else:
         return False
     return True
@@ -289,6 +324,7 @@ def main() -> None:
     parser.add_argument("--loadgen", help=argparse.SUPPRESS)
     parser.add_argument("--memory", help=argparse.SUPPRESS)
     parser.add_argument("--hook-run", help=argparse.SUPPRESS)
+    parser.add_argument("--answer-run", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if child_modes(args):
         return

@@ -3,10 +3,12 @@ and what /proc says of them. The programs run on the tests' process runner (test
 
 import os
 import random
+import re
 import socket
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from helpers.ports import free_port
@@ -146,3 +148,58 @@ def interleaved(proxies: dict, run, rounds: int, seconds: float) -> tuple[dict, 
             rates[name].append(result["requests"] / result["seconds"])
             errors[name] += len(result["errors"])
     return cpus, rates, errors
+
+
+class Callgrind:
+    """The counters of a program running under valgrind's callgrind, zeroed and read while it runs
+    (`callgrind_control`); each read is a dump, written to `out`.1, `out`.2, ..."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.pid, self.out, self.dumps = pid, out, 0
+
+    def zero(self) -> None:
+        subprocess.run(["callgrind_control", "-z", str(self.pid)], check=True, capture_output=True, timeout=300)
+
+    def read(self) -> int:
+        """Instructions executed since the counters were last zeroed."""
+        subprocess.run(["callgrind_control", "-d", str(self.pid)], check=True, capture_output=True, timeout=300)
+        self.dumps += 1
+        dump = Path(f"{self.out}.{self.dumps}")
+
+        def summary() -> str | None:  # the totals line ends a dump
+            text = dump.read_text() if dump.exists() else ""
+            found = re.search(r"^summary: (\d+)$", text, re.M)
+            return found.group(1) if found and re.search(r"^totals: ", text, re.M) else None
+
+        wait_until(lambda: summary() is not None, 300, 0.2, f"callgrind's dump {dump.name}")
+        return int(summary())
+
+
+def under_callgrind(out: dict[str, Path]) -> dict[str, tuple[str, ...]]:
+    """`start_proxies`' `under` for proxies each counted by callgrind into its own `out` file."""
+    return {name: ("valgrind", "--tool=callgrind", f"--callgrind-out-file={path}") for name, path in out.items()}
+
+
+def counted_per_request(
+    proxies: dict[str, Proxy], out: dict[str, Path], load, requests: int, warm: int, idle: float
+) -> dict[str, tuple[float, int]]:
+    """Instructions per request of each proxy, running under callgrind from its start (`under_callgrind`), and the
+    errors its load reported: (count, errors) by name. `load(name, port, limit)` sends `limit` requests one after
+    another and returns the load generator's result. After `warm` requests a proxy's counters are zeroed and it is
+    left alone for `idle` seconds: what its timers cost per second, taken off the requests' count for their wall
+    time (under valgrind a request takes some 50 times as long). Then it carries `requests`. A full garbage
+    collection lands in a run or not: `requests` should be hundreds."""
+    counts = {}
+    for name, proxy in proxies.items():
+        load(name, proxy.port, warm)
+        counter = Callgrind(proxy.proc.pid, out[name])
+        counter.zero()
+        started = time.monotonic()
+        time.sleep(idle)  # the measurement itself: what the proxy does with no request
+        per_second = counter.read() / (time.monotonic() - started)
+        counter.zero()
+        started = time.monotonic()
+        result = load(name, proxy.port, requests)
+        wall = time.monotonic() - started
+        counts[name] = ((counter.read() - per_second * wall) / result["requests"], len(result["errors"]))
+    return counts

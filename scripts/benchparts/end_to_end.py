@@ -16,11 +16,13 @@ from benchparts.common import (
     EchoUpstream,
     addon_args,
     bench_headers,
+    counted_per_request,
     interleaved,
     median,
     percentile,
     quiet,
     start_proxies,
+    under_callgrind,
 )
 
 
@@ -109,6 +111,54 @@ def end_to_end(confdir: Path, rounds: int, seconds: float, connections: int, war
             p.close()
         upstream.close()
         provider.close()
+
+
+def instructions_per_request(confdir: Path, requests: int, warm: int, idle: float) -> dict | None:
+    """Part 2 in instructions per request, counted by valgrind's callgrind (`counted_per_request`), where the CPU
+    time's rounds straddle the addon's whole cost: plain mitmdump with the client sending the 10 headers, the addon
+    adding them (none of them named as a credential, so nothing is searched for in answers), and the addon with
+    every one of them a credential (`header_secret_headers`; what every value of 8 characters or more was before
+    only credentials were scrubbed). One connection, the upstream's short /noecho answer, as in part 2. None when
+    valgrind is not installed."""
+    import shutil
+
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        return None
+    headers = bench_headers(10)
+    provider = Provider()
+    provider.answer(headers)
+    upstream = EchoUpstream(confdir)
+    options = {"header_provider_url": provider.url, "header_hosts": "127.0.0.1"}
+    specs = {
+        "client sends them": [],
+        "header_augment": addon_args(**options),
+        "header_augment, all secret": addon_args(**options, header_secret_headers=",".join(headers)),
+    }
+    out = {name: confdir / f"callgrind-e2e-{n}.out" for n, name in enumerate(specs)}
+    try:
+        proxies = start_proxies(confdir, specs, under=under_callgrind(out), timeout=900)
+    except BaseException:
+        upstream.close()
+        provider.close()
+        raise
+
+    def load(name: str, port: int, limit: int) -> dict:
+        extra = headers if name == "client sends them" else {}
+        target = f"127.0.0.1:{upstream.port}"
+        return loadgen.load(loadgen.spec(port, target, 3600, 1, limit=limit, path="/noecho", headers=extra))
+
+    try:
+        for name, proxy in proxies.items():
+            if name != "client sends them":
+                wait_for_header(proxy.port, upstream.port, "X-Bench-9", 300)
+        counts = counted_per_request(proxies, out, load, requests, warm, idle)
+    finally:
+        for proxy in proxies.values():
+            proxy.close()
+        upstream.close()
+        provider.close()
+    floor = counts["client sends them"][0]
+    return {name: {"instructions": count, "vs_client_sent": count / floor} for name, (count, _) in counts.items()}
 
 
 # -- 3. slow provider --------------------------------------------------------------------------------------------

@@ -6,16 +6,12 @@ latency while a 64 MiB PUT is signed."""
 import http.client
 import os
 import random
-import re
 import shutil
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from helpers.ports import free_port
-from helpers.waiting import wait_until
 from servers import clean_env
 
 from benchparts import loadgen
@@ -23,10 +19,12 @@ from benchparts.common import (
     EchoUpstream,
     Program,
     addon_args,
+    counted_per_request,
     interleaved,
     median,
     percentile,
     start_proxies,
+    under_callgrind,
 )
 from benchparts.end_to_end import paired
 
@@ -146,72 +144,33 @@ def cpu_per_request(confdir: Path, rounds: int, seconds: float, connections: int
         moto.close()
 
 
-class Callgrind:
-    """The counters of a program running under valgrind's callgrind, zeroed and read while it runs
-    (`callgrind_control`); each read is a dump, written to `out`.1, `out`.2, ..."""
-
-    def __init__(self, pid: int, out: Path) -> None:
-        self.pid, self.out, self.dumps = pid, out, 0
-
-    def zero(self) -> None:
-        subprocess.run(["callgrind_control", "-z", str(self.pid)], check=True, capture_output=True, timeout=300)
-
-    def read(self) -> int:
-        """Instructions executed since the counters were last zeroed."""
-        subprocess.run(["callgrind_control", "-d", str(self.pid)], check=True, capture_output=True, timeout=300)
-        self.dumps += 1
-        dump = Path(f"{self.out}.{self.dumps}")
-
-        def summary() -> str | None:  # the totals line ends a dump
-            text = dump.read_text() if dump.exists() else ""
-            found = re.search(r"^summary: (\d+)$", text, re.M)
-            return found.group(1) if found and re.search(r"^totals: ", text, re.M) else None
-
-        wait_until(lambda: summary() is not None, 300, 0.2, f"callgrind's dump {dump.name}")
-        return int(summary())
-
-
 def instructions_per_request(confdir: Path, requests: int, size: int, warm: int, idle: float) -> dict | None:
     """Instructions each of the three proxies executes per PUT of `size` bytes (one connection, one request after
-    another), counted by valgrind's callgrind: the same count whatever else the machine does, where the CPU time of
-    `cpu_per_request` moves by more than signing costs. Each proxy runs under callgrind from its start. After `warm`
-    requests its counters are zeroed and it is left alone for `idle` seconds: what its timers cost per second, taken
-    off the requests' count for their wall time (under valgrind a request takes some 50 times as long). Then it
-    carries `requests`. A full garbage collection lands in a run or not: `requests` should be hundreds. None when
-    valgrind is not installed."""
+    another), counted by valgrind's callgrind (`counted_per_request`): the same count whatever else the machine does,
+    where the CPU time of `cpu_per_request` moves by more than signing costs. None when valgrind is not installed."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         return None
     moto = Moto(confdir)
     try:
         specs, env = three_ways(confdir, moto)
         out = {name: confdir / f"callgrind-{n}.out" for n, name in enumerate(specs)}
-        under = {name: ("valgrind", "--tool=callgrind", f"--callgrind-out-file={out[name]}") for name in specs}
-        proxies = start_proxies(confdir, specs, env=env, under=under, timeout=900)
+        proxies = start_proxies(confdir, specs, env=env, under=under_callgrind(out), timeout=900)
     except BaseException:
         moto.close()
         raise
-    counts, errors = {}, {}
+
+    def load(name: str, port: int, limit: int) -> dict:
+        return puts(moto, name, port, size, 3600, 1, limit=limit)
+
     try:
-        for name, proxy in proxies.items():
-            puts(moto, name, proxy.port, size, 900, 1, limit=warm)
-            counter = Callgrind(proxy.proc.pid, out[name])
-            counter.zero()
-            started = time.monotonic()
-            time.sleep(idle)  # the measurement itself: what the proxy does with no request
-            per_second = counter.read() / (time.monotonic() - started)
-            counter.zero()
-            started = time.monotonic()
-            result = puts(moto, name, proxy.port, size, 3600, 1, limit=requests)
-            wall = time.monotonic() - started
-            counts[name] = (counter.read() - per_second * wall) / result["requests"]
-            errors[name] = len(result["errors"])
+        counts = counted_per_request(proxies, out, load, requests, warm, idle)
     finally:
         for proxy in proxies.values():
             proxy.close()
         moto.close()
     return {
-        name: {"instructions": count, "vs_plain": count / counts[PLAIN], "errors": errors[name]}
-        for name, count in counts.items()
+        name: {"instructions": count, "vs_plain": count / counts[PLAIN][0], "errors": errors}
+        for name, (count, errors) in counts.items()
     }
 
 
