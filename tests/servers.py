@@ -20,6 +20,7 @@ import echo_upstream  # scripts/ is on the tests' path (pyproject.toml)
 from helpers.procfs import peak_rss_kib
 from helpers.running import Running
 from helpers.waiting import DEADLINE, wait_until
+from helpers.zygote import Zygote
 
 __all__ = ["DEADLINE", "peak_rss_kib", "wait_until"]  # the tests import them from here, as before the helpers package
 
@@ -171,7 +172,10 @@ class Mitmdump(Running):
             str(ADDON),
             *args,
         ]
-        super().__init__(cmd, cwd=cwd or ROOT, env={**clean_env(), **(env or {})}, new_session=False)
+        # Forked from a process that imported mitmproxy already (helpers/zygote.py), unless the test changes what
+        # the interpreter imports.
+        spawn = None if any(name.startswith("PYTHON") for name in env or {}) else Zygote.get().spawn
+        super().__init__(cmd, cwd=cwd or ROOT, env={**clean_env(), **(env or {})}, new_session=False, spawn=spawn)
         self.port = 0
         if wait_listening:
             try:

@@ -7,7 +7,9 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from helpers.waiting import DEADLINE
 
@@ -16,18 +18,31 @@ class Running:
     """`cmd` started at once; with `new_session`, in a session of its own, so that its process group (`pgid`) holds
     every process it starts."""
 
-    def __init__(self, cmd: list[str], *, cwd: Path, env: dict[str, str], new_session: bool = True) -> None:
+    def __init__(
+        self,
+        cmd: list[str],
+        *,
+        cwd: Path,
+        env: dict[str, str],
+        new_session: bool = True,
+        spawn: Callable[[list[str], dict[str, str], Path], Any] | None = None,
+    ) -> None:
+        """`spawn`: starts `cmd` in a session of its own some other way than exec (helpers/zygote.py's fork)."""
         self.cmd = cmd
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=new_session,
-        )
+        if spawn is not None:
+            self.proc = spawn(cmd, env, cwd)
+            new_session = True
+        else:
+            self.proc = subprocess.Popen(
+                cmd,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=new_session,
+            )
         self.pgid = self.proc.pid if new_session else None
         self._lines: list[str] = []
         self._ended = False
