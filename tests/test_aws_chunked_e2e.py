@@ -95,6 +95,40 @@ def test_boto3_multipart_upload_file_is_stored_as_sent(moto, front, tmp_path, un
     assert got["Body"].read() == body
 
 
+def test_boto3_never_signs_chunks_and_each_of_its_payload_settings_is_stored_as_sent(moto, front):  # noqa: F811
+    """What the 400's advice rests on: whatever its payload settings, boto3 sends the unsigned trailer form, a hash
+    or UNSIGNED-PAYLOAD (request_checksum_calculation when_required: no aws-chunked at all), never signed chunks."""
+    configs = {
+        "when_required": Config(request_checksum_calculation="when_required"),
+        "payload_signing_enabled": Config(s3={"payload_signing_enabled": True}),
+        "payload_signing_disabled": Config(s3={"payload_signing_enabled": False}),
+        "both": Config(request_checksum_calculation="when_required", s3={"payload_signing_enabled": False}),
+    }
+    declared = {}
+    for name, config in configs.items():
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=front["url"],
+            region_name=REGION,
+            verify=front["ca"],
+            config=config,
+            aws_access_key_id="AKIDPLACEHOLDER",
+            aws_secret_access_key="placeholder",
+        )
+
+        def record(request, name=name, **_) -> None:  # a handler's answer to before-send would be the response
+            declared.setdefault(name, request.headers["X-Amz-Content-SHA256"])  # the first request: the PUT
+
+        s3.meta.events.register("before-send", record)
+        body = os.urandom(100)
+        s3.put_object(Bucket=BUCKET, Key=f"config-{name}.bin", Body=body)
+        assert s3.get_object(Bucket=BUCKET, Key=f"config-{name}.bin")["Body"].read() == body
+    assert declared["payload_signing_enabled"] == b"STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+    assert declared["payload_signing_disabled"] == b"STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+    assert declared["both"] == b"UNSIGNED-PAYLOAD"
+    assert re.fullmatch(rb"[0-9a-f]{64}", declared["when_required"])
+
+
 def _aws(front, tmp_path: Path, *args: str, unsigned: bool = False) -> str:
     """The AWS CLI (v1, `awscli` from PyPI: its own copy of botocore and s3transfer) with its defaults and no
     configuration but a placeholder key, or none at all with --no-sign-request: what it logged at --debug."""
