@@ -235,11 +235,18 @@ def test_the_proxy_is_a_native_sidecar_that_holds_the_app_until_credentials_are_
     }
 
 
-def test_init_container_installs_every_runtime_pin_but_mitmproxy(tmp_path):
+def _install_container(sample: str) -> dict:
+    spec = pod_spec() if sample == "deployment" else gateway_objects()[("Deployment", "gateway")]["spec"]["template"]
+    return next(c for c in spec["spec"]["initContainers"] if c["name"] == "install-requirements")
+
+
+@pytest.mark.parametrize("sample", ["deployment", "gateway"])
+def test_init_container_installs_every_runtime_pin_but_mitmproxy(tmp_path, sample):
     """The init container's own shell command, run here against requirements/runtime.txt with `pip` printing its
     arguments and the requirements file it is given instead of installing: the image has mitmproxy, and `pip
-    --target` would install it a second time."""
-    init = pod_spec()["spec"]["initContainers"][0]
+    --target` would install it a second time. (The gateway's split the pins into words, so a pin's environment marker
+    became arguments pip refuses, and its pods never started.)"""
+    init = _install_container(sample)
     sh, dash_c, command = init["command"]
     assert (sh, dash_c) == ("sh", "-c") and "pip install --no-cache-dir --target=/deps -r " in command
     command = command.replace("/tmp/pins.txt", f"{tmp_path}/pins.txt")
