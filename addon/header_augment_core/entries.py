@@ -11,6 +11,7 @@ from .binding import Binding
 from .counters import RequestCounters, Seen
 from .fields import SettingsError, shown
 from .hosts import HostIndex
+from .paths import matcher
 from .refresher import Refresher
 from .settings import ProviderSettings
 from .snapshot import NOTHING
@@ -18,6 +19,18 @@ from .snapshot import NOTHING
 Label = Callable[[str], str]
 # Filters that search the request's host (or its Host header) with a regex: not a way to pick hosts.
 _HOST_SEARCHING_FILTERS = {"d", "h", "hq", "u"}
+
+
+@dataclass(frozen=True, slots=True)
+class PathScope:
+    """The scope of an entry with `paths`, called as its compiled filter is (Binding.scope): the request's path
+    first, as it is now (the signer's is judged after map_remote), then the filter, if the entry has one."""
+
+    under: Callable[[bytes], bool]
+    filter: flowfilter.TFilter | None
+
+    def __call__(self, flow: Any) -> bool:
+        return self.under(flow.request.data.path) and (self.filter is None or self.filter(flow))
 
 
 @dataclass(frozen=True)
@@ -106,7 +119,7 @@ def _entry_key(settings: ProviderSettings, index: int) -> tuple:
 
 def warnings(previous: Entries, entries: Entries) -> list[str]:
     """What to warn of in `entries` that `previous` did not already have: credentials for every host, and scopes
-    that search hosts with a regex."""
+    that search hosts (or the URL) with a regex."""
     warned = {(b.settings.source, b.settings.hosts, b.settings.scope) for b in previous.bindings}
     found = []
     for binding in entries.bindings:
@@ -115,39 +128,55 @@ def warnings(previous: Entries, entries: Entries) -> list[str]:
             continue
         if settings.hosts.everything and not settings.scope:
             found.append(f"header_hosts is *: headers from {settings.label} go to every host this proxy sees")
-        if binding.scope is not None and searches_hosts(binding.scope):
+        scope = binding.scope.filter if isinstance(binding.scope, PathScope) else binding.scope
+        if scope is not None and searches_hosts(scope):
             found.append(
                 f"header_scope {shown(settings.scope)} of {settings.label} uses ~d, ~h, ~u or a bare word: these are "
                 "regex searches that also see the Host header a client chose and match look-alike names; name the "
                 "hosts with header_hosts"
+                + (
+                    "; ~u and a bare word search the whole URL, query included (~u /v2/ matches /x?q=/v2/): name the "
+                    "paths with header_paths"
+                    if "u" in _codes(scope)
+                    else ""
+                )
             )
     return found
 
 
-def _compile_scope(settings: ProviderSettings, label_of: Label) -> flowfilter.TFilter | None:
-    if not settings.scope:
-        return None
-    try:
-        return flowfilter.parse(settings.scope)
-    except ValueError:  # its message only quotes the whole expression again
-        raise SettingsError(
-            f"{label_of('scope')}: {shown(settings.scope)} is not a mitmproxy filter expression"
-        ) from None
+def _compile_scope(settings: ProviderSettings, label_of: Label) -> flowfilter.TFilter | PathScope | None:
+    """The entry's filter, with its `paths` checked first (entries without them pay nothing for them)."""
+    compiled = None
+    if settings.scope:
+        try:
+            compiled = flowfilter.parse(settings.scope)
+        except ValueError:  # its message only quotes the whole expression again
+            raise SettingsError(
+                f"{label_of('scope')}: {shown(settings.scope)} is not a mitmproxy filter expression"
+            ) from None
+    return PathScope(matcher(settings.paths), compiled) if settings.paths else compiled
 
 
 def searches_hosts(node: object) -> bool:
-    """Whether a compiled filter uses ~d, ~h, ~hq or ~u (a bare word is ~u too). Walked without recursion: `!!!…`
+    """Whether a compiled filter uses ~d, ~h, ~hq or ~u (a bare word is ~u too)."""
+    return not _codes(node).isdisjoint(_HOST_SEARCHING_FILTERS)
+
+
+def _codes(node: object) -> set[str]:
+    """The filters a compiled filter uses, by their codes (a bare word is `u`). Walked without recursion: `!!!…`
     nests as deep as the expression is long."""
     # flowfilter's undocumented node attributes (a filter's `code`, FAnd/FOr's `lst`, FNot's `itm`): the only way to
     # look inside a compiled filter (checked against mitmproxy 12.3.1; tests/test_seams.py fails if they move).
+    codes = set()
     pending = [node]
     while pending:
         node = pending.pop()
-        if getattr(node, "code", None) in _HOST_SEARCHING_FILTERS:
-            return True
+        code = getattr(node, "code", None)
+        if code is not None:
+            codes.add(code)
         # extend, not +=: a list plus pyparsing's ParseResults (`lst`) recurses in ParseResults.__radd__.
         pending.extend(getattr(node, "lst", None) or ([node.itm] if hasattr(node, "itm") else []))
-    return False
+    return codes
 
 
 def _signer_of(settings: ProviderSettings) -> Any:
