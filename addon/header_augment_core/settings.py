@@ -85,9 +85,9 @@ class ProviderSettings:
             "header_paths",
             Sequence[str],
             [],
-            "Path prefixes a request must start with to get the headers (or be signed), e.g. /v2/: matched against "
-            "the request's path once normalised, never its query. Repeat the option or separate with commas. "
-            "Empty: every path.",
+            "Path prefixes a request must be under to get the headers (or be signed), e.g. /v2/: whole segments of "
+            "the request's normalised path (/v2 takes /v2 and /v2/..., not /v2x), never its query; a path with a . or "
+            ".. segment is under none. Repeat the option or separate with commas. Empty: every path.",
         ),
     )
     clients: Clients = setting(
