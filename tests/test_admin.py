@@ -434,6 +434,7 @@ def test_collector_reads_the_counters_the_addon_keeps(tmp_path):
             ("headers", 2, 0),
             ("next_refresh_timestamp_seconds", 5100, 0),  # never scheduled: not started
             ("fetch_in_flight_seconds", 2.5, 0),
+            ("stuck_past_timeout_seconds", 0, 0),  # not started: no turn, stuck or not (tests/test_stuck_turns.py)
         ):
             expect(if_ours if ours else if_named, f"header_augment_{name}", provider=provider)
     assert samples(text) == expected

@@ -68,6 +68,24 @@ def request_summary(counters) -> str:
     return ", ".join(f"{getattr(counters, c.attribute)} {c.text}" for c in REQUEST_COUNTERS)
 
 
+# The scheduler that turns every refresher, read when asked (scheduler.Load): the status's "scheduler", the report's
+# line and the header_augment_scheduler_* gauges.
+SCHEDULER_NUMBERS = (
+    CounterDef("workers", "worker threads", "Threads of the scheduler that turns the refreshers, stuck ones too."),
+    CounterDef("turns", "turns running", "Refreshers' turns running now, stuck ones too."),
+    CounterDef(
+        "stuck_turns",
+        "stuck turns",
+        "Turns running past their provider's timeout and a grace, blocked where nothing interrupts them: each keeps "
+        "its thread, but no longer takes a worker's place (up to a bound).",
+    ),
+)
+
+
+def scheduler_summary(load) -> str:
+    return ", ".join(f"{getattr(load, c.attribute)} {c.text}" for c in SCHEDULER_NUMBERS)
+
+
 # Distinct failure reasons kept by text; the rest are counted together (a command's stderr could vary forever).
 MAX_REASONS = 16
 OTHER_REASONS = "(other reasons)"

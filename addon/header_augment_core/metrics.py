@@ -1,8 +1,9 @@
 """The addon's counters and provider states as Prometheus metrics, read when scraped.
 
 A custom collector reads what the addon keeps anyway (the definitions in counters.py, each refresher's snapshot and
-schedule), so there is no second set of counters to keep in step. It is registered on a registry of its own: the
-global one lives as long as the process, and a reloaded script would register a second collector there.
+schedule, the scheduler's threads and turns), so there is no second set of counters to keep in step. It is registered
+on a registry of its own: the global one lives as long as the process, and a reloaded script would register a second
+collector there.
 
 Labels hold a provider entry's name (or its source as status.py shows it, which never has a URL query) and fixed
 words; a failure is labelled with its class from failures.REASON_CLASSES, never with its free-text reason.
@@ -15,10 +16,10 @@ from collections.abc import Callable, Iterator, Sequence
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .counters import REQUEST_EXTRAS, REQUEST_OUTCOMES
+from .counters import REQUEST_EXTRAS, REQUEST_OUTCOMES, SCHEDULER_NUMBERS
 from .failures import REASON_CLASSES
 from .snapshot import NOTHING
-from .status import Entry
+from .status import Entry, past_timeout, scheduler_of
 
 PREFIX = "header_augment_"
 # Entries with equal fetch settings share one refresher; each reports its fetch metrics under its own label, so a
@@ -97,6 +98,11 @@ class ProviderCollector(Collector):
                     "When the next fetch is due, in Unix time (0: not yet known)." + SAME,
                 ),
                 ("fetch_in_flight_seconds", "How long the fetch in flight has been running (0: none)." + SAME),
+                (
+                    "stuck_past_timeout_seconds",
+                    "How long a stuck turn (running past the timeout and a grace, blocked where nothing interrupts "
+                    "it) has run past the provider's timeout (0: none stuck)." + SAME,
+                ),
             )
         }
         for entry, provider in zip(entries, provider_labels(entries), strict=True):
@@ -110,6 +116,7 @@ class ProviderCollector(Collector):
             for reason_class in REASON_CLASSES:  # looked up, not iterated: the refresher's thread may add a key
                 fetches.add_metric((provider, "failed", reason_class), counts.failed_by_class.get(reason_class, 0))
             snapshot, in_flight = refresher.snapshot, refresher.in_flight_since  # each read once
+            stuck = past_timeout(refresher, now)
             usable = snapshot.usable(now)
             values = {
                 "last_success_timestamp_seconds": 0.0 if snapshot is NOTHING else wall_clock(snapshot.fetched_at),
@@ -117,6 +124,7 @@ class ProviderCollector(Collector):
                 "headers": float(len(snapshot.fields)) if usable else 0.0,
                 "next_refresh_timestamp_seconds": wall_clock(refresher.next_fetch_at),
                 "fetch_in_flight_seconds": 0.0 if in_flight is None else max(0.0, now - in_flight),
+                "stuck_past_timeout_seconds": 0.0 if stuck is None else stuck,
             }
             for name, value in values.items():
                 gauges[name].add_metric((provider,), value)
@@ -124,6 +132,10 @@ class ProviderCollector(Collector):
         yield from extras.values()
         yield fetches
         yield from gauges.values()
+        if (scheduler := scheduler_of(entries)) is not None:
+            load = scheduler.load(now)
+            for c in SCHEDULER_NUMBERS:
+                yield GaugeMetricFamily(f"{PREFIX}scheduler_{c.attribute}", c.help, value=getattr(load, c.attribute))
 
 
 def registry_for(entries: Callable[[], Sequence[Entry]]) -> CollectorRegistry:

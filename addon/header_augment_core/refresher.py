@@ -78,6 +78,20 @@ class Refresher:
         return self._scheduler is not None
 
     @property
+    def scheduler(self) -> Scheduler | None:
+        """The scheduler that turns it, once started."""
+        return self._scheduler
+
+    @property
+    def label(self) -> str:
+        return self.settings.label
+
+    @property
+    def turn_timeout(self) -> float:
+        """A turn makes one fetch at most, and that fetch is bounded by the provider's timeout."""
+        return self.settings.timeout
+
+    @property
     def ended(self) -> bool:
         """Stopped (or broken), with its client closed."""
         return self._ended.is_set()

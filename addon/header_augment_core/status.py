@@ -4,9 +4,10 @@ same rendered for people: header names, ages, reasons and counts, never a value.
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from .counters import REQUEST_COUNTERS, request_summary
+from .counters import REQUEST_COUNTERS, SCHEDULER_NUMBERS, request_summary, scheduler_summary
 from .durations import format_age
 from .refresher import Refresher
+from .scheduler import Scheduler
 from .settings import ProviderSettings
 from .snapshot import NOTHING
 
@@ -42,10 +43,21 @@ def _seconds(value: float) -> float:
     return round(value, 3)
 
 
+def scheduler_of(entries: Sequence[Entry]) -> Scheduler | None:
+    """The scheduler that turns the entries' refreshers (an addon has one), once one has started."""
+    return next((s for entry in entries if (s := entry.refresher.scheduler) is not None), None)
+
+
+def past_timeout(refresher: Refresher, now: float) -> float | None:
+    """How long the refresher's turn has run past its timeout, if the scheduler counts that turn as stuck."""
+    scheduler = refresher.scheduler
+    return None if scheduler is None else scheduler.past_timeout(refresher, now)
+
+
 def provider_status(entry: Entry, now: float) -> dict[str, Any]:
     settings, refresher, counts = entry.settings, entry.refresher, entry.refresher.counts
     snapshot = refresher.snapshot
-    in_flight = refresher.in_flight_since
+    in_flight, stuck = refresher.in_flight_since, past_timeout(refresher, now)
     return {
         "name": settings.name,
         "label": settings.label,
@@ -64,6 +76,7 @@ def provider_status(entry: Entry, now: float) -> dict[str, Any]:
         "last_success_age": None if snapshot is NOTHING else _seconds(now - snapshot.fetched_at),
         "next_fetch_in": _seconds(refresher.next_fetch_at - now) if refresher.next_fetch_at > now else None,
         "in_flight_for": None if in_flight is None else _seconds(now - in_flight),
+        "stuck_past_timeout": None if stuck is None else _seconds(stuck),
         "last_error": refresher.last_error or None,
         "requests": {c.attribute: getattr(entry.counters, c.attribute) for c in REQUEST_COUNTERS},
         "fetches": {
@@ -76,7 +89,13 @@ def provider_status(entry: Entry, now: float) -> dict[str, Any]:
 
 
 def status(entries: Sequence[Entry], now: float) -> dict[str, Any]:
-    return {"providers": [provider_status(entry, now) for entry in entries]}
+    """`now` is the refreshers' clock, which their scheduler shares."""
+    scheduler = scheduler_of(entries)
+    load = None if scheduler is None else scheduler.load(now)
+    return {
+        "scheduler": None if load is None else {c.attribute: getattr(load, c.attribute) for c in SCHEDULER_NUMBERS},
+        "providers": [provider_status(entry, now) for entry in entries],
+    }
 
 
 def report(entries: Sequence[Entry], now: float) -> str:
@@ -86,6 +105,8 @@ def report(entries: Sequence[Entry], now: float) -> str:
             "header_provider_command or header_providers_file)"
         )
     lines = [f"header-augment: {len(entries)} provider{'s' if len(entries) > 1 else ''}"]
+    if (scheduler := scheduler_of(entries)) is not None:
+        lines.append(f"scheduler: {scheduler_summary(scheduler.load(now))}")
     for number, entry in enumerate(entries, 1):
         data = provider_status(entry, now)
         hosts = ",".join(data["hosts"]) or "(any)"
@@ -103,6 +124,11 @@ def report(entries: Sequence[Entry], now: float) -> str:
             lines.append(f"    {age}")
         if data["in_flight_for"] is not None:
             lines.append(f"    fetch in flight for {format_age(data['in_flight_for'])}")
+        if data["stuck_past_timeout"] is not None:
+            lines.append(
+                f"    stuck: its turn has run {format_age(data['stuck_past_timeout'])} past its timeout, blocked where "
+                "nothing interrupts it"
+            )
         if (credentials := data["credentials"]) is not None:
             expires = f", expires {credentials['expires']}" if credentials["expires"] else ""
             key = credentials["access_key_id"]
