@@ -327,7 +327,9 @@ def test_bad_runtime_value_keeps_the_previous_configuration():
 
 def test_deferred_bad_values_and_unknown_names_are_logged_as_errors(caplog):
     with caplog.at_level(logging.ERROR), taddons.context() as tctx:
-        tctx.options.set("header_require=maybe", "header_requir=true", "header_xyzzy_wombat_quux=1", "other=1", defer=True)
+        tctx.options.set(
+            "header_require=maybe", "header_requir=true", "header_xyzzy_wombat_quux=1", "other=1", defer=True
+        )
         tctx.options.set("header_scope=a", "header_scope=b", defer=True)
         tctx.master.addons.register(header_augment.HeaderAugment())
         assert "other" in tctx.options.deferred  # not ours to judge

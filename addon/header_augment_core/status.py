@@ -65,6 +65,7 @@ def provider_status(entry: Entry, now: float) -> dict[str, Any]:
         "source": settings.source.display,
         "hosts": list(settings.hosts.patterns),
         "scope": settings.scope,
+        "paths": list(settings.paths),
         "clients": list(settings.clients.patterns),
         "merge": settings.merge.value,
         "require": settings.require,
@@ -111,6 +112,7 @@ def report(entries: Sequence[Entry], now: float) -> str:
         data = provider_status(entry, now)
         hosts = ",".join(data["hosts"]) or "(any)"
         scope = f" scope={data['scope']}" if data["scope"] else ""
+        scope += f" paths={','.join(data['paths'])}" if data["paths"] else ""
         scope += f" clients={','.join(data['clients'])}" if data["clients"] else ""
         lines.append(
             f"[{number}] {data['label']}  kind={data['kind']} hosts={hosts}{scope} merge={data['merge']}"
