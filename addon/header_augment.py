@@ -89,6 +89,7 @@ class HeaderAugment:
         self.responseheaders = path.responseheaders
         self.response = path.response
         self.error = path.error
+        self.websocket_message, self.websocket_end = path.websocket_message, path.websocket_end
         self.http_connect, self.socks5_auth = path.http_connect, path.socks5_auth
         self.check_reroute, self.sign_streamed = path.check_reroute, path.sign_streamed  # the guard's hooks
         self._guard = RerouteGuard(self.check_reroute, self.sign_streamed)

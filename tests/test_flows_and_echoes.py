@@ -1,5 +1,7 @@
 """No other door: once a request has left, no value header-augment added stays in the flow (saved flows, HAR files,
-exports, mitmweb) or comes back to the client in the answer; TRACE gets nothing; an upstream's 401 asks again."""
+exports, mitmweb), and no credential comes back to the client in the answer (tests/test_scrub_secrets.py: which
+values, in which forms; tests/test_websocket_scrub.py: websocket messages); TRACE gets nothing; an upstream's 401
+asks again."""
 
 import gzip
 import json
@@ -66,6 +68,23 @@ def test_the_flow_holds_markers_once_the_request_has_left(configured):
     state = json.dumps(f.get_state(), default=repr)
     assert CREDENTIAL not in state and MARK in state
     assert carried.carried_by(f) is None  # nothing kept once the exchange is over
+
+
+def test_a_value_is_masked_however_its_name_is_spelled_since(configured):
+    """Found as added with one lookup; a name another addon spelled otherwise is still found by its value."""
+    addon, _ = configured
+    f = flow_to("api.example.com")
+    addon.requestheaders(f)
+    addon.check_reroute(f)
+    f.request.headers.fields = tuple(
+        (name.upper() if name == b"Authorization" else name, value) for name, value in f.request.headers.fields
+    )
+    f.response = http.Response.make(200, b"ok")
+    addon.responseheaders(f)
+    assert f.request.headers.fields[-2:] == (
+        (b"AUTHORIZATION", MARK.encode()),
+        (b"X-Tenant", b"<header-augment: X-Tenant>"),
+    )
 
 
 def test_what_a_flow_carries_is_neither_saved_nor_copied(configured):

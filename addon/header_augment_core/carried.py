@@ -1,9 +1,11 @@
-"""What a flow carries from us, from the moment headers are added until its exchange is over.
+"""What a flow carries from us, from the moment headers are added until its exchange is over (its answer, or the
+end of the websocket it became).
 
 That record lets the addon take the headers back if the flow is rerouted after the match, mask the values in the
-flow once the request has left (so that saved flows, HAR files, exports and mitmweb never hold them), and scrub them
-from what the upstream answers: an in-scope upstream that echoes request headers (httpbin's /headers, a debug
-endpoint) must not hand the credential to a client that was never meant to hold it.
+flow once the request has left (so that saved flows, HAR files, exports and mitmweb never hold them), and scrub the
+credentials among them from what the upstream answers, in headers, body and websocket messages: an in-scope upstream
+that echoes request headers (httpbin's /headers, a debug endpoint) must not hand the credential to a client that was
+never meant to hold it.
 """
 
 import zlib
@@ -19,13 +21,28 @@ try:
 except ImportError:  # pragma: no cover - the Python mitmproxy 12 runs on here is 3.12 or 3.13
     from backports import zstd  # what mitmproxy itself imports for `zstd` before 3.14
 
-from .snapshot import MARKER_PREFIX, Fields, Snapshot, probes_of
+from .snapshot import MARKER_PREFIX, Fields, Secrets, Snapshot, probes_of
 
-Secrets = tuple[tuple[tuple[bytes, bytes], ...], tuple[bytes, ...]]  # ((value, marker), longest first), probes
-
-# Bodies are scrubbed up to this size once decoded; a streamed body is never held, so never scrubbed.
+# Bodies (and websocket messages) are scrubbed up to this size once decoded; a streamed body is never held, so never
+# scrubbed.
 MAX_SCRUBBED_BODY = 1024 * 1024
 _ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_IDENTITY = (b"", b"identity", b"none")
+# Media types never searched: compressed or encoded so that no value can be read in them as sent, whatever echoes.
+# Their bodies are passed on without a decode or a search (image/svg+xml is text, and is searched).
+_NEVER_SEARCHED_KINDS = (b"image/", b"audio/", b"video/", b"font/")
+_NEVER_SEARCHED_TYPES = frozenset(
+    {
+        b"application/gzip",
+        b"application/x-gzip",
+        b"application/zip",
+        b"application/zstd",
+        b"application/x-xz",
+        b"application/x-bzip2",
+        b"application/x-7z-compressed",
+        b"application/vnd.rar",
+    }
+)
 
 
 @dataclass(slots=True)
@@ -43,11 +60,12 @@ class Carried:
         self.given.append((binding, snapshot))
 
     def secrets(self) -> Secrets:
-        """What to scrub from the answer: (value, marker) longest first, and the values to search for."""
+        """What to scrub from the answer: (form of a value, marker) longest first, and the forms to search for: the
+        credentials among what each entry added, and the headers its `secret_headers` names."""
         if len(self.given) == 1:
-            snapshot = self.given[0][1]
-            return snapshot.secrets, snapshot.probes
-        pairs = {pair for _, snapshot in self.given for pair in snapshot.secrets}
+            binding, snapshot = self.given[0]
+            return snapshot.scrubbed(binding.settings.secret_headers)
+        pairs = {pair for b, s in self.given for pair in s.scrubbed(b.settings.secret_headers)[0]}
         return tuple(sorted(pairs, key=lambda pair: -len(pair[0]))), probes_of(value for value, _ in pairs)
 
 
@@ -75,12 +93,15 @@ def masked(fields: Fields, given: Iterable[tuple[Any, Snapshot]]) -> Fields | No
     """The request's fields with each value we added replaced by its marker (None if there was none)."""
     out, changed = list(fields), False
     for _, snapshot in given:
-        masks = snapshot.masks
-        for index, (name, value) in enumerate(out):
-            stand_in = masks.get((name.lower(), value))
-            if stand_in is not None:
-                out[index] = (name, stand_in)
-                changed = True
+        masks, values = snapshot.masks, snapshot.mask_values
+        for index, field in enumerate(out):
+            stand_in = masks.get(field)  # a field as we added it: one lookup
+            if stand_in is None:
+                name, value = field
+                if value not in values or (stand_in := masks.get((name.lower(), value))) is None:
+                    continue
+            out[index] = (field[0], stand_in)
+            changed = True
     return tuple(out) if changed else None
 
 
@@ -91,11 +112,11 @@ def without_markers(fields: Fields) -> Fields | None:
     return kept if len(kept) != len(fields) else None
 
 
-def _scrubbed(data: bytes, secrets: Secrets) -> bytes | None:
+def scrubbed(data: bytes, secrets: Secrets) -> bytes | None:
     """`data` with every secret replaced by its marker, or None if it holds none."""
     pairs, probes = secrets
-    if not any(probe in data for probe in probes):  # most answers: a search per probe, nothing more
-        return None
+    if not probes or len(data) < len(probes[0]) or not any(probe in data for probe in probes):
+        return None  # most answers: a search per probe, nothing more
     for value, stand_in in pairs:
         data = data.replace(value, stand_in)
     return data
@@ -103,39 +124,53 @@ def _scrubbed(data: bytes, secrets: Secrets) -> bytes | None:
 
 def scrub_headers(message: http.Message, secrets: Secrets) -> bool:
     """Replace our values in `message`'s header values; whether any was there."""
+    if not secrets[1]:
+        return False
     fields = message.headers.fields
     block = b"\n".join(value for _, value in fields)  # one search per probe, not one per header and probe
     if not any(probe in block for probe in secrets[1]):
         return False
     message.headers.fields = tuple(
-        (name, value if (clean := _scrubbed(value, secrets)) is None else clean) for name, value in fields
+        (name, value if (clean := scrubbed(value, secrets)) is None else clean) for name, value in fields
     )
     return True
 
 
 def scrub_body(message: http.Message, secrets: Secrets) -> bool:
     """Replace our values in `message`'s body, decoded as mitmproxy decodes it (gzip, deflate, br, zstd), if it is at
-    most MAX_SCRUBBED_BODY decoded; whether any was there. The body is encoded again as it was."""
+    most MAX_SCRUBBED_BODY decoded; whether any was there. The body is encoded again as it was. A body that cannot
+    hold a value (too short, a media type never searched) costs no decode."""
     raw = message.raw_content
-    if not raw or len(raw) > MAX_SCRUBBED_BODY:
+    if not secrets[1] or not raw or len(raw) > MAX_SCRUBBED_BODY:
         return False
-    # One pass over the fields: Headers.get costs a quarter of scrubbing a small body.
-    coding = next((v for n, v in message.headers.fields if n.lower() == b"content-encoding"), b"")
-    coding = coding.decode("latin-1").strip().lower()
-    decoded = _decoded(raw, coding) if coding not in ("", "identity", "none") else raw
-    if decoded is not None:
-        clean = _scrubbed(decoded, secrets)
-        if clean is not None:
-            message.content = clean  # encoded again with the same Content-Encoding; Content-Length follows
-            return True
-    # Not decodable within the bound (or not really encoded): what the client gets is these bytes as they are.
-    clean = _scrubbed(raw, secrets)
+    coding = kind = b""
+    for name, value in message.headers.fields:  # one pass: Headers.get is a pass (and a decode) per call
+        low = name.lower()
+        if low == b"content-encoding":
+            coding = value.strip().lower()
+        elif low == b"content-type":
+            kind = value
+    if kind and _never_searched(kind):
+        return False
+    if coding not in _IDENTITY and (decoded := _decoded(raw, coding.decode("latin-1"))) is not None:
+        clean = scrubbed(decoded, secrets)
+        if clean is None:
+            return False  # and none in the encoded bytes either: what a client could read there, it reads decoded
+        message.content = clean  # encoded again with the same Content-Encoding; Content-Length follows
+        return True
+    # Not encoded, or not decodable within the bound (or not really encoded): the client gets these bytes as they are.
+    clean = scrubbed(raw, secrets)
     if clean is None:
         return False
     message.raw_content = clean
     if "content-length" in message.headers:
         message.headers["content-length"] = str(len(clean))
     return True
+
+
+def _never_searched(kind: bytes) -> bool:
+    media = kind.partition(b";")[0].strip().lower()
+    return media in _NEVER_SEARCHED_TYPES or (media.startswith(_NEVER_SEARCHED_KINDS) and media != b"image/svg+xml")
 
 
 def _decoded(raw: bytes, coding: str) -> bytes | None:

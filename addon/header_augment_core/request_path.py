@@ -11,6 +11,7 @@ import weakref
 from collections.abc import Coroutine
 
 from mitmproxy import http
+from mitmproxy.websocket import WebSocketMessage
 
 from .binding import DONE, WAIT, Binding, note
 from .carried import (
@@ -22,12 +23,14 @@ from .carried import (
     masked,
     scrub_body,
     scrub_headers,
+    scrubbed,
     without_markers,
 )
 from .clients import TUNNEL, tunnel_opened
 from .counters import Seen
 from .entries import NO_ENTRIES, Entries
 from .refresher import Refresher
+from .snapshot import Secrets
 
 logger = logging.getLogger("header_augment")
 
@@ -39,6 +42,7 @@ REASK_AFTER_401_GAP = 10.0
 # A response body larger than this is scrubbed on a worker thread (zlib, brotli and zstd let go of the GIL).
 SCRUB_ON_LOOP = 64 * 1024
 NOT_WAITED: frozenset = frozenset()
+_SCRUBBED_MESSAGE = "header-augment: scrubbed our values from websocket messages"
 
 
 class RequestPath:
@@ -160,24 +164,56 @@ class RequestPath:
         self._mask(flow, carried)
         if scrub_headers(response, carried.secrets()):
             note(flow, "header-augment: scrubbed our values from the response headers")
-        if response.stream:  # the body is passed on as it comes, never held: nothing more to do
+        if response.stream and response.status_code != 101:  # the body is passed on as it comes, never held
             drop_carried(flow)
 
     def response(self, flow: http.HTTPFlow) -> Coroutine | None:
-        carried = drop_carried(flow)
+        own = flow.__dict__
+        if own.get(CARRIED) is None or flow.websocket is not None:  # a websocket's record stays for its messages
+            return None
+        secrets = own.pop(CARRIED).secrets()
         raw = flow.response.raw_content
-        if carried is None or not raw or len(raw) > MAX_SCRUBBED_BODY:  # a larger one is passed on as it is
+        if not secrets[1] or not raw or len(raw) > MAX_SCRUBBED_BODY:  # a larger one is passed on as it is
             return None
         if len(raw) > SCRUB_ON_LOOP:  # decoding and searching it would hold every other flow
-            return asyncio.to_thread(self._scrub_body, flow, carried)
-        self._scrub_body(flow, carried)
+            return asyncio.to_thread(self._scrub_body, flow, secrets)
+        self._scrub_body(flow, secrets)
         return None
 
     @staticmethod
-    def _scrub_body(flow: http.HTTPFlow, carried: Carried) -> None:
+    def _scrub_body(flow: http.HTTPFlow, secrets: Secrets) -> None:
         """Only this flow's task touches it while its `response` hook runs: safe on a worker thread."""
-        if scrub_body(flow.response, carried.secrets()):
+        if scrub_body(flow.response, secrets):
             note(flow, "header-augment: scrubbed our values from the response body")
+
+    def websocket_message(self, flow: http.HTTPFlow) -> Coroutine | None:
+        """A message from the upstream of a websocket whose handshake carried our values: scrubbed as a body is.
+        mitmproxy sends a message on once its hooks have returned (and their awaitables finished)."""
+        carried = flow.__dict__.get(CARRIED)
+        if carried is None:
+            return None
+        message = flow.websocket.messages[-1]
+        # The client's own messages are passed as they are: it never held our values. A larger message too, as a body.
+        if message.from_client or len(message.content) > MAX_SCRUBBED_BODY:
+            return None
+        secrets = carried.secrets()
+        if len(message.content) > SCRUB_ON_LOOP:
+            return asyncio.to_thread(self._scrub_message, flow, message, secrets)
+        self._scrub_message(flow, message, secrets)
+        return None
+
+    @staticmethod
+    def _scrub_message(flow: http.HTTPFlow, message: WebSocketMessage, secrets: Secrets) -> None:
+        """The layer holds the message until the hook is done: safe on a worker thread."""
+        clean = scrubbed(message.content, secrets)
+        if clean is not None:
+            message.content = clean
+            if _SCRUBBED_MESSAGE not in flow.comment:  # said once, however many messages
+                note(flow, _SCRUBBED_MESSAGE)
+
+    @staticmethod
+    def websocket_end(flow: http.HTTPFlow) -> None:
+        drop_carried(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
         carried = drop_carried(flow)

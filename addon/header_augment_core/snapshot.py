@@ -1,20 +1,27 @@
 """The cache the request path reads: one immutable object per provider answer, swapped by reference."""
 
+import base64
+import binascii
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import quote_from_bytes
+
+from .secret_headers import is_credential
 
 Fields = tuple[tuple[bytes, bytes], ...]
+Pairs = tuple[tuple[bytes, bytes], ...]  # (a form of a value, the marker that replaces it), longest first
+Secrets = tuple[Pairs, tuple[bytes, ...]]  # what to scrub from an answer: the pairs, and the probes searched for
 
 MARKER_PREFIX = b"<header-augment: "
-# Values shorter than this (`X-Tenant: eu`) are no secret, and replacing them would mangle unrelated text in bodies.
+# A credential shorter than this is replaced nowhere: searching an answer for 4 characters would mangle its text.
 MIN_SCRUBBED = 8
 # "Bearer <token>", "Basic <credentials>": an echo may show the credential without its scheme word.
-_SCHEME_AND_CREDENTIALS = re.compile(rb"[A-Za-z][A-Za-z0-9._~+/-]* +(\S+)")
+_SCHEME_AND_CREDENTIALS = re.compile(rb"([A-Za-z][A-Za-z0-9._~+/-]*) +(\S+)")
 
 
 def marker(name: str) -> bytes:
@@ -46,10 +53,23 @@ class Snapshot:
     display_names: tuple[str, ...] = field(default=())
     summary: str = ""  # for a flow's comment: "added A, B"
     # Made with the snapshot, on the refresher's thread, so that the event loop only looks them up:
-    masks: Mapping[tuple[bytes, bytes], bytes] = MappingProxyType({})  # (lower-cased name, value) → its marker
-    secrets: tuple[tuple[bytes, bytes], ...] = ()  # (value worth scrubbing from answers, marker), longest first
-    probes: tuple[bytes, ...] = ()  # the fewest of those values that any of them contains: what is searched for
+    # (lower-cased name, value) → its marker; and (name as `fields` spells it, value), which finds a field as it
+    # was added without lower-casing its name.
+    masks: Mapping[tuple[bytes, bytes], bytes] = MappingProxyType({})
+    # The forms of the credential headers' values an answer may echo (`_forms`), each with its marker: what answers
+    # are scrubbed of. Every added value is masked in the flow; only these are searched for in answers.
+    secrets: Pairs = ()
+    probes: tuple[bytes, ...] = ()  # the fewest of those forms that any of them contains: what is searched for
+    # The other headers' forms by lower-cased name, for an entry whose `secret_headers` names them.
+    others: Mapping[str, Pairs] = MappingProxyType({})
     signing: Any = None  # a signing kind's credentials (aws-sigv4): no headers, a signature made per request
+    # The values masked, to pass over a field spelled another way with a set lookup (derived from `masks`).
+    mask_values: frozenset[bytes] = field(init=False, repr=False, compare=False)
+    # scrubbed()'s answers by secret_headers: entries sharing this snapshot may name different ones.
+    _scrubbed: dict[frozenset[str], Secrets] = field(init=False, repr=False, compare=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mask_values", frozenset(value for _, value in self.masks))
 
     @classmethod
     def build(
@@ -59,18 +79,21 @@ class Snapshot:
         max_stale: float,
         lifetime: float | None = None,
         signing: Any = None,
+        secret: Callable[[str], bool] = is_credential,
     ) -> "Snapshot":
-        """`max_stale` (0: forever) and `lifetime` (the credential's, if known) both bound how long it is usable."""
+        """`max_stale` (0: forever) and `lifetime` (the credential's, if known) both bound how long it is usable.
+        `secret(name)`: whether a header's value is a credential, scrubbed from answers whatever an entry names in
+        its `secret_headers` (by default the names `is_credential` knows; `lambda name: True` makes all of them)."""
         fields = tuple((name.encode("ascii"), value.encode("ascii")) for name, value in headers)
         lowered = tuple(name.lower() for name, _ in fields)
         expires_at = math.inf if lifetime is None else fetched_at + lifetime
         markers = tuple(marker(name) for name, _ in headers)
         secrets: dict[bytes, bytes] = {}
-        for (_, value), stand_in in zip(fields, markers, strict=True):
-            credentials = _SCHEME_AND_CREDENTIALS.fullmatch(value)
-            for needle in (value, credentials and credentials[1]):
-                if needle and len(needle) >= MIN_SCRUBBED:
-                    secrets.setdefault(needle, stand_in)
+        others: dict[str, dict[bytes, bytes]] = {}
+        for (name, value), low, stand_in in zip(headers, lowered, markers, strict=True):
+            into = secrets if secret(name) else others.setdefault(name.lower(), {})
+            for form in _forms(low, value.encode("ascii")):
+                into.setdefault(form, stand_in)
         return cls(
             fields=fields,
             fields_h2=tuple(zip(lowered, (value for _, value in fields), strict=True)),
@@ -82,12 +105,33 @@ class Snapshot:
             display_names=tuple(name for name, _ in headers),
             summary=f"added {', '.join(name for name, _ in headers)}",
             masks=MappingProxyType(
-                {(low, value): m for low, (_, value), m in zip(lowered, fields, markers, strict=True)}
+                {
+                    key: m
+                    for low, (name, value), m in zip(lowered, fields, markers, strict=True)
+                    for key in ((name, value), (low, value))
+                }
             ),
-            secrets=tuple(sorted(secrets.items(), key=lambda item: -len(item[0]))),
+            secrets=_longest_first(secrets.items()),
             probes=probes_of(secrets),
+            others=MappingProxyType({name: _longest_first(pairs.items()) for name, pairs in others.items()}),
             signing=signing,
         )
+
+    def scrubbed(self, more: frozenset[str]) -> Secrets:
+        """What an answer is scrubbed of: the credentials' forms, and those of the headers named in `more` (an
+        entry's lower-cased `secret_headers`)."""
+        if not more:
+            return self.secrets, self.probes
+        found = self._scrubbed.get(more)
+        if found is None:
+            merged = dict(self.secrets)
+            for name, pairs in self.others.items():
+                if name in more:
+                    for value, stand_in in pairs:
+                        merged.setdefault(value, stand_in)
+            found = _longest_first(merged.items()), probes_of(merged)
+            self._scrubbed[more] = found
+        return found
 
     def restamped(self, max_stale: float) -> "Snapshot":
         """The same headers, usable for as long as `max_stale` (and their own lifetime) allows."""
@@ -97,8 +141,40 @@ class Snapshot:
         return now < self.usable_until
 
 
+def _forms(low: bytes, value: bytes) -> list[bytes]:
+    """The forms in which an answer may show a value of the header `low` (lower-cased): the value; the credentials
+    without their scheme word; Basic's `user:password` decoded, and the password; each cookie's value; and each of
+    these percent-encoded where that differs (a redirect's query). Only forms of MIN_SCRUBBED bytes or more."""
+    forms = [value]
+    scheme = _SCHEME_AND_CREDENTIALS.fullmatch(value)
+    if scheme is not None:
+        credentials = scheme[2]
+        # Without base64's padding, it is also found where the padding was percent-encoded, or left off.
+        forms += [credentials, credentials.rstrip(b"=")]
+        if scheme[1].lower() == b"basic":
+            try:
+                decoded = base64.b64decode(credentials, validate=True)
+                # UTF-8 only: found in UTF-8 text (a websocket's), it starts and ends on a character, and the marker
+                # in its place leaves the text valid.
+                decoded.decode()
+            except (binascii.Error, UnicodeDecodeError):
+                decoded = b""
+            if decoded:
+                forms += [decoded, decoded.partition(b":")[2]]
+    if low == b"cookie":
+        forms += [pair.partition(b"=")[2].strip() for pair in value.split(b";")]
+    forms += [quoted for form in forms if (quoted := quote_from_bytes(form, safe="").encode()) != form]
+    return [form for form in dict.fromkeys(forms) if len(form) >= MIN_SCRUBBED]
+
+
+def _longest_first(pairs) -> Pairs:
+    """Longest first: a form that holds another (`Bearer t`, `t`) is replaced whole."""
+    return tuple(sorted(pairs, key=lambda pair: -len(pair[0])))
+
+
 def probes_of(values) -> tuple[bytes, ...]:
-    """The values that contain no other: an answer holds one of `values` only if it holds one of these."""
+    """The values that contain no other, shortest first: an answer holds one of `values` only if it holds one of
+    these, and one shorter than the first holds none."""
     ordered = sorted(set(values), key=len)
     kept: list[bytes] = []
     for value in ordered:
