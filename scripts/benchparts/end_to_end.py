@@ -39,10 +39,11 @@ def fetch_through(proxy_port: int, upstream_port: int, timeout: float = 5) -> di
     return dict(json.loads(data.split(b"\r\n\r\n", 1)[1])["headers"])
 
 
-def wait_for_header(proxy_port: int, upstream_port: int, name: str, timeout: float = DEADLINE) -> None:
+def wait_for_header(proxy_port: int, upstream_port: int, name: str, timeout: float = DEADLINE, each: float = 5) -> None:
+    """`each`: how long one request may take (a proxy under valgrind takes many times as long)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if name in fetch_through(proxy_port, upstream_port):
+        if name in fetch_through(proxy_port, upstream_port, each):
             return
         time.sleep(0.05)
     raise RuntimeError(f"{name} never arrived through the proxy")
@@ -150,7 +151,7 @@ def instructions_per_request(confdir: Path, requests: int, warm: int, idle: floa
     try:
         for name, proxy in proxies.items():
             if name != "client sends them":
-                wait_for_header(proxy.port, upstream.port, "X-Bench-9", 300)
+                wait_for_header(proxy.port, upstream.port, "X-Bench-9", 600, 300)
         counts = counted_per_request(proxies, out, load, requests, warm, idle)
     finally:
         for proxy in proxies.values():

@@ -3,6 +3,8 @@
 whatever else the machine does."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -62,8 +64,6 @@ def hook_instructions() -> dict[str, float] | None:
     (the timings of part 1 are medians of a noisy machine). A run with INSTRUCTION_WARMUP calls of each variant, then
     one per variant with INSTRUCTION_FLOWS of its calls: the difference is that variant's, warmed up. None when
     valgrind is not installed."""
-    import shutil
-
     if shutil.which("valgrind") is None:
         return None
     return _differences("--hook-run", INSTRUCTION_VARIANTS, INSTRUCTION_FLOWS, INSTRUCTION_WARMUP)
@@ -84,8 +84,8 @@ ANSWER_VARIANTS = (
     ("1 KiB JSON, echo", True, None, "application/json", False),
     ("1 KiB PNG", True, bytes(range(256)) * 4, "image/png", False),
 )
-ANSWER_FLOWS = 1500
-ANSWER_WARMUP = 300
+ANSWER_FLOWS = 1000
+ANSWER_WARMUP = 200
 
 
 def answer_headers() -> list[tuple[str, str]]:
@@ -142,8 +142,6 @@ def answer_run(counts: list[int]) -> None:
 def answer_instructions() -> dict[str, float] | None:
     """Instructions per flow of the answer hooks, as `hook_instructions` counts the request hook. None when valgrind
     is not installed."""
-    import shutil
-
     if shutil.which("valgrind") is None:
         return None
     return _differences("--answer-run", ANSWER_VARIANTS, ANSWER_FLOWS, ANSWER_WARMUP)
@@ -152,15 +150,20 @@ def answer_instructions() -> dict[str, float] | None:
 def _differences(flag: str, variants: tuple, flows: int, warmup: int) -> dict[str, float]:
     """Runs `bench.py FLAG COUNTS` under callgrind: once with `warmup` calls of each variant, then once per variant
     with `flows` of its calls; the difference, per call, is that variant's, warmed up."""
+    # Two runs of the same counts differed by 2 million instructions (more than 1,000 a call over the calls a
+    # variant's count is divided by), and by 29,000 with string hashing fixed and address space randomisation off:
+    # the hashes of strings and of objects (their addresses) decide how dictionaries and sets collide.
+    steady = ["setarch", "-R"] if shutil.which("setarch") else []
 
     def collected(counts: list[int]) -> int:
         run = subprocess.run(
-            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, str(BENCH)]
+            [*steady, "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, str(BENCH)]
             + [flag, json.dumps(counts)],
             capture_output=True,
             text=True,
             check=True,
             timeout=1800,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
         )
         return int(run.stderr.split("Collected : ")[1].split()[0])
 
