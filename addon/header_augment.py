@@ -21,9 +21,10 @@ for _name in [m for m in sys.modules if m == "header_augment_core" or m.startswi
 from mitmproxy import command, ctx, exceptions, http  # noqa: E402
 from mitmproxy.proxy import mode_specs  # noqa: E402
 
-from header_augment_core import entries  # noqa: E402
+from header_augment_core import egress, entries  # noqa: E402
 from header_augment_core.admin import OPTION as ADMIN_OPTION  # noqa: E402
 from header_augment_core.admin import AdminEndpoint  # noqa: E402
+from header_augment_core.audit import AuditLog, new_key  # noqa: E402
 from header_augment_core.binding import Binding  # noqa: E402
 from header_augment_core.clients import proxyauth_changed  # noqa: E402
 from header_augment_core.counters import request_summary  # noqa: E402
@@ -39,12 +40,15 @@ from header_augment_core.options import (  # noqa: E402
 from header_augment_core.providers_file import load_providers_file  # noqa: E402
 from header_augment_core.request_path import RequestPath  # noqa: E402
 from header_augment_core.scheduler import Scheduler  # noqa: E402
-from header_augment_core.status import report  # noqa: E402
+from header_augment_core.status import addon_report, report  # noqa: E402
 
 logger = logging.getLogger("header_augment")
 
 COUNTERS_LOG_INTERVAL = 60.0
 FILE_CHECK_INTERVAL = 1.0
+AUDIT_OPTIONS = ("header_audit_log", "header_audit_require")
+# Options that change no entry: a change of one is applied on its own, without building the entries again.
+_NOT_ENTRIES = (ADMIN_OPTION, "header_keep_values", *AUDIT_OPTIONS)
 
 
 class RerouteGuard:
@@ -91,13 +95,15 @@ class HeaderAugment:
         self.error = path.error
         self.websocket_message, self.websocket_end = path.websocket_message, path.websocket_end
         self.http_connect, self.socks5_auth = path.http_connect, path.socks5_auth
+        self.server_connect, self.server_connected = path.server_connect, path.server_connected
         self.check_reroute, self.sign_streamed = path.check_reroute, path.sign_streamed  # the guard's hooks
         self._guard = RerouteGuard(self.check_reroute, self.sign_streamed)
         self._running = False
         self._configured = False
         self._file: SettledChange | None = None
         self._ticker: asyncio.Task | None = None
-        self._admin = AdminEndpoint(lambda: self.bindings, self.refresh)
+        self._admin = AdminEndpoint(lambda: self.bindings, self.refresh, path=path)
+        self._audit_key = new_key()  # the fingerprints' key: one per run, whatever the audit log's path becomes
         self._scheduler = Scheduler()
 
     @property
@@ -121,9 +127,11 @@ class HeaderAugment:
             if "proxyauth" in updated:
                 proxyauth_changed()
             if "proxyauth" in updated or any(
-                name.startswith("header_") and name not in (ADMIN_OPTION, "header_keep_values") for name in updated
+                name.startswith("header_") and name not in _NOT_ENTRIES for name in updated
             ):  # proxyauth: an entry's clients may name users only while it is set
                 self._configure_providers()
+            if not updated.isdisjoint(AUDIT_OPTIONS):
+                self._configure_audit()
             if ADMIN_OPTION in updated and self._running:
                 self._admin.serve()
         except SettingsError as e:
@@ -134,7 +142,8 @@ class HeaderAugment:
         change before it returns. A changed providers file, the frequent and large case, is built off the loop."""
         path = ctx.options.header_providers_file
         loaded = load_providers_file(path) if path else ([], None)
-        built = entries.build(self._wanted(loaded[0]), self._path.entries, self._path.seen, self._proxyauth())
+        policy = (self._egress(), *((loaded[0].egress,) if path else ()))
+        built = entries.build(self._wanted(loaded[0]), self._path.entries, self._path.seen, self._proxyauth(), policy)
         self._file = SettledChange(path, loaded[1]) if path else None
         self._install(built, entries.warnings(self._path.entries, built))
 
@@ -148,6 +157,37 @@ class HeaderAugment:
         return ctx.options.proxyauth if "proxyauth" in ctx.options else ""  # declared by mitmproxy's proxyauth addon
 
     def _install(self, built: entries.Entries, warnings: list[str]) -> None:
+    @staticmethod
+    def _egress() -> egress.EgressSettings:
+        return egress.from_options(ctx.options.header_egress, ctx.options.header_egress_allow)
+
+    def _configure_audit(self) -> None:
+        """header_audit_log and header_audit_require: a new path is opened here (an unwritable one is the option's
+        error, which stops mitmdump at start-up), and the answer hooks record each flow while a log is set."""
+        log_path, require = ctx.options.header_audit_log, ctx.options.header_audit_require
+        if require and not log_path:
+            raise SettingsError("header_audit_require: set header_audit_log too (the log that must be writable)")
+        current = self._path.audit
+        if current is not None and current.path == log_path:
+            current.require = require
+            return
+        self._path.audit = AuditLog(log_path, self._path.counts, self._audit_key, require) if log_path else None
+        if current is not None:
+            current.close()
+        self._bind_answer_hooks()
+
+    def _bind_answer_hooks(self) -> None:
+        """With an audit log the answer hooks also write each flow's line; without one they cost nothing more."""
+        path = self._path
+        if path.audit is None:
+            self.responseheaders, self.response, self.error = path.responseheaders, path.response, path.error
+            for hook in ("http_connected", "http_connect_error"):
+                self.__dict__.pop(hook, None)
+        else:
+            self.responseheaders = path.audited_responseheaders
+            self.response, self.error = path.audited_response, path.audited_error
+            self.http_connected = self.http_connect_error = path.audited_connect_end
+
         """Swaps the request path's entries (one reference) and stops the refreshers no entry uses any more."""
         previous, self._path.entries = self._path.entries, built
         for refresher in {b.refresher for b in previous.bindings} - {b.refresher for b in built.bindings}:
@@ -157,7 +197,7 @@ class HeaderAugment:
             if binding.counters not in kept:
                 # A new entry counts the flows seen from now, not from its build (on a thread, seconds earlier).
                 binding.counters.out_of_scope = 0
-        if not built.bindings and (previous.bindings or not self._configured):
+        if not built.bindings and built.egress is None and (previous.bindings or not self._configured):
             logger.warning(
                 "no header provider configured (%s, header_providers_file): header-augment is idle and adds no headers",
                 ", ".join(LOCATORS),
@@ -206,6 +246,10 @@ class HeaderAugment:
 
     async def _tick(self) -> None:
         """Reloads a changed providers file; logs the counters once a minute (at debug)."""
+        if (audit := self._path.audit) is not None:
+            self._path.audit = None
+            self._bind_answer_hooks()
+            audit.close()  # what is queued is written first
         last_log = time.monotonic()
         while True:
             await asyncio.sleep(FILE_CHECK_INTERVAL)
@@ -215,6 +259,8 @@ class HeaderAugment:
                     last_log = time.monotonic()
                     self._log_counters()
             except Exception:
+                if self._path.audit is not None:
+                    self._path.audit.probe()
                 logger.exception("header-augment: unexpected error in the periodic check; it goes on")
 
     def _log_counters(self) -> None:
@@ -223,6 +269,7 @@ class HeaderAugment:
                 "header provider %s: requests: %s; fetches: %s",
                 binding.settings.label,
                 request_summary(binding.counters),
+        logger.debug("header-augment: %s", addon_report(self._path))
                 binding.refresher.counts.summary(),
             )
 
@@ -236,11 +283,12 @@ class HeaderAugment:
         path = watch.path
         previous = self._path.entries
         single = self._wanted([])  # options are read here, on the loop; the file and the clients on the thread
-        proxyauth = self._proxyauth()
+        proxyauth, from_options = self._proxyauth(), self._egress()
 
         def build() -> tuple:
             entries_from_file, file_stamp = load_providers_file(path)
-            built = entries.build(single + entries_from_file, previous, self._path.seen, proxyauth)
+            policy = (from_options, entries_from_file.egress)
+            built = entries.build(single + entries_from_file, previous, self._path.seen, proxyauth, policy)
             return built, file_stamp, entries.warnings(previous, built)
 
         def unused(made: entries.Entries) -> None:
@@ -290,7 +338,7 @@ class HeaderAugment:
     @command.command("augment.status")
     def status(self) -> str:
         """Per provider: state, age of the last good answer, last error, header names in use and counters."""
-        return report(self.bindings, time.monotonic())
+        return report(self.bindings, time.monotonic(), self._path)
 
 
 addons = [HeaderAugment()]

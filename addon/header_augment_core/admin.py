@@ -27,7 +27,7 @@ from tornado import httpserver, iostream, netutil, web
 
 from .fields import SettingsError, shown
 from .metrics import registry_for
-from .status import Entry, state, status
+from .status import Entry, Path, state, status
 
 logger = logging.getLogger("header_augment")
 
@@ -124,15 +124,17 @@ class AdminEndpoint:
         idle_timeout: float = IDLE_TIMEOUT,
         body_timeout: float = BODY_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
+        path: Path | None = None,
     ) -> None:
         self.entries = entries
         self.refresh = refresh
+        self.path = path  # the request path: /status and /metrics show its egress policy and audit log
         self._limits = {
             "idle_connection_timeout": idle_timeout,  # tornado's header timeout too: a half-sent head is idle
             "body_timeout": body_timeout,
             "max_connections": max_connections,
         }
-        self.registry = registry_for(entries)
+        self.registry = registry_for(entries, path)
         routes = {"/ready": _Ready, "/live": _Live, "/metrics": _Metrics, "/status": _Status, "/refresh": _Refresh}
         args = {"admin": self}
         self._app = web.Application(
@@ -386,7 +388,7 @@ class _Metrics(_Handler):
 class _Status(_Handler):
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(status(self.admin.entries(), time.monotonic()), indent=2) + "\n")
+        self.finish(json.dumps(status(self.admin.entries(), time.monotonic(), self.admin.path), indent=2) + "\n")
 
 
 class _Refresh(_Handler):

@@ -68,6 +68,68 @@ def request_summary(counters) -> str:
     return ", ".join(f"{getattr(counters, c.attribute)} {c.text}" for c in REQUEST_COUNTERS)
 
 
+# The addon's own decisions, not any one entry's: each counted by reason class (decision.REASON_CLASSES: host,
+# address) as header_augment_<attribute>_total{reason_class=...}.
+EGRESS_COUNTERS = (
+    CounterDef(
+        "denied",
+        "denied",
+        "Requests, CONNECTs and connections header_egress=deny refused, by reason class: host (nothing names the "
+        "destination for the client) or address (a name that resolves to an address no rule names).",
+    ),
+    CounterDef(
+        "reported",
+        "reported",
+        "Requests, CONNECTs and connections header_egress=report let through that deny would refuse, by reason class.",
+    ),
+)
+# The audit log's figures (header_augment_<attribute>_total).
+AUDIT_COUNTERS = (
+    CounterDef("audit_written", "audit lines written", "Lines written to header_audit_log."),
+    CounterDef(
+        "audit_dropped",
+        "audit lines dropped",
+        "Audit lines dropped because the writer's queue was full (the file is slower than the traffic).",
+    ),
+    CounterDef(
+        "audit_failed",
+        "audit lines lost",
+        "Audit lines that could not be written: the file could not be opened or written.",
+    ),
+    CounterDef(
+        "audit_refused",
+        "refused for the audit log",
+        "Requests answered 503 instead of going out with a credential while the log could not be written "
+        "(header_audit_require).",
+    ),
+)
+
+
+class AddonCounters:
+    """The addon's own counters, kept across reconfigurations. The event loop writes the egress ones and
+    audit_dropped and audit_refused; the audit writer's thread writes audit_written and audit_failed (each counter
+    has one writer)."""
+
+    __slots__ = ("denied", "reported", *(c.attribute for c in AUDIT_COUNTERS))
+
+    def __init__(self) -> None:
+        self.denied: collections.Counter = collections.Counter()
+        self.reported: collections.Counter = collections.Counter()
+        for c in AUDIT_COUNTERS:
+            setattr(self, c.attribute, 0)
+
+
+def addon_summary(counters: AddonCounters, reason_classes: tuple[str, ...]) -> str:
+    """The log line's and the report's: "0 denied (host 0, address 0), ...; 3 audit lines written, ..."."""
+    egress = ", ".join(
+        f"{getattr(counters, c.attribute).total()} {c.text} ("
+        + ", ".join(f"{r} {getattr(counters, c.attribute)[r]}" for r in reason_classes)
+        + ")"
+        for c in EGRESS_COUNTERS
+    )
+    return egress + "; " + ", ".join(f"{getattr(counters, c.attribute)} {c.text}" for c in AUDIT_COUNTERS)
+
+
 # The scheduler that turns every refresher, read when asked (scheduler.Load): the status's "scheduler", the report's
 # line and the header_augment_scheduler_* gauges.
 SCHEDULER_NUMBERS = (

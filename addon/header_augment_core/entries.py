@@ -1,5 +1,6 @@
 """A configuration's entries, built off the event loop and swapped in by one reference: the bindings in file order,
-those that add headers and the index they are found by, and those that sign at the end of the addon chain."""
+those that add headers and the index they are found by, those that sign at the end of the addon chain, and the
+egress policy with its own index."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -8,7 +9,9 @@ from typing import Any
 from mitmproxy import flowfilter
 
 from .binding import Binding
+from .clients import Clients
 from .counters import RequestCounters, Seen
+from .egress import EgressPolicy, EgressSettings, policy_of
 from .fields import SettingsError, shown
 from .hosts import HostIndex
 from .paths import matcher
@@ -40,39 +43,47 @@ class Entries:
     signers: tuple[Binding, ...]
     index: HostIndex  # the adders by host
     signing: HostIndex  # the signers by host: a request pays for those that name its host, not for every one
+    egress: EgressPolicy | None = None  # None: header_egress=pass, and a request pays nothing for it
+    # Whether a request's lookup is made as a decision.Decision (the request path checks this one attribute).
+    decides: bool = False
 
     @classmethod
-    def of(cls, bindings: tuple[Binding, ...]) -> "Entries":
+    def of(cls, bindings: tuple[Binding, ...], egress: tuple[EgressSettings, ...] = ()) -> "Entries":
         adders = tuple(b for b in bindings if b.signer is None)
         signers = tuple(b for b in bindings if b.signer is not None)
+        policy = policy_of(egress, signers)
         return cls(
             bindings,
             adders,
             signers,
             HostIndex([(b.settings.hosts, b) for b in adders]),
             HostIndex([(b.settings.hosts, b) for b in signers]),
+            policy,
+            policy is not None,
         )
 
 
 NO_ENTRIES = Entries.of(())
 
 
-def build(wanted: list[tuple[ProviderSettings, Label]], previous: Entries, seen: Seen, proxyauth: str) -> Entries:
-    """Entries for `wanted` (settings, and how messages name their fields), nothing changed yet: raises
-    SettingsError, having stopped every refresher it made, if one cannot be made. Entries with equal fetch settings
-    share one refresher, kept from `previous` when it is there; an entry keeps its counters across reloads (found by
-    its name, or its source and position). Safe on a worker thread: it reads `previous` and touches nothing else."""
+def build(
+    wanted: list[tuple[ProviderSettings, Label]],
+    previous: Entries,
+    seen: Seen,
+    proxyauth: str,
+    egress: tuple[EgressSettings, ...] = (),
+) -> Entries:
+    """Entries for `wanted` (settings, and how messages name their fields) and the egress policy of `egress` (the
+    options', the providers file's), nothing changed yet: raises SettingsError, having stopped every refresher it
+    made, if one cannot be made. Entries with equal fetch settings share one refresher, kept from `previous` when it
+    is there; an entry keeps its counters across reloads (found by its name, or its source and position). Safe on a
+    worker thread: it reads `previous` and touches nothing else."""
     for settings, label_of in wanted:
-        if settings.clients.names and (not proxyauth or proxyauth.strip().lower() == "any"):
-            # proxyauth=any takes whatever user name a client sends: it would let any client be anyone.
-            why = "is not set" if not proxyauth else "is 'any', which accepts every user name a client sends"
-            named = sorted(settings.clients.names)
-            cut = [n if len(n) <= 40 else n[:40] + "…" for n in named[:3]]  # a name can be as long as the file
-            users = ", ".join(cut) + (f" and {len(named) - 3} more" * (len(named) > 3))
-            raise SettingsError(
-                f"{label_of('clients')}: names users ({users}), but "
-                f"proxyauth {why}: only users proxyauth checked tell clients apart"
-            )
+        _check_users(settings.clients, proxyauth, label_of("clients"))
+    for source in egress:
+        for rule in source.rules:
+            if rule.clients is not None:
+                _check_users(rule.clients, proxyauth, f"header_providers_file: {rule.label}: clients")
     # A refresher that broke (an unexpected error, logged) is replaced, not kept: reconfiguring revives it.
     running = {b.settings.fetch_key: b.refresher for b in previous.bindings if not b.refresher.broken}
     cached = {}  # the headers a running refresher holds for the same credentials (only a transport setting changed)
@@ -106,11 +117,23 @@ def build(wanted: list[tuple[ProviderSettings, Label]], previous: Entries, seen:
                     signer=_signer_of(settings),
                 )
             )
-        return Entries.of(tuple(bindings))
+        return Entries.of(tuple(bindings), egress)
     except Exception:
         for refresher in made.values():
             refresher.stop()  # made for this attempt only: close its client
         raise
+
+
+def _check_users(clients: Clients, proxyauth: str, label: str) -> None:
+    if clients.names and (not proxyauth or proxyauth.strip().lower() == "any"):
+        # proxyauth=any takes whatever user name a client sends: it would let any client be anyone.
+        why = "is not set" if not proxyauth else "is 'any', which accepts every user name a client sends"
+        named = sorted(clients.names)
+        cut = [n if len(n) <= 40 else n[:40] + "…" for n in named[:3]]  # a name can be as long as the file
+        users = ", ".join(cut) + (f" and {len(named) - 3} more" * (len(named) > 3))
+        raise SettingsError(
+            f"{label}: names users ({users}), but proxyauth {why}: only users proxyauth checked tell clients apart"
+        )
 
 
 def _entry_key(settings: ProviderSettings, index: int) -> tuple:

@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterator, Sequence
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .counters import REQUEST_EXTRAS, REQUEST_OUTCOMES, SCHEDULER_NUMBERS
+from .counters import AUDIT_COUNTERS, EGRESS_COUNTERS, REQUEST_EXTRAS, REQUEST_OUTCOMES, SCHEDULER_NUMBERS
+from .decision import REASON_CLASSES as DENIAL_CLASSES
 from .failures import REASON_CLASSES
 from .snapshot import NOTHING
-from .status import Entry, past_timeout, scheduler_of
+from .status import Entry, Path, past_timeout, scheduler_of
 
 PREFIX = "header_augment_"
 # Entries with equal fetch settings share one refresher; each reports its fetch metrics under its own label, so a
@@ -51,10 +52,12 @@ class ProviderCollector(Collector):
         entries: Callable[[], Sequence[Entry]],
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        path: Path | None = None,
     ) -> None:
         self._entries = entries
         self._clock = clock
         self._wall = wall
+        self._path = path  # the request path: the egress policy's and the audit log's counters
 
     def collect(self) -> Iterator[Metric]:
         entries = self._entries()
@@ -136,10 +139,31 @@ class ProviderCollector(Collector):
             load = scheduler.load(now)
             for c in SCHEDULER_NUMBERS:
                 yield GaugeMetricFamily(f"{PREFIX}scheduler_{c.attribute}", c.help, value=getattr(load, c.attribute))
+        if self._path is not None:
+            yield from _addon_metrics(self._path)
 
 
-def registry_for(entries: Callable[[], Sequence[Entry]]) -> CollectorRegistry:
+def _addon_metrics(path: Path) -> Iterator[Metric]:
+    """The egress policy's counters by reason class, and the audit log's."""
+    counts, audit = path.counts, path.audit
+    for c in EGRESS_COUNTERS:
+        family = CounterMetricFamily(PREFIX + c.attribute, c.help, labels=("reason_class",))
+        for reason_class in DENIAL_CLASSES:
+            family.add_metric((reason_class,), getattr(counts, c.attribute)[reason_class])
+        yield family
+    for c in AUDIT_COUNTERS:
+        yield CounterMetricFamily(PREFIX + c.attribute, c.help, value=getattr(counts, c.attribute))
+    if audit is not None:
+        yield GaugeMetricFamily(
+            PREFIX + "audit_writable",
+            "1 while header_audit_log can be written, 0 while it cannot (header_audit_require then refuses requests "
+            "that would carry a credential); absent while no audit log is set.",
+            value=1.0 if audit.writable else 0.0,
+        )
+
+
+def registry_for(entries: Callable[[], Sequence[Entry]], path: Path | None = None) -> CollectorRegistry:
     """A registry of our own holding only the provider collector."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProviderCollector(entries))
+    registry.register(ProviderCollector(entries, path=path))
     return registry

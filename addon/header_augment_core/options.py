@@ -13,6 +13,7 @@ logs these failures itself, this check can go.
 
 import difflib
 import logging
+from collections.abc import Sequence
 
 from mitmproxy import exceptions, optmanager
 from mitmproxy.utils import typecheck
@@ -59,6 +60,40 @@ OTHER_OPTIONS = (
         "Keep the values header-augment added in each flow once its request has been sent. By default they are "
         "replaced by <header-augment: NAME> there, so that -w flow files, hardump, the export commands and mitmweb "
         "never hold them; set this only to debug your own traffic.",
+    ),
+    Option(
+        "header_egress",
+        str,
+        "pass",
+        "Where requests may go: pass (every host, as without header-augment); deny (only the hosts an entry names "
+        "for the request's client, or header_egress_allow or a providers file's egress: allow rules; every other "
+        "request or CONNECT is answered 403, and a name that resolves to a loopback, link-local or private address "
+        "needs an address rule); report (everything goes out; what deny would refuse is counted and audited). A "
+        "providers file's egress: default applies too: the stricter of the two holds.",
+    ),
+    Option(
+        "header_egress_allow",
+        Sequence[str],
+        [],
+        "Hosts every client may reach with header_egress=deny, as header_hosts writes them (api.example.com, "
+        "*.example.com, host:port, 10.0.0.7), and networks (10.0.0.0/8, [fd00::]/8): an address or network also "
+        "admits names that resolve into it. Repeat the option or separate with commas.",
+    ),
+    Option(
+        "header_audit_log",
+        str,
+        "",
+        "File that gets one JSON line for every request header-augment added a credential to, signed, denied, "
+        "reported or refused: time, action, provider, client, method, host, path (no query), header names, status "
+        "and an HMAC fingerprint of the credential, never a value. Created 0600; reopened when logrotate renames "
+        "it. Empty: off.",
+    ),
+    Option(
+        "header_audit_require",
+        bool,
+        False,
+        "Answer 503 instead of sending a request with a credential while the header_audit_log file cannot be "
+        "written; service resumes by itself once it can.",
     ),
 )
 TABLE = _table()

@@ -10,6 +10,10 @@ providers:
     client_id: proxy
     client_secret_file: /run/secrets/partner
     hosts: [api.partner.example, "*.partner.example"]
+egress:                      # optional: the egress policy (egress.py)
+  default: deny
+  allow:
+    - hosts: [pypi.org, files.pythonhosted.org]
 """
 
 import difflib
@@ -24,6 +28,7 @@ from ruamel.yaml.events import AliasEvent, ScalarEvent
 from ruamel.yaml.nodes import MappingNode
 from ruamel.yaml.scanner import Scanner, ScannerError
 
+from .egress import EgressSettings, parse_section
 from .failures import Failed
 from .fields import SettingsError, shown
 from .files import Stamp, read_regular
@@ -37,7 +42,14 @@ MAX_DEPTH = 32
 # What a message keeps of a YAML error's own description (which quotes a character or a token of the file).
 PROBLEM_CHARS = 64
 
-Entries = list[tuple[ProviderSettings, Callable[[str], str]]]
+_TOP_LEVEL = ("providers", "egress")
+
+
+class Entries(list[tuple[ProviderSettings, Callable[[str], str]]]):
+    """The file's providers in file order, each with the labeller that names its fields in messages; and `egress`,
+    its `egress:` section (none given: an empty one)."""
+
+    egress: EgressSettings = EgressSettings()
 
 
 _TOO_DEEP = f"lists and mappings nested deeper than {MAX_DEPTH} levels"
@@ -165,8 +177,10 @@ def _accepted(kind: object) -> str:
 
 
 def load_providers_file(path: str, option: str = "header_providers_file") -> tuple[Entries, Stamp]:
-    """Every provider in the file, in file order, each with the labeller that names its fields in messages, and
-    the stamp of the content read. Applied only whole: SettingsError names the first entry and field at fault."""
+    """Every provider in the file, in file order, each with the labeller that names its fields in messages (and the
+    file's egress section as the list's `egress`), and the stamp of the content read. Applied only whole:
+    SettingsError names the first entry and field at fault. An unknown top-level field is refused: a misspelt
+    `egress` would otherwise leave the proxy open."""
     where = f"{option} {path}"
     try:
         data, read_stamp = read_regular(path, MAX_FILE_BYTES)
@@ -178,10 +192,22 @@ def load_providers_file(path: str, option: str = "header_providers_file") -> tup
         raise SettingsError(f"{where}: not UTF-8 text") from None
     except SettingsError as e:
         raise SettingsError(f"{where}: {e}") from None
-    entries = document.get("providers") if isinstance(document, dict) else document
+    egress = EgressSettings()
+    if isinstance(document, dict):
+        for key in document:
+            if key not in _TOP_LEVEL:
+                close = difflib.get_close_matches(str(key)[:MAX_NAME_CHARS], _TOP_LEVEL, n=1)
+                hint = f"; did you mean {close[0]}?" if close else f" (accepted: {', '.join(_TOP_LEVEL)})"
+                raise SettingsError(f"{where}: unknown top-level field {shown(key)}{hint}")
+        if "egress" in document:
+            egress = parse_section(document["egress"], where)
+        entries = document.get("providers", [] if "egress" in document else None)
+    else:
+        entries = document
     if not isinstance(entries, list):
         raise SettingsError(f"{where}: expected a list of providers (or a mapping with a 'providers' list)")
-    providers = []
+    providers = Entries()
+    providers.egress = egress
     names: set[str] = set()
     for number, entry in enumerate(entries, 1):
         here = f"{where}: provider {number}"

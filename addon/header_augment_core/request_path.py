@@ -4,6 +4,7 @@ request has left. Everything here runs on mitmproxy's event loop and nothing blo
 large goes to a worker thread, a wait for a provider's first answer is a coroutine that mitmproxy awaits."""
 
 import asyncio
+import ipaddress
 import logging
 import math
 import time
@@ -11,8 +12,10 @@ import weakref
 from collections.abc import Coroutine
 
 from mitmproxy import http
+from mitmproxy.proxy import mode_specs
 from mitmproxy.websocket import WebSocketMessage
 
+from . import audit as audit_log
 from .binding import DONE, WAIT, Binding, note
 from .carried import (
     CARRIED,
@@ -27,8 +30,11 @@ from .carried import (
     without_markers,
 )
 from .clients import TUNNEL, tunnel_opened
-from .counters import Seen
+from .counters import AddonCounters, Seen
+from .decision import DECISION, DENIED, DENY, HOST, NOTHING_NAMES_IT, PASS, Decision, decide, refusal
+from .egress import REPORT, Resolver, ip_of, resolve, special
 from .entries import NO_ENTRIES, Entries
+from .hosts import request_key
 from .refresher import Refresher
 from .snapshot import Secrets
 
@@ -43,6 +49,24 @@ REASK_AFTER_401_GAP = 10.0
 SCRUB_ON_LOOP = 64 * 1024
 NOT_WAITED: frozenset = frozenset()
 _SCRUBBED_MESSAGE = "header-augment: scrubbed our values from websocket messages"
+# On a flow whose answer the request path made itself in place of a credential (require's 503, a signing refusal,
+# the audit log's 503): the entry that refused it (None: the audit log's). The audit line says `refused`, with the
+# answer's first line as the reason.
+REFUSED = "_header_augment_refused"
+# On a flow the audit log has taken the record of what was added from (the answer hooks drop it) or written.
+AUDITED = "_header_augment_audited"
+_WRITTEN = object()
+# On a client connection: the destinations its requests and CONNECTs were decided for, with what server_connect
+# needs of that decision (admitted or not, and proxyauth's user), at most MAX_DECIDED of them.
+DECIDED = "_header_augment_decided"
+MAX_DECIDED = 256
+# On a client connection: the user a SOCKS5 handshake authenticated (proxyauth), for its connections' decisions.
+SOCKS_USER = "_header_augment_socks_user"
+# On a server connection while it connects to the address checked: the name and port it was opened for.
+PINNED = "_header_augment_pinned"
+_OUR_ANSWER = b"header-augment: "
+_NO_RULE = "no rule names for this client"
+_AUDIT_DOWN = "header-augment: the audit log cannot be written (header_audit_require is set)\n"
 
 
 class RequestPath:
@@ -56,6 +80,9 @@ class RequestPath:
         self._hook_errors = 0
         self._hook_error_logged_at = -HOOK_ERROR_LOG_INTERVAL
         self._reasked_at: weakref.WeakKeyDictionary[Refresher, float] = weakref.WeakKeyDictionary()
+        self.counts = AddonCounters()  # the addon's own: kept across configurations
+        self.audit: audit_log.AuditLog | None = None  # header_audit_log, swapped whole when it changes
+        self.resolve: Resolver = resolve  # how server_connect resolves a name for the address check
 
     def requestheaders(self, flow: http.HTTPFlow) -> Coroutine | None:
         if flow.response or flow.error or not flow.live:
@@ -68,24 +95,168 @@ class RequestPath:
             # upstream, and the proxy's own credentials never do.
             request.data.headers.fields = fields
             note(flow, "header-augment: removed Proxy-Authorization sent inside a tunnel")
+        entries = self.entries
+        if entries.decides:  # the one check a request pays with header_egress=pass
+            return self._decided(flow, entries)
         if request.data.method == b"TRACE":  # the upstream would send the request, with our headers, back
             note(flow, "header-augment: no headers for TRACE")
             return None
         self.seen.count += 1  # what _for does, written out here: a call less per request
-        index, host = self.entries.index, request.data.host
+        index, host = entries.index, request.data.host
         key, bindings = index.lookup(host)
         if key is None and (why := index.why_unmatchable(host)) is not None:
             note(flow, f"header-augment: not sent: {why}")
         return self._apply(flow, bindings, key, NOT_WAITED)
 
+    def _decided(self, flow: http.HTTPFlow, entries: Entries) -> Coroutine | None:
+        """`requestheaders` once the request's destination has a decision: the egress verdict first (a request
+        denied goes no further), then the entries the same lookup found."""
+        decision = decide(entries, flow)
+        flow.__dict__[DECISION] = decision
+        if not self._enforce(flow, decision):
+            return None
+        if flow.request.data.method == b"TRACE":
+            note(flow, "header-augment: no headers for TRACE")
+            return None
+        self.seen.count += 1
+        key = decision.key
+        if key is None and (why := entries.index.why_unmatchable(decision.host)) is not None:
+            note(flow, f"header-augment: not sent: {why}")
+        return self._apply(flow, decision.bindings, key, NOT_WAITED)
+
+    def _enforce(self, flow: http.HTTPFlow, decision: Decision) -> bool:
+        """Acts on a request's or CONNECT's decision: counted, said in the flow's comment, remembered for its
+        connection's address check, and answered 403 when denied (False: the flow goes no further)."""
+        verdict = decision.verdict
+        self._remember(flow, decision)
+        if verdict == PASS:
+            return True
+        (self.counts.denied if verdict == DENY else self.counts.reported)[decision.reason] += 1
+        note(flow, decision.comment())
+        if verdict == REPORT:
+            return True
+        if flow.request.stream:  # mitmproxy cannot answer a request whose body it streams: nothing was sent
+            flow.kill()
+        else:
+            flow.response = refusal(decision)
+        return False
+
     @staticmethod
-    def http_connect(flow: http.HTTPFlow) -> None:
+    def _remember(flow: http.HTTPFlow, decision: Decision) -> None:
+        """What `server_connect` needs of this decision for the connection it opens: whether the destination was
+        admitted, and proxyauth's user (as its metadata holds it, without the password)."""
+        decided = flow.client_conn.__dict__.setdefault(DECIDED, {})
+        if len(decided) >= MAX_DECIDED:
+            decided.clear()
+        user = flow.metadata.get("proxyauth")
+        decided[(decision.host, decision.port)] = (decision.verdict == PASS, None if user is None else (user[0], ""))
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """A CONNECT is decided as a request is: one to a denied host is answered 403 here, and mitmproxy then
+        opens no upstream connection and intercepts no TLS."""
         tunnel_opened(flow.client_conn)  # after proxyauth's own http_connect: built-in addons run first
+        entries = self.entries
+        if entries.decides and not flow.response:  # proxyauth may have answered 407
+            decision = decide(entries, flow)
+            flow.__dict__[DECISION] = decision
+            self._enforce(flow, decision)
 
     @staticmethod
     def socks5_auth(data) -> None:
         if data.valid:
             tunnel_opened(data.client_conn)
+            data.client_conn.__dict__[SOCKS_USER] = data.username
+
+    # -- the connection: decided where no request was (socks5, transparent), and its address checked --------------
+
+    def server_connect(self, data) -> Coroutine | None:
+        """With header_egress=deny or report: a connection no request or CONNECT of its client decided (a SOCKS5 or
+        transparent connection) is decided here, and refused by setting the server connection's error; and a name
+        is resolved here, its address checked (the address check), and the connection pinned to that address, so
+        that what was checked is what is connected to. In upstream mode the next proxy resolves: nothing to check."""
+        entries = self.entries
+        policy = entries.egress
+        if policy is None:
+            return None
+        server, client = data.server, data.client
+        if server.address is None or server.error or isinstance(client.proxy_mode, mode_specs.UpstreamMode):
+            return None
+        host, port = server.address
+        decided = client.__dict__.get(DECIDED)
+        known = decided.get((host, port)) if decided else None
+        if known is None:
+            user = client.__dict__.get(SOCKS_USER)
+            requester = _Requester(client, None if user is None else (user, ""))
+            key, bindings = entries.index.lookup(host)
+            rule = policy.admitting(key, port, requester, bindings)
+            admitted = rule is not None
+            if not admitted:
+                verdict = DENY if policy.deny else REPORT
+                if self._refuse_connection(data, Decision(verdict, HOST, host, port, NOTHING_NAMES_IT), requester):
+                    return None
+        else:
+            admitted, user = known
+            requester = _Requester(client, user)
+        if not admitted or ip_of(request_key(host)) is not None:
+            # Reported already (its address would be reported again), or an address: its own rule admitted it.
+            return None
+        return self._check_address(data, host, port, requester, entries)
+
+    async def _check_address(self, data, host: str, port: int, requester: "_Requester", entries: Entries) -> None:
+        policy = entries.egress
+        assert policy is not None
+        server = data.server
+        try:
+            addresses = await self.resolve(host, port)
+        except OSError as e:  # mitmproxy would resolve again: what it then connected to would be unchecked
+            server.error = f"header-augment: cannot resolve {host}: {e.strerror or type(e).__name__}"
+            return
+        chosen, refused = None, None
+        for text in addresses:
+            try:
+                address = ipaddress.ip_address(text)
+            except ValueError:
+                continue
+            kind = special(address)
+            if kind is None or policy.admits_address(address, port, requester, entries.index) is not None:
+                chosen = text
+                break
+            refused = refused or (text, kind)
+        if chosen is None:
+            if refused is None:
+                server.error = f"header-augment: cannot resolve {host}: no address"
+                return
+            text, kind = refused
+            verdict = DENY if policy.deny else REPORT
+            decision = Decision(verdict, "address", host, port, f"it resolves to {text}, a {kind} address {_NO_RULE}")
+            if self._refuse_connection(data, decision, requester):
+                return
+            chosen = text  # report: it goes where deny would have refused it
+        server.__dict__[PINNED] = server.address
+        server.address = (chosen, port)
+
+    @staticmethod
+    def server_connected(data) -> None:
+        """The connection was made to the address checked: mitmproxy knows it by the name again (it routes by
+        server.address: the requests of a tunnel take their host from it, and connections are reused by it)."""
+        pinned = data.server.__dict__.pop(PINNED, None)
+        if pinned is not None:
+            # mitmproxy 12.3.1's Server.__setattr__ refuses to change an open connection's address; the connection
+            # is made, and only its name is put back (the peer stays the address checked).
+            object.__setattr__(data.server, "address", pinned)
+
+    def _refuse_connection(self, data, decision: Decision, requester: "_Requester") -> bool:
+        """A connection's decision that is not a pass: counted, audited, and refused if denied (True)."""
+        denied = decision.verdict == DENY
+        (self.counts.denied if denied else self.counts.reported)[decision.reason] += 1
+        if self.audit is not None:
+            action = "denied" if denied else "reported"
+            self.audit.put(
+                audit_log.connection_line(data.client, requester, action, decision.host, decision.port, decision.reason)
+            )
+        if denied:
+            data.server.error = f"{DENIED} {decision.destination}: {decision.rule}"
+        return denied
 
     def _for(self, flow: http.HTTPFlow) -> tuple[str | None, tuple[Binding, ...]]:
         """The flow's host as patterns are kept (once per request), and the entries that may be for it, in order:
@@ -99,23 +270,59 @@ class RequestPath:
 
     def check_reroute(self, flow: http.HTTPFlow) -> Coroutine | None:
         """The match was made in `requestheaders` against the destination then. If an addon has rerouted the flow
-        since (map_remote does, in `request`), what we added goes back out, and the headers are applied again for
-        where it goes now: credentials never follow a flow to a host not named.
+        since (map_remote does, in `request`), it is decided again for where it goes now, what we added goes back
+        out, and the headers are applied again: credentials never follow a flow to a host not named, and a request
+        never goes to a host the egress policy denies. A flow that carries our values leaves only while the audit
+        log can record it (header_audit_require).
         Called at the end of the addon chain, by the script's reroute guard."""
+        if self.entries.decides:
+            self._decide_again(flow)
         carried = flow.__dict__.get(CARRIED)  # only a flow we added to can have been rerouted with our headers
         if carried is not None:
             data = flow.request.data
             if data.host != carried.host or data.port != carried.port:
                 self._take_back(flow, carried)
+            if self.audit is not None:
+                self._audit_gate(flow)
         if self.entries.signers and not (flow.response or flow.error or flow.request.stream):
             return self._sign(flow, False)
         return None
 
     def sign_streamed(self, flow: http.HTTPFlow) -> Coroutine | None:
         """A streamed request's headers leave once the `requestheaders` hooks have run: it is signed here, last."""
+        if self.audit is not None and CARRIED in flow.__dict__:
+            self._audit_gate(flow)
         if self.entries.signers and flow.request.stream and not (flow.response or flow.error) and flow.live:
             return self._sign(flow, False)
         return None
+
+    def _decide_again(self, flow: http.HTTPFlow) -> None:
+        decision = flow.__dict__.get(DECISION)
+        data = flow.request.data
+        if decision is None or flow.response or (data.host == decision.host and data.port == decision.port):
+            return
+        decision = decide(self.entries, flow)
+        flow.__dict__[DECISION] = decision
+        self._enforce(flow, decision)
+
+    def _audit_gate(self, flow: http.HTTPFlow) -> None:
+        """header_audit_require: a flow about to leave with our values while the audit log cannot be written is
+        answered 503 instead, with the request as the client sent it."""
+        audit = self.audit
+        if audit is None or not audit.require or audit.writable or flow.response or flow.error:
+            return
+        carried = carried_by(flow)
+        if carried is None:
+            return
+        self._restore(flow, carried)
+        flow.__dict__[AUDITED] = carried  # the line names what would have been sent
+        self.counts.audit_refused += 1
+        note(flow, "header-augment: refused: the audit log cannot be written (header_audit_require)")
+        flow.__dict__[REFUSED] = None
+        if flow.request.stream:
+            flow.kill()
+        else:
+            flow.response = http.Response.make(503, _AUDIT_DOWN, {"Content-Type": "text/plain; charset=utf-8"})
 
     def _sign(self, flow: http.HTTPFlow, waited: bool) -> Coroutine | None:
         """The first signing entry whose hosts the flow goes to signs it: a request carries one signature. The host
@@ -130,8 +337,19 @@ class RequestPath:
             if outcome is WAIT:
                 return self._sign_after_first_fetch(flow, binding)
             if outcome is not None:
-                return None if outcome is DONE else outcome
+                if flow.response:  # refused, not signed
+                    flow.__dict__[REFUSED] = binding
+                if outcome is DONE:
+                    if self.audit is not None:
+                        self._audit_gate(flow)
+                    return None
+                return outcome if self.audit is None else self._gated(flow, outcome)
         return None
+
+    async def _gated(self, flow: http.HTTPFlow, signing: Coroutine) -> None:
+        """A signature made on a worker thread: the audit log's gate once it is in the flow."""
+        await signing
+        self._audit_gate(flow)
 
     async def _sign_after_first_fetch(self, flow: http.HTTPFlow, binding: Binding) -> None:
         await self._first_fetch(binding)
@@ -140,13 +358,18 @@ class RequestPath:
         if (more := self._sign(flow, True)) is not None:
             await more
 
-    def _take_back(self, flow: http.HTTPFlow, carried: Carried) -> None:
+    @staticmethod
+    def _restore(flow: http.HTTPFlow, carried: Carried) -> None:
+        """Takes what we added out of the request, and gives back the fields it replaced."""
         request = flow.request
         drop_carried(flow)
         touched = carried.names | {b"connection"}  # and the Connection header we may have edited
         request.headers.fields = tuple(f for f in request.headers.fields if f[0].lower() not in touched) + tuple(
             f for f in carried.original if f[0].lower() in touched
         )
+
+    def _take_back(self, flow: http.HTTPFlow, carried: Carried) -> None:
+        self._restore(flow, carried)
         note(flow, f"header-augment: headers taken back: rerouted from {carried.host}:{carried.port} after the match")
         if not (flow.response or flow.error):
             key, bindings = self._for(flow)
@@ -239,6 +462,55 @@ class RequestPath:
                 binding.counters.reasked += 1
                 refresher.refresh_now()
 
+    # -- the audit log: the hooks the addon has in place of the answer hooks while header_audit_log is set --------
+
+    def audited_responseheaders(self, flow: http.HTTPFlow) -> None:
+        """`responseheaders`, keeping the record of what was added for the line (a streamed answer's hook drops it)."""
+        carried = flow.__dict__.get(CARRIED)
+        if carried is not None:
+            flow.__dict__[AUDITED] = carried
+        self.responseheaders(flow)
+
+    def audited_response(self, flow: http.HTTPFlow) -> Coroutine | None:
+        self._audit(flow, None)
+        return self.response(flow)
+
+    def audited_error(self, flow: http.HTTPFlow) -> None:
+        error = flow.error
+        # A connection the address check refused has its line already (server_connect has no flow to wait for).
+        if error is None or DENIED not in error.msg:
+            self._audit(flow, "failed")
+        self.error(flow)
+
+    def audited_connect_end(self, flow: http.HTTPFlow) -> None:
+        """`http_connected` and `http_connect_error`: a CONNECT's line, when it was denied or reported."""
+        self._audit(flow, None)
+
+    def _audit(self, flow: http.HTTPFlow, failed: str | None) -> None:
+        """The flow's line, once: denied or reported (its decision), refused (our own answer), or what was added
+        or signed (`failed` when the upstream never answered). Nothing for a flow that carried nothing of ours."""
+        audit = self.audit
+        own = flow.__dict__
+        if audit is None or own.get(AUDITED) is _WRITTEN:
+            return
+        carried = own.get(CARRIED) or own.get(AUDITED)
+        own[AUDITED] = _WRITTEN
+        given = carried.given if carried is not None else ()
+        decision = own.get(DECISION)
+        if decision is not None and decision.verdict != PASS:
+            action, reason = ("denied" if decision.verdict == DENY else "reported"), decision.reason
+        elif REFUSED in own and flow.response is not None:
+            action, reason = "refused", _first_line(flow.response)
+            if (binding := own[REFUSED]) is not None and not given:
+                audit.put(audit_log.flow_line(flow, action, reason, (), binding.settings))
+                return
+        elif given:
+            action = failed or ("signed" if given[0][0].signer is not None else "added")
+            reason = None
+        else:
+            return
+        audit.put(audit_log.flow_line(flow, action, reason, given))
+
     def _apply(
         self, flow: http.HTTPFlow, bindings: tuple[Binding, ...], key: str | None, waited: frozenset
     ) -> Coroutine | None:
@@ -253,6 +525,7 @@ class RequestPath:
             if outcome is WAIT:
                 return self._after_first_fetch(flow, bindings[index:], key, waited)
             if flow.response:
+                flow.__dict__[REFUSED] = binding  # our own answer (require's 503) in place of a credential
                 return None
         return None
 
@@ -300,11 +573,31 @@ class RequestPath:
                 self._hook_errors,
             )
         if binding.settings.require:
+            flow.__dict__[REFUSED] = binding
             flow.response = http.Response.make(
                 503, "header-augment: internal error (header_require is set)\n", {"Content-Type": "text/plain"}
             )
             binding.counters.in_scope += 1  # it was refused as one in scope
             binding.counters.refused += 1
+
+
+class _Requester:
+    """What `Clients.matches` and `clients.user_of` read of a flow (its client connection and proxyauth's metadata),
+    for a connection that has no flow at hand: the user is still checked against the proxyauth in force."""
+
+    __slots__ = ("client_conn", "metadata")
+
+    def __init__(self, client_conn, user: tuple[str, str] | None) -> None:
+        self.client_conn = client_conn
+        self.metadata = {} if user is None else {"proxyauth": user}
+
+
+def _first_line(response: http.Response) -> str | None:
+    """The reason our own answer gives (its first line, after "header-augment: "); never a value: we wrote it."""
+    body = response.raw_content or b""
+    if not body.startswith(_OUR_ANSWER):
+        return None
+    return body[len(_OUR_ANSWER) :].split(b"\n", 1)[0].decode("utf-8", "replace")
 
 
 def _without_proxy_authorization(headers: http.Headers) -> tuple | None:

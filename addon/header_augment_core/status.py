@@ -4,7 +4,17 @@ same rendered for people: header names, ages, reasons and counts, never a value.
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from .counters import REQUEST_COUNTERS, SCHEDULER_NUMBERS, request_summary, scheduler_summary
+from .counters import (
+    AUDIT_COUNTERS,
+    EGRESS_COUNTERS,
+    REQUEST_COUNTERS,
+    SCHEDULER_NUMBERS,
+    AddonCounters,
+    addon_summary,
+    request_summary,
+    scheduler_summary,
+)
+from .decision import REASON_CLASSES
 from .durations import format_age
 from .refresher import Refresher
 from .scheduler import Scheduler
@@ -25,6 +35,15 @@ class Entry(Protocol):
     settings: ProviderSettings
     refresher: Refresher
     counters: Any
+
+
+class Path(Protocol):
+    """What the status reads of the request path besides its entries: the addon's own counters, the audit log and
+    the egress policy (in its entries)."""
+
+    counts: AddonCounters
+    audit: Any
+    entries: Any
 
 
 def state(refresher: Refresher, now: float) -> str:
@@ -89,23 +108,55 @@ def provider_status(entry: Entry, now: float) -> dict[str, Any]:
     }
 
 
-def status(entries: Sequence[Entry], now: float) -> dict[str, Any]:
-    """`now` is the refreshers' clock, which their scheduler shares."""
+def addon_status(path: Path) -> dict[str, Any]:
+    """The egress policy and the audit log: the mode, the allow rules, and the counters of counters.py."""
+    counts, audit, policy = path.counts, path.audit, path.entries.egress
+    return {
+        "egress": {
+            **(policy.status() if policy is not None else {"mode": "pass", "allow": []}),
+            **{c.attribute: {r: getattr(counts, c.attribute)[r] for r in REASON_CLASSES} for c in EGRESS_COUNTERS},
+        },
+        "audit": {
+            "log": None if audit is None else audit.path,
+            "require": audit is not None and audit.require,
+            "writable": None if audit is None else audit.writable,
+            **{c.attribute: getattr(counts, c.attribute) for c in AUDIT_COUNTERS},
+        },
+    }
+
+
+def status(entries: Sequence[Entry], now: float, path: Path | None = None) -> dict[str, Any]:
+    """`now` is the refreshers' clock, which their scheduler shares. `path`: the request path, for the egress
+    policy and the audit log."""
     scheduler = scheduler_of(entries)
     load = None if scheduler is None else scheduler.load(now)
     return {
         "scheduler": None if load is None else {c.attribute: getattr(load, c.attribute) for c in SCHEDULER_NUMBERS},
         "providers": [provider_status(entry, now) for entry in entries],
+        **(addon_status(path) if path is not None else {}),
     }
 
 
-def report(entries: Sequence[Entry], now: float) -> str:
+def addon_report(path: Path) -> str:
+    """The report's and the periodic log line's: the egress mode and the audit log, with their counters."""
+    policy, audit = path.entries.egress, path.audit
+    egress = f"egress: {'pass' if policy is None else policy.mode}"
+    log = "off" if audit is None else f"{audit.path}{' (require)' if audit.require else ''}"
+    if audit is not None and not audit.writable:
+        log += ", cannot be written"
+    return f"{egress}; audit log: {log}; {addon_summary(path.counts, REASON_CLASSES)}"
+
+
+def report(entries: Sequence[Entry], now: float, path: Path | None = None) -> str:
     if not entries:
-        return (
+        idle = (
             "header-augment: idle (no provider configured: set header_provider_url, header_provider_file, "
             "header_provider_command or header_providers_file)"
         )
+        return idle if path is None else f"{idle}\n{addon_report(path)}"
     lines = [f"header-augment: {len(entries)} provider{'s' if len(entries) > 1 else ''}"]
+    if path is not None:
+        lines.append(addon_report(path))
     if (scheduler := scheduler_of(entries)) is not None:
         lines.append(f"scheduler: {scheduler_summary(scheduler.load(now))}")
     for number, entry in enumerate(entries, 1):

@@ -1,0 +1,72 @@
+"""One decision per request: a small frozen value, made once from the configuration's indexes (in `requestheaders`,
+or at `http_connect` for a tunnel), that the refusal, the counters, the flow's comment and the audit line all read.
+
+It carries the one host lookup the request path makes: the host's key and the entries that may be for it, which
+the request path then applies. What else the request path needs about its destination is added here, to the same
+lookup (the egress verdict first; then, with placeholders, the placeholders that may go to this host), never as a
+second lookup of its own.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from mitmproxy import http
+
+from .egress import DENY, PASS, REPORT
+
+HOST, ADDRESS = "host", "address"  # the reason classes of a refusal (the `denied` counter's label)
+REASON_CLASSES = (HOST, ADDRESS)
+# On the flow object, not in its metadata: metadata is saved with the flow, an attribute is not (as carried.CARRIED).
+DECISION = "_header_augment_decision"
+# The start of every refusal's first line, and of the server connection's error a refused connection gets.
+DENIED = "header-augment: denied"
+NOTHING_NAMES_IT = "no entry or allow rule names it for this client"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """`verdict`: pass, report (passes; deny would refuse it) or deny. `reason`: the class of a refusal (host,
+    address), None when it passes. `rule`: what decided: the entry or allow rule that names the destination, or
+    why nothing does. `key` and `bindings`: the host's request key and the entries that may be for it (the request
+    path's index), in file order."""
+
+    verdict: str
+    reason: str | None
+    host: str
+    port: int
+    rule: str
+    key: str | None = None
+    bindings: tuple = ()
+
+    @property
+    def destination(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def comment(self) -> str:
+        """The flow's comment for a decision that is not a pass (what mitmweb and the console show): the host and
+        why, never a value."""
+        if self.verdict == DENY:
+            return f"{DENIED} {self.destination}: {self.rule}"
+        return f"header-augment: reported {self.destination} (header_egress=report would deny it): {self.rule}"
+
+
+def decide(entries: Any, flow: http.HTTPFlow) -> Decision:
+    """The flow's decision: the index's entries for its destination (flow.request.host and .port, what mitmproxy
+    connects to, never the Host header) and the egress verdict for its client."""
+    data = flow.request.data
+    host, port = data.host, data.port
+    key, bindings = entries.index.lookup(host)
+    policy = entries.egress
+    if policy is None:
+        return Decision(PASS, None, host, port, "header_egress=pass", key, bindings)
+    found = policy.admitting(key, port, flow, bindings)
+    if found is not None:
+        return Decision(PASS, None, host, port, found, key, bindings)
+    return Decision(DENY if policy.deny else REPORT, HOST, host, port, NOTHING_NAMES_IT, key, bindings)
+
+
+def refusal(decision: Decision) -> http.Response:
+    """The proxy's own answer to a denied request or CONNECT: its first line names the host and why."""
+    return http.Response.make(
+        403, f"{DENIED} {decision.destination}: {decision.rule}\n", {"Content-Type": "text/plain; charset=utf-8"}
+    )
