@@ -67,7 +67,7 @@ def test_options_are_declared_with_help():
         ("header_refresh_interval", "3000000h", "header_refresh_interval: '3000000h' is too long"),
         ("header_provider_timeout", "3000000h", "header_provider_timeout: '3000000h' is too long"),
         ("header_max_stale", "999999h", "header_max_stale: '999999h' is too long"),
-        ("header_hosts", ["api.example.com/path"], "header_hosts: 'api.example.com': give the host alone"),
+        ("header_hosts", ["api.example.com/path"], "header_hosts: 'api.example.com/…' has a path: give the host alone"),
         ("header_hosts", ["*", "a.example"], "header_hosts: '*' (every host) cannot be combined"),
         ("header_hosts", [], "header_hosts: required"),
         ("header_aws_region", "eu-west-1", "header_aws_region: not used with header_provider_url"),

@@ -210,7 +210,7 @@ def test_hanging_provider_delays_neither_requests_nor_shutdown(mitmdump, provide
         (["--set", "header_provider_timeout=0s"], "header_provider_timeout"),
         (["--set", "header_refresh_interval=50ms"], "header_refresh_interval"),
         (["--set", "header_refresh_interval=3000000h"], "header_refresh_interval: '3000000h' is too long"),
-        (["--set", "header_hosts=https://api.example.com/"], "header_hosts: 'api.example.com': give the host alone"),
+        (["--set", "header_hosts=https://api.example.com/"], "header_hosts: 'https://api.example.com/' is a URL"),
     ],
 )
 def test_bad_options_exit_naming_the_option(mitmdump, provider, args, message):

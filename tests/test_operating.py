@@ -240,7 +240,7 @@ providers:
         ("- {url: 'http://a/', hosts: a, interval: .inf}", "provider 1: interval: inf is not a finite duration"),
         ("- {url: 'http://a/', hosts: a, interval: 3000000h}", "provider 1: interval: '3000000h' is too long"),
         ("- {url: 'http://a/'}", "provider 1: hosts: required"),
-        ("- {url: 'http://a/', hosts: 'a.example/x'}", "provider 1: hosts: 'a.example': give the host alone"),
+        ("- {url: 'http://a/', hosts: 'a.example/x'}", "provider 1: hosts: 'a.example/…' has a path"),
         ("[unclosed", "not valid YAML"),
     ],
 )

@@ -234,15 +234,36 @@ def _split(value: object) -> list[str]:
     return [part.strip() for item in items for part in item.split(",") if part.strip()]
 
 
-def _host_part(pattern: str) -> str:
-    """What a pattern that is really a URL names, without the scheme, user, path or query (which may hold secrets)."""
-    return re.split(r"[/?#]", pattern.split("://", 1)[-1].rpartition("@")[2], maxsplit=1)[0]
+# A pattern with "/@?#" in it, in its URL parts: scheme (RFC 3986), user information, host[:port], and the rest.
+_URL = re.compile(
+    r"(?:(?P<scheme>[a-z][a-z0-9+.-]*)://)?(?:(?P<user>[^/?#]*)@)?(?P<host>[^/?#]*)(?P<rest>.*)", re.I | re.S
+)
+_REST = {"/": "a path", "?": "a query", "#": "a fragment"}
+
+
+def _not_a_host(pattern: str) -> SettingsError:
+    """The error for a pattern written as a URL or with a user, path or query. It quotes what was typed but for the
+    user, path and query (they may hold secrets), and names the host[:port] to give instead."""
+    match = _URL.fullmatch(pattern)
+    assert match is not None  # every part may be empty
+    scheme, user, host, rest = match["scheme"], match["user"], match["host"], match["rest"]
+    typed = (f"{scheme}://" if scheme else "") + ("…@" if user is not None else "") + host
+    typed += rest if rest == "/" else rest[:1] + "…" * (len(rest) > 1)
+    try:
+        ported = _one(host)[2] is not None
+    except SettingsError:
+        host, ported = "", False  # none, or not a host: naming it would only lead to the next error
+    if scheme:
+        problem, fix = "is a URL", "give its host" + (" and port" if ported else "")
+    else:
+        problem, fix = "has " + ("a user part" if user is not None else _REST[rest[:1]]), "give the host alone"
+    return SettingsError(f"{shown(typed)} {problem}: {fix}" + (f", {host}" if host else ""))
 
 
 def _one(pattern: str) -> tuple[str, str, frozenset[int] | None]:
     """(table, host, ports) for one pattern; table is "exact" or "below". Raises SettingsError."""
     if any(c in pattern for c in "/@?#"):
-        raise SettingsError(f"{shown(_host_part(pattern))}: give the host alone (no scheme, user, path or query)")
+        raise _not_a_host(pattern)
     if any(c.isspace() for c in pattern):
         raise SettingsError(f"{shown(pattern)} is not a host[:port] (it has white space)")
     if pattern.startswith("["):
