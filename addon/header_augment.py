@@ -135,6 +135,11 @@ class HeaderAugment:
             if ADMIN_OPTION in updated and self._running:
                 self._admin.serve()
         except SettingsError as e:
+            if not self._running and updated == ctx.options.keys():
+                # The script loader's configure, which logs an error raised here under a traceback of our frame; a
+                # logged error stops mitmdump at start-up just the same. Nothing would roll back: no option changed.
+                logger.error("header-augment: %s", e)
+                return
             raise exceptions.OptionsError(str(e)) from None
 
     def _configure_providers(self) -> None:
