@@ -114,10 +114,11 @@ def flow_line(
     for binding, snapshot in given:
         settings = binding.settings
         providers.append(settings.name or settings.source.display)
-        headers.extend(snapshot.display_names)
         if binding.signer is None:
+            headers.extend(snapshot.display_names)
             credentials.append(snapshot.fields)
         else:  # the signature differs per request: the fingerprint is of the key it was made with
+            headers.extend(name.decode("ascii") for name in snapshot.lowered)  # Authorization, the session token
             signing = binding.refresher.snapshot.signing
             if signing is not None:
                 credentials.append((signing.access_key, signing.secret_key, signing.token or ""))
