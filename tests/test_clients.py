@@ -60,6 +60,7 @@ class Block:
     text: str
     section: str = ""
     language: str = "sh"
+    page: str = "README.md"  # or docs/NAME.md
 
     @property
     def lines(self) -> list[str]:
@@ -78,17 +79,18 @@ class Block:
         return [t for t in TOOLS if re.search(rf"(?:^|[\s(|]){t}\s", self.text, re.M)]
 
 
-def readme_blocks() -> list[Block]:
-    """Every fenced block of the README, in order, with the `##` and `###` headings above it ("" for none)."""
+def readme_blocks(page: str = "README.md") -> list[Block]:
+    """Every fenced block of the README (or of a page of docs/), in order, with the headings above it: its section
+    (the last `#` or `##` heading, a docs page's title until its first `##`) and subsection (`###`; "" for none)."""
     blocks, section, subsection = [], "", ""
-    pattern = r"^(##|###) ([^\n]+)$|^```(\w*)\n(.*?)^```$"  # a fence is matched whole: a `#` line inside is no heading
-    for match in re.finditer(pattern, (ROOT / "README.md").read_text(), re.M | re.S):
-        if match.group(1) == "##":
+    pattern = r"^(#{1,3}) ([^\n]+)$|^```(\w*)\n(.*?)^```$"  # a fence is matched whole: a `#` line inside is no heading
+    for match in re.finditer(pattern, (ROOT / page).read_text(), re.M | re.S):
+        if match.group(1) in ("#", "##"):
             section, subsection = match.group(2), ""
         elif match.group(1):
             subsection = match.group(2)
         else:
-            blocks.append(Block(subsection, match.group(4), section, match.group(3)))
+            blocks.append(Block(subsection, match.group(4), section, match.group(3), page))
     return blocks
 
 

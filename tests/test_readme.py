@@ -56,7 +56,7 @@ from mitmproxy.test import taddons
 from processes import Running, processes_in_group
 from prometheus_client.parser import text_string_to_metric_families
 from servers import ADDON, MITMDUMP, ROOT, HeldProvider, LoopbackProxy, Mitmdump, Provider, Upstream
-from test_clients import SECTION as CLIENTS_SECTION
+from test_clients import BLOCKS as CLIENTS_BLOCKS
 from test_clients import (
     Block,
     answers,
@@ -88,8 +88,12 @@ from header_augment_core.providers_file import load_providers_file
 # A dozen proxies start at once: on a busy 2-core machine the first test may wait for most of them.
 pytestmark = pytest.mark.timeout(150)
 
-README = (ROOT / "README.md").read_text()
-BLOCKS = [b for b in readme_blocks() if b.section != CLIENTS_SECTION]
+# The front page, then the reference: one page of docs/ per subject, each linked from the README's contents.
+PAGES = ["README.md", *sorted(f"docs/{path.name}" for path in (ROOT / "docs").glob("*.md"))]
+TEXT = {page: (ROOT / page).read_text() for page in PAGES}
+README = TEXT["README.md"]
+CLIENT_BLOCKS = set(CLIENTS_BLOCKS)  # tests/test_clients.py runs those (all `sh`: it checks that)
+BLOCKS = [b for page in PAGES for b in readme_blocks(page) if b not in CLIENT_BLOCKS]
 STAND_INS = ROOT / "tests" / "helpers" / "bin"
 VENV_BIN = MITMDUMP.parent
 START = 90  # bound on a proxy's start-up with a dozen starting at once on a busy machine: only guards against a hang
@@ -117,15 +121,17 @@ AZURE_TOKEN_URL = "https://login.microsoftonline.com/11111111-2222-3333-4444-555
 WORKLOAD = "system:serviceaccount:default:app"
 
 
-def section_text(name: str) -> str:
-    """The README's `## name` section, fenced blocks left out."""
-    start = README.index(f"\n## {name}\n")
-    end = README.find("\n## ", start + 1)
-    return re.sub(r"^```.*?^```$", "", README[start:end], flags=re.M | re.S)
+def section_text(name: str, page: str = "README.md") -> str:
+    """The `## name` section of the README or of a page of docs/ (`# name`: a page's text before its first `##`),
+    `###` subsections included, fenced blocks left out."""
+    text = re.sub(r"^```.*?^```$", "", TEXT[page], flags=re.M | re.S)
+    start = re.search(rf"^#{{1,2}} {re.escape(name)}$", text, re.M).end()
+    end = re.compile(r"^#{1,2} ", re.M).search(text, start)
+    return text[start : end.start() if end else len(text)]
 
 
-def blocks_in(section: str, language: str = "sh") -> list[Block]:
-    return [b for b in BLOCKS if b.section == section and b.language == language]
+def blocks_in(section: str, language: str = "sh", page: str = "README.md") -> list[Block]:
+    return [b for b in BLOCKS if b.page == page and b.section == section and b.language == language]
 
 
 def only(items: list):
@@ -536,42 +542,75 @@ def launch_recipe(
 
 
 def test_every_block_is_run_or_checked_here():
-    """A new block fails here until a test runs it (or says why it cannot): the README's rule (issue 11)."""
-    assert [(b.section, b.subsection, b.language) for b in BLOCKS] == [
-        ("", "", ""),  # the picture
-        ("The two commands", "", "sh"),  # test_the_two_commands
-        ("The two commands", "", "sh"),  # test_the_quick_start_shows_the_demo_headers
-        ("The two commands", "", ""),  # its output: test_the_quick_start_shows_the_demo_headers
-        ("Where credentials come from", "Google APIs with `gcloud auth print-access-token`", "sh"),  # test_the_recipe…
-        ("Where credentials come from", "A Kubernetes cluster API with `aws eks get-token`", "sh"),  # test_the_recipe…
-        ("Where credentials come from", "A projected service-account token in Kubernetes", "yaml"),  # …_projected_…
-        ("Where credentials come from", "A Vault Agent sink file", "sh"),  # test_the_recipe…
-        ("Where credentials come from", "The GitHub API as a GitHub App", "sh"),  # test_the_recipe…
-        ("Where credentials come from", "A Google service-account key", "sh"),  # test_the_recipe…
-        ("Where credentials come from", "Kubernetes to Google Cloud with Workload Identity Federation", "sh"),  # …
-        ("Where credentials come from", "An AKS workload with Azure workload identity", "sh"),  # test_the_recipe…
-        ("Where credentials come from", "A static file of headers", "sh"),  # test_the_recipe…
-        ("Which hosts get the headers: `header_hosts`", "Which clients get them: `header_clients`", "yaml"),  # …clients
-        ("Operating", "Several providers: `header_providers_file`", "yaml"),  # test_the_providers_file_…
-        ("AWS APIs, signed by the proxy: `kind: aws-sigv4`", "", "yaml"),  # tests/test_aws_sigv4_e2e.py
-        ("AWS APIs, signed by the proxy: `kind: aws-sigv4`", "", "sh"),  # tests/test_aws_sigv4_e2e.py
-        ("Install it", "", "sh"),  # test_the_install_command_runs
-        ("A pod with sidecars: `docker compose up`", "", ""),  # its output: test_kubernetes_and_compose_…
-        ("Kubernetes", "", "sh"),  # test_kubernetes_and_compose_name_files_that_exist
-        ("Kubernetes", "A shared gateway: `scripts/kubernetes/gateway/`", "sh"),  # test_the_gateway_commands_…
-        ("Troubleshooting", "", ""),  # messages: test_the_troubleshooting_messages_…
+    """A new block fails here until a test runs it (or says why it cannot): the README's rule (issue 11), which holds
+    for the pages of docs/ too."""
+    R, W = "README.md", "Where credentials come from"
+    assert [(b.page, b.section, b.subsection, b.language) for b in BLOCKS] == [
+        (R, "header-augment", "", ""),  # the picture
+        (R, "The two commands", "", "sh"),  # test_the_two_commands
+        (R, "The two commands", "", "sh"),  # test_the_quick_start_shows_the_demo_headers
+        (R, "The two commands", "", ""),  # its output: test_the_quick_start_shows_the_demo_headers
+        (R, W, "Google APIs with `gcloud auth print-access-token`", "sh"),  # test_the_recipe…
+        (R, W, "A Kubernetes cluster API with `aws eks get-token`", "sh"),  # test_the_recipe…
+        (R, W, "A projected service-account token in Kubernetes", "yaml"),  # …_projected_…
+        (R, W, "A Vault Agent sink file", "sh"),  # test_the_recipe…
+        (R, W, "The GitHub API as a GitHub App", "sh"),  # test_the_recipe…
+        (R, W, "A Google service-account key", "sh"),  # test_the_recipe…
+        (R, W, "Kubernetes to Google Cloud with Workload Identity Federation", "sh"),  # …
+        (R, W, "An AKS workload with Azure workload identity", "sh"),  # test_the_recipe…
+        (R, W, "A static file of headers", "sh"),  # test_the_recipe…
+        (R, "Which hosts get the headers: `header_hosts`", "Which clients get them: `header_clients`", "yaml"),
+        (R, "Operating", "Several providers: `header_providers_file`", "yaml"),  # test_the_providers_file_…
+        (R, "AWS APIs, signed by the proxy: `kind: aws-sigv4`", "", "yaml"),  # tests/test_aws_sigv4_e2e.py
+        (R, "AWS APIs, signed by the proxy: `kind: aws-sigv4`", "", "sh"),  # tests/test_aws_sigv4_e2e.py
+        (R, "Install it", "", "sh"),  # test_the_install_command_runs
+        (R, "A pod with sidecars: `docker compose up`", "", ""),  # its output: test_kubernetes_and_compose_…
+        (R, "Kubernetes", "", "sh"),  # test_kubernetes_and_compose_name_files_that_exist
+        (R, "Kubernetes", "A shared gateway: `scripts/kubernetes/gateway/`", "sh"),  # test_the_gateway_commands_…
+        ("docs/herd.md", "The result (N = 10,000, interval 360 s)", "", "sh"),  # test_the_herd_commands_run
+        ("docs/internals.md", "The two paths", "", ""),  # the map of the code: test_the_internals_map_names_files_…
+        ("docs/performance.md", "Performance", "", "sh"),  # test_the_bench_commands_are_the_benchs
+        ("docs/troubleshooting.md", "Troubleshooting", "", ""),  # messages: test_the_troubleshooting_messages_…
     ]
     assert list(RECIPE_BLOCKS) == list(RECIPES)
     assert sorted(PROSE_COMMANDS) == sorted([*PROSE, WEB])
     assert '"--web"' in (ROOT / "tests" / "test_scripts_run.py").read_text()
 
 
-def test_the_table_of_contents_lists_every_section():
-    listed = re.findall(r"^- \[(.+)\]\(#([\w-]+)\)$", README[: README.index("\n## ")], re.M)
+def test_the_contents_link_every_section_and_every_page_of_docs():
+    contents = README[: README.index("\n## ")]
+    listed = re.findall(r"^- \[(.+)\]\(#([\w-]+)\)$", contents, re.M)
     sections = re.findall(r"^## (.+)$", README, re.M)
     assert [title for title, _ in listed] == sections
-    for title, anchor in listed:  # GitHub's anchors: lower case, punctuation dropped, spaces as hyphens
-        assert anchor == re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-"), title
+    for title, anchor in listed:
+        assert anchor == anchor_of(title), title
+    # Each page of docs/ once, by its title; each starts with its title and a one-line summary.
+    pages = re.findall(r"^- \[(.+?)\]\((docs/[\w-]+\.md)\)", contents, re.M)
+    assert sorted(page for _, page in pages) == PAGES[1:]
+    for title, page in pages:
+        head = TEXT[page].split("\n", 4)
+        assert head[0] == f"# {title}" and head[1] == "" and head[2] and head[3] == "", page
+
+
+def anchor_of(title: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+
+def test_every_link_between_the_pages_leads_somewhere():
+    """A moved section leaves no link behind: each relative link names a file that exists and, with `#anchor`, a
+    heading of that page."""
+    for page in PAGES:
+        text = re.sub(r"^```.*?^```$", "", TEXT[page], flags=re.M | re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"\w+:", target):
+                continue  # https: and the like
+            path, _, anchor = target.partition("#")
+            there = (ROOT / page).parent / path if path else ROOT / page
+            assert there.exists(), (page, target)
+            if anchor:
+                headings = re.findall(r"^#+ (.+)$", there.read_text(), re.M)
+                assert anchor in {anchor_of(h) for h in headings}, (page, target)
 
 
 def test_the_two_commands():
@@ -884,7 +923,7 @@ def test_the_clients_example_loads(tmp_path):
     ]
 
 
-TROUBLES = only(blocks_in("Troubleshooting", "")).text.splitlines()
+TROUBLES = only(blocks_in("Troubleshooting", "", "docs/troubleshooting.md")).text.splitlines()
 
 
 def test_the_troubleshooting_messages_of_pending_values_are_the_addons(caplog):
@@ -905,3 +944,46 @@ def test_the_troubleshooting_messages_of_unusable_options_are_the_addons():
                 tctx.configure(addon, header_provider_url="http://127.0.0.1:9000/headers", **bad)
             raised.append(f"{type(error.value).__module__}.{type(error.value).__name__}: {error.value}")
     assert raised == [line for line in TROUBLES if not line.startswith("header-augment: ")]
+
+
+# -- the pages of docs/ that describe the code and its measurements ------------------------------------------------
+
+
+def without_the_venv() -> dict[str, str]:
+    """The environment of a shell that has not put .venv/bin on PATH (scripts/test has): what a reader's is."""
+    path = [d for d in os.environ["PATH"].split(os.pathsep) if Path(d).resolve() != VENV_BIN.resolve()]
+    return dict(os.environ) | {"PATH": os.pathsep.join(path)}
+
+
+def test_the_herd_commands_run():
+    """As written but for a fleet of 100, not 10,000 (tests/test_herd.py asserts the figures at 2,000): a row for
+    each scenario and schedule the command names."""
+    for line in only(blocks_in("The result (N = 10,000, interval 360 s)", page="docs/herd.md")).lines:
+        done = subprocess.run(
+            ["bash", "-c", f"{line} -n 100"], cwd=ROOT, env=without_the_venv(), capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        words = shlex.split(line)[2:]  # after `.venv/bin/python scripts/herd.py`
+        scenarios = [w for i, w in enumerate(words) if not w.startswith("-") and words[i - 1] != "--schedule"]
+        schedules = [w for i, w in enumerate(words) if words[i - 1] == "--schedule"]
+        schedules += ["no-spread", "spread"] if "--compare" in words else []
+        rows = re.findall(r"^\| (\S+) +\| (\S+) +\| 100 ", done.stdout, re.M)
+        assert sorted(rows) == sorted((s, k) for s in scenarios for k in schedules), done.stdout
+
+
+def test_the_bench_commands_are_the_benchs():
+    """A full run takes a quarter of an hour (tests/test_bench_smoke.py runs each part at its smallest): each command
+    shown is one the scripts take, its arguments checked by their parsers (`--help` after them)."""
+    for line in only(blocks_in("Performance", page="docs/performance.md")).lines:
+        command = line.split("#")[0]
+        done = subprocess.run(
+            ["bash", "-c", f"{command} --help"], cwd=ROOT, env=without_the_venv(), capture_output=True, text=True
+        )
+        assert done.returncode == 0 and "usage:" in done.stdout, line + done.stderr
+
+
+def test_the_internals_map_names_files_that_exist():
+    (block,) = [b for b in BLOCKS if b.page == "docs/internals.md"]
+    modules = {path.name for path in (ROOT / "addon").rglob("*.py")}
+    named = re.findall(r"\b(\w+\.py)\b", block.text)
+    assert len(named) > 20 and set(named) <= modules, set(named) - modules
