@@ -11,7 +11,7 @@ from mitmproxy.test import taddons
 from processes import Running
 from servers import ROOT, clean_env
 
-from header_augment_core import cli
+from header_augment_core import cli, launch
 
 WARNING = "not only loopback, and proxyauth is not set"
 
@@ -66,6 +66,8 @@ def test_help_says_where_it_listens():
     assert result.stdout.startswith(cli.HELP)
     assert f"listens on {cli.LISTEN_HOST} unless you pass --listen-host" in result.stdout
     assert "--listen-host HOST" in result.stdout  # mitmdump's own help follows
+    # the addon's options, one line each, before mitmdump's
+    assert result.stdout.index(launch.options_help()) < result.stdout.index("--listen-host HOST")
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,8 @@ import importlib.metadata
 import importlib.util
 import sys
 
+from . import launch
+
 SCRIPT_MODULE = "header_augment"
 LISTEN_HOST = "127.0.0.1"
 HELP = f"""header-augment: mitmdump with the header-augment addon loaded (mitmweb with --web); mitmdump's own
@@ -32,9 +34,7 @@ def script_path() -> str:
 
 def sets_listen_host(args: list[str]) -> bool:
     """Whether the arguments give listen_host with --set (mitmproxy refuses two values for one option)."""
-    values = [b for a, b in zip(args, args[1:], strict=False) if a == "--set"]
-    values += [a.removeprefix("--set=") for a in args if a.startswith("--set=")]
-    return any(v.partition("=")[0] == "listen_host" for v in values)
+    return "listen_host" in launch.set_values(args)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     args = [arg for arg in args if arg != "--web"]
     if "-h" in args or "--help" in args:
         print(HELP)
+        print(launch.options_help())
     if not sets_listen_host(args):
         # As a --set, the first of the ways to set an option that mitmproxy applies: config.yaml and --listen-host
         # still override it.
