@@ -430,7 +430,7 @@ def test_the_gateway_references_what_exists():
     maps = {d["metadata"]["name"] for d in k8s_documents("configmap.yaml")}
     maps |= {name for kind, name in objects if kind == "ConfigMap"}
     secrets = {name for kind, name in objects if kind == "Secret"}
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "kubernetes.md").read_text()
     for name, command in MADE_WITH_KUBECTL.items():
         assert command in readme, name
     for kind, name in (("Deployment", "gateway"), ("Deployment", "orders")):

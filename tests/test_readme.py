@@ -231,7 +231,7 @@ RECIPES = {
 RECIPE_BLOCKS = {b.subsection: b for b in blocks_in("Where credentials come from")}
 PROJECTED = only(blocks_in("Where credentials come from", "yaml"))
 PROVIDERS = only(blocks_in("Operating", "yaml"))
-INSTALL = only(blocks_in("Install it"))
+INSTALL = only(blocks_in("Install it", page="docs/install.md"))
 QUICK_START = blocks_in("The two commands")[1]
 PROSE_COMMANDS = [  # the inline commands of "The two commands", line breaks inside them undone
     " ".join(span.split())
@@ -563,12 +563,12 @@ def test_every_block_is_run_or_checked_here():
         (R, "Operating", "Several providers: `header_providers_file`", "yaml"),  # test_the_providers_file_…
         (R, "AWS APIs, signed by the proxy: `kind: aws-sigv4`", "", "yaml"),  # tests/test_aws_sigv4_e2e.py
         (R, "AWS APIs, signed by the proxy: `kind: aws-sigv4`", "", "sh"),  # tests/test_aws_sigv4_e2e.py
-        (R, "Install it", "", "sh"),  # test_the_install_command_runs
-        (R, "A pod with sidecars: `docker compose up`", "", ""),  # its output: test_kubernetes_and_compose_…
-        (R, "Kubernetes", "", "sh"),  # test_kubernetes_and_compose_name_files_that_exist
-        (R, "Kubernetes", "A shared gateway: `scripts/kubernetes/gateway/`", "sh"),  # test_the_gateway_commands_…
+        ("docs/compose.md", "A pod with sidecars: `docker compose up`", "", ""),  # its output: test_kubernetes_and_…
         ("docs/herd.md", "The result (N = 10,000, interval 360 s)", "", "sh"),  # test_the_herd_commands_run
+        ("docs/install.md", "Install it", "", "sh"),  # test_the_install_command_runs
         ("docs/internals.md", "The two paths", "", ""),  # the map of the code: test_the_internals_map_names_files_…
+        ("docs/kubernetes.md", "Kubernetes", "", "sh"),  # test_kubernetes_and_compose_name_files_that_exist
+        ("docs/kubernetes.md", "A shared gateway: `scripts/kubernetes/gateway/`", "", "sh"),  # test_the_gateway_…
         ("docs/performance.md", "Performance", "", "sh"),  # test_the_bench_commands_are_the_benchs
         ("docs/troubleshooting.md", "Troubleshooting", "", ""),  # messages: test_the_troubleshooting_messages_…
     ]
@@ -877,18 +877,19 @@ def test_the_options_table_is_the_addons():
 def test_kubernetes_and_compose_name_files_that_exist():
     """`kubectl apply` and `docker compose up` cannot run here (no cluster, no container engine); the README says
     how the tests keep them honest (tests/test_deploy.py). What they name must be there."""
-    kubectl = only(only([b for b in blocks_in("Kubernetes") if not b.subsection]).lines)
+    kubectl = only(only(blocks_in("Kubernetes", page="docs/kubernetes.md")).lines)
     files = re.findall(r"-f (\S+)", kubectl)
     assert files == ["scripts/kubernetes/configmap.yaml", "scripts/kubernetes/deployment.yaml"]
     for name in [*files, "scripts/kubernetes/generate_configmap.py", "docker-compose.yaml"]:
         assert (ROOT / name).is_file(), name
-    assert only(blocks_in("A pod with sidecars: `docker compose up`", "")).text.startswith("$ docker compose up\n")
+    compose = only(blocks_in("A pod with sidecars: `docker compose up`", "", "docs/compose.md"))
+    assert compose.text.startswith("$ docker compose up\n")
 
 
 def test_the_gateway_commands_make_a_ca_mitmproxy_uses_and_apply_files_that_exist(tmp_path):
     """The openssl and cat lines run here for real; mitmproxy then signs with that CA from a confdir holding it
     alone, as the gateway's pods mount it. The kubectl lines cannot run (no cluster): what they name must be there."""
-    (block,) = [b for b in blocks_in("Kubernetes") if b.subsection]
+    block = only(blocks_in("A shared gateway: `scripts/kubernetes/gateway/`", page="docs/kubernetes.md"))
     made = []
     for line in block.lines:
         if line.startswith("kubectl "):
