@@ -33,7 +33,7 @@ from processes import Running, free_port, processes_in_group
 from servers import ROOT, Mitmdump, Upstream, clean_env, wait_until
 
 SECTION = "Point your clients at it"
-CONFIG_SUBSECTION = "The same settings in config.yaml"
+CONFIG_PAGE, CONFIG_SUBSECTION = "docs/options.md", "The same settings in config.yaml"
 HEADLESS = (
     "--headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update "
     "--no-first-run --disable-sync --dump-dom"
@@ -97,13 +97,14 @@ def readme_blocks(page: str = "README.md") -> list[Block]:
 def section_blocks() -> tuple[list[Block], list[str]]:
     """The fenced blocks of the section, and the languages of any that are not `sh`."""
     found = [b for b in readme_blocks() if b.section == SECTION]
+    found += [b for b in readme_blocks(CONFIG_PAGE) if b.section == CONFIG_SUBSECTION]
     return [b for b in found if b.language == "sh"], [b.language for b in found if b.language != "sh"]
 
 
 BLOCKS, OTHER_BLOCKS = section_blocks()
 STARTS = [b for b in BLOCKS if not b.subsection and re.search(r"^scripts/run ", b.text, re.M)]
 ENVS = [b for b in BLOCKS if all(re.match(r"(export|unset) ", line) for line in b.lines)]
-CONFIGS = [b for b in BLOCKS if b.subsection == CONFIG_SUBSECTION]
+CONFIGS = [b for b in BLOCKS if b.page == CONFIG_PAGE]
 CLIENTS = [b for b in BLOCKS if b not in STARTS + ENVS + CONFIGS]
 ENV = ENVS[0] if ENVS else Block("", "")
 HTTPS_COMMANDS = {f"{b.name}-{i}": line for b in CLIENTS for i, line in enumerate(b.lines) if TLS_URL in line}
@@ -359,7 +360,7 @@ def test_config_yaml_holds_the_same_settings(world, tmp_path):
         other = pool.submit(Mitmdump, home / ".mitmproxy", "--set", "header_hosts=192.0.2.1", cwd=work)
         run.wait_for("headers in use: Authorization, X-Tenant")
         curl = client_command("curl", PLAIN_URL)
-        assert f"`{curl}`" in (ROOT / "README.md").read_text()  # the command the section says works with it
+        assert f"`{curl}`" in (ROOT / CONFIG_PAGE).read_text()  # the command the section says works with it
         result = World(work, home, world.ports | {8080: proxy_port}, run).run(curl)
         (answer,) = answers(result.stdout)
         assert has_demo_headers(answer), answer

@@ -230,7 +230,7 @@ RECIPES = {
 }
 RECIPE_BLOCKS = {b.subsection: b for b in blocks_in("Where credentials come from")}
 PROJECTED = only(blocks_in("Where credentials come from", "yaml"))
-PROVIDERS = only(blocks_in("Operating", "yaml"))
+PROVIDERS = only(blocks_in("Several providers: `header_providers_file`", "yaml", "docs/providers-file.md"))
 INSTALL = only(blocks_in("Install it", page="docs/install.md"))
 QUICK_START = blocks_in("The two commands")[1]
 PROSE_COMMANDS = [  # the inline commands of "The two commands", line breaks inside them undone
@@ -559,17 +559,17 @@ def test_every_block_is_run_or_checked_here():
         (R, W, "Kubernetes to Google Cloud with Workload Identity Federation", "sh"),  # …
         (R, W, "An AKS workload with Azure workload identity", "sh"),  # test_the_recipe…
         (R, W, "A static file of headers", "sh"),  # test_the_recipe…
-        (R, "Which hosts get the headers: `header_hosts`", "Which clients get them: `header_clients`", "yaml"),
-        (R, "Operating", "Several providers: `header_providers_file`", "yaml"),  # test_the_providers_file_…
         (R, "AWS APIs, signed by the proxy: `kind: aws-sigv4`", "", "yaml"),  # tests/test_aws_sigv4_e2e.py
         (R, "AWS APIs, signed by the proxy: `kind: aws-sigv4`", "", "sh"),  # tests/test_aws_sigv4_e2e.py
         ("docs/compose.md", "A pod with sidecars: `docker compose up`", "", ""),  # its output: test_kubernetes_and_…
         ("docs/herd.md", "The result (N = 10,000, interval 360 s)", "", "sh"),  # test_the_herd_commands_run
+        ("docs/hosts.md", "Which clients get them: `header_clients`", "", "yaml"),  # test_the_clients_example_…
         ("docs/install.md", "Install it", "", "sh"),  # test_the_install_command_runs
         ("docs/internals.md", "The two paths", "", ""),  # the map of the code: test_the_internals_map_names_files_…
         ("docs/kubernetes.md", "Kubernetes", "", "sh"),  # test_kubernetes_and_compose_name_files_that_exist
         ("docs/kubernetes.md", "A shared gateway: `scripts/kubernetes/gateway/`", "", "sh"),  # test_the_gateway_…
         ("docs/performance.md", "Performance", "", "sh"),  # test_the_bench_commands_are_the_benchs
+        ("docs/providers-file.md", "Several providers: `header_providers_file`", "", "yaml"),  # …_providers_file_…
         ("docs/troubleshooting.md", "Troubleshooting", "", ""),  # messages: test_the_troubleshooting_messages_…
     ]
     assert list(RECIPE_BLOCKS) == list(RECIPES)
@@ -790,12 +790,13 @@ def test_the_providers_file_starts_mitmdump(world):
     assert launched.run.proc.poll() is None, launched.run.output
 
 
-ADMIN_SETTING = re.search(r"`(--set header_admin_listen=[^`]+)`", README).group(1)
+ADMIN = "Readiness, liveness and metrics: `header_admin_listen`", "docs/operating.md"
+ADMIN_SETTING = re.search(r"`(--set header_admin_listen=[^`]+)`", section_text(*ADMIN)).group(1)
 ADMIN_REQUESTS = [("GET", "/ready"), ("GET", "/live"), ("GET", "/metrics"), ("GET", "/status"), ("POST", "/refresh")]
 
 
 def test_the_admin_endpoint_answers_as_the_table_says(world):
-    table = re.findall(r"^\| `(GET|POST) (/\w+)` \|", section_text("Operating"), re.M)
+    table = re.findall(r"^\| `(GET|POST) (/\w+)` \|", section_text(*ADMIN), re.M)
     assert table == ADMIN_REQUESTS
     admin, held = world.admin, world.held
     port = int(admin.wait_for(r"admin endpoint listening at 127\.0\.0\.1:(\d+)", START).group(1))
@@ -818,7 +819,7 @@ def test_the_admin_endpoint_answers_as_the_table_says(world):
     status = json.loads(answers_[("GET", "/status")].text)
     assert "Authorization" in json.dumps(status) and "admin-t0ken" not in json.dumps(status)
     scraped = [s for f in text_string_to_metric_families(answers_[("GET", "/metrics")].text) for s in f.samples]
-    paragraph = re.search(r"^Metrics, each with the label .*?\n\n", section_text("Operating"), re.M | re.S).group()
+    paragraph = re.search(r"^Metrics, each with the label .*?\n\n", section_text(*ADMIN), re.M | re.S).group()
     assert sorted(re.findall(r"`(header_augment_\w+)`", paragraph)) == sorted({s.name for s in scraped})
     # An entry without a name: its source. The scheduler's own gauges have no label.
     assert {s.labels["provider"] for s in scraped if not s.name.startswith("header_augment_scheduler_")} == {held.url}
@@ -848,7 +849,7 @@ def launch_install(base: Path, ports: dict[int, int], relay: LoopbackProxy) -> L
 
 
 def test_the_options_table_is_the_addons():
-    rows = re.findall(r"^\| `(header_\w+)` \|([^|]*)\|", section_text("Options"), re.M)
+    rows = re.findall(r"^\| `(header_\w+)` \|([^|]*)\|", section_text("Options", "docs/options.md"), re.M)
     shown = {name: cell.strip() for name, cell in rows}
     assert len(rows) == len(shown) and sorted(shown) == sorted(o.name for o in OPTIONS)
     described = {  # defaults the table describes rather than shows
@@ -914,7 +915,7 @@ def test_the_gateway_commands_make_a_ca_mitmproxy_uses_and_apply_files_that_exis
 
 def test_the_clients_example_loads(tmp_path):
     """The providers file of `header_clients`, loaded with proxyauth set: one token per workload, for one host."""
-    (block,) = [b for b in BLOCKS if b.subsection == "Which clients get them: `header_clients`"]
+    block = only(blocks_in("Which clients get them: `header_clients`", "yaml", "docs/hosts.md"))
     path = tmp_path / "providers.yaml"
     path.write_text(block.text)
     entries, _ = load_providers_file(str(path))
