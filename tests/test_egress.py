@@ -80,7 +80,7 @@ def test_deny_lets_out_named_and_allowed_hosts_and_answers_the_rest_itself(proxy
     give(proxy.addon, ("Authorization", "Bearer x"))
     named = proxy.request("api.example.com")
     assert status_of(named) is None and named.request.headers["Authorization"] == "Bearer x"
-    assert named.__dict__[DECISION].rule.startswith("provider ")
+    assert named.__dict__[DECISION].by is proxy.addon.bindings[0]
     assert status_of(proxy.request("pypi.org", 8080)) is None
     assert status_of(proxy.request("files.pythonhosted.org")) is None
     for host, port in (("files.pythonhosted.org", 80), ("pythonhosted.org", 443), ("api.example.com.evil", 443)):
@@ -295,7 +295,7 @@ def test_a_decision_costs_one_lookup_whatever_the_number_of_rules(tmp_path):
         for i in (0, 1234, 1999):
             f = make_flow(host=f"h{i}.example.com")
             f.client_conn.peername = (f"10.{i // 256}.{i % 256}.9", 1)
-            assert decide(entries, f).rule == f"egress allow rule {i + 1}"
+            assert decide(entries, f).by.label == f"egress allow rule {i + 1}"
             f.client_conn.peername = ("10.200.200.9", 1)
             assert decide(entries, f).verdict == "deny"
         assert len(entries.egress.index.candidates("h77.example.com")) == 1

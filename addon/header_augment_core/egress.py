@@ -204,11 +204,6 @@ def _admits(item: Any, key: str | None, port: int, literal: bool, requester: Any
     return clients is None or clients.matches(requester)
 
 
-def label_of(item: Any) -> str:
-    label = getattr(item, "label", None)
-    return label if isinstance(label, str) else f"provider {item.settings.label}"
-
-
 class EgressPolicy:
     """One configuration's policy, built with its entries (off the loop for a providers file): the mode, the allow
     rules and their index by host (with the signing entries, which the request path's index does not hold), and the
@@ -235,37 +230,37 @@ class EgressPolicy:
             for version, table in networks.items()
         }
 
-    def admitting(self, key: str | None, port: int, requester: Any, bindings: Sequence[Any]) -> str | None:
-        """What names the destination for `requester` (an entry among `bindings`, the request path's candidates for
-        `key`, or an allow rule), as a flow's comment names it; None when nothing does."""
+    def admitting(self, key: str | None, port: int, requester: Any, bindings: Sequence[Any]) -> Any:
+        """What names the destination for `requester`: an entry among `bindings` (the request path's candidates for
+        `key`) or the policy's index, or an allow rule; None when nothing does."""
         address = ip_of(key)
         literal = address is not None
         for binding in bindings:
             if _admits(binding, key, port, literal, requester):
-                return label_of(binding)
+                return binding
         for item in self.index.candidates(key):
             if _admits(item, key, port, literal, requester):
-                return label_of(item)
+                return item
         if address is not None:
             return self._network_rule(address, requester)
         return None
 
-    def admits_address(self, address: Address, port: int, requester: Any, adders: HostIndex) -> str | None:
+    def admits_address(self, address: Address, port: int, requester: Any, adders: HostIndex) -> Any:
         """What names `address` (an address rule: an exact address in an entry's or a rule's hosts, or a network
         of a rule) for the requester; None when nothing does."""
         key = str(address)
         for index in (adders, self.index):
             for item in index.candidates(key):
                 if _admits(item, key, port, True, requester):
-                    return label_of(item)
+                    return item
         return self._network_rule(address, requester)
 
-    def _network_rule(self, address: Address, requester: Any) -> str | None:
+    def _network_rule(self, address: Address, requester: Any) -> AllowRule | None:
         for length, table in self._networks[address.version]:
             rules = table.get(ipaddress.ip_network((address, length), strict=False))
             for rule in rules or ():
                 if rule.clients is None or rule.clients.matches(requester):
-                    return rule.label
+                    return rule
         return None
 
     def status(self) -> Mapping[str, Any]:

@@ -31,7 +31,7 @@ from .carried import (
 )
 from .clients import TUNNEL, tunnel_opened
 from .counters import AddonCounters, Seen
-from .decision import DECISION, DENIED, DENY, HOST, NOTHING_NAMES_IT, PASS, Decision, decide, refusal
+from .decision import ADDRESS, DECISION, DENIED, DENY, HOST, NOTHING_NAMES_IT, PASS, Decision, decide, refusal
 from .egress import REPORT, Resolver, ip_of, resolve, special
 from .entries import NO_ENTRIES, Entries
 from .hosts import request_key
@@ -188,11 +188,11 @@ class RequestPath:
             user = client.__dict__.get(SOCKS_USER)
             requester = _Requester(client, None if user is None else (user, ""))
             key, bindings = entries.index.lookup(host)
-            rule = policy.admitting(key, port, requester, bindings)
-            admitted = rule is not None
+            admitted = policy.admitting(key, port, requester, bindings) is not None
             if not admitted:
                 verdict = DENY if policy.deny else REPORT
-                if self._refuse_connection(data, Decision(verdict, HOST, host, port, NOTHING_NAMES_IT), requester):
+                decision = Decision(verdict, HOST, host, port, None, NOTHING_NAMES_IT)
+                if self._refuse_connection(data, decision, requester):
                     return None
         else:
             admitted, user = known
@@ -228,7 +228,8 @@ class RequestPath:
                 return
             text, kind = refused
             verdict = DENY if policy.deny else REPORT
-            decision = Decision(verdict, "address", host, port, f"it resolves to {text}, a {kind} address {_NO_RULE}")
+            why = f"it resolves to {text}, a {kind} address {_NO_RULE}"
+            decision = Decision(verdict, ADDRESS, host, port, None, why)
             if self._refuse_connection(data, decision, requester):
                 return
             chosen = text  # report: it goes where deny would have refused it
@@ -255,7 +256,7 @@ class RequestPath:
                 audit_log.connection_line(data.client, requester, action, decision.host, decision.port, decision.reason)
             )
         if denied:
-            data.server.error = f"{DENIED} {decision.destination}: {decision.rule}"
+            data.server.error = f"{DENIED} {decision.destination}: {decision.why}"
         return denied
 
     def _for(self, flow: http.HTTPFlow) -> tuple[str | None, tuple[Binding, ...]]:
