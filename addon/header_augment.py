@@ -158,11 +158,6 @@ class HeaderAugment:
         return ([(single, label)] if single is not None else []) + from_file
 
     @staticmethod
-    def _proxyauth() -> str:
-        return ctx.options.proxyauth if "proxyauth" in ctx.options else ""  # declared by mitmproxy's proxyauth addon
-
-    def _install(self, built: entries.Entries, warnings: list[str]) -> None:
-    @staticmethod
     def _egress() -> egress.EgressSettings:
         return egress.from_options(ctx.options.header_egress, ctx.options.header_egress_allow)
 
@@ -193,6 +188,11 @@ class HeaderAugment:
             self.response, self.error = path.audited_response, path.audited_error
             self.http_connected = self.http_connect_error = path.audited_connect_end
 
+    @staticmethod
+    def _proxyauth() -> str:
+        return ctx.options.proxyauth if "proxyauth" in ctx.options else ""  # declared by mitmproxy's proxyauth addon
+
+    def _install(self, built: entries.Entries, warnings: list[str]) -> None:
         """Swaps the request path's entries (one reference) and stops the refreshers no entry uses any more."""
         previous, self._path.entries = self._path.entries, built
         for refresher in {b.refresher for b in previous.bindings} - {b.refresher for b in built.bindings}:
@@ -246,35 +246,35 @@ class HeaderAugment:
         bindings, self._path.entries = self.bindings, entries.NO_ENTRIES
         for refresher in {b.refresher for b in bindings}:
             refresher.stop()
+        if (audit := self._path.audit) is not None:
+            self._path.audit = None
+            self._bind_answer_hooks()
+            audit.close()  # what is queued is written first
         self._scheduler.close()  # its threads end with the turns in flight, which the stops have aborted
         self._scheduler = Scheduler()
 
     async def _tick(self) -> None:
         """Reloads a changed providers file; logs the counters once a minute (at debug)."""
-        if (audit := self._path.audit) is not None:
-            self._path.audit = None
-            self._bind_answer_hooks()
-            audit.close()  # what is queued is written first
         last_log = time.monotonic()
         while True:
             await asyncio.sleep(FILE_CHECK_INTERVAL)
             try:
+                if self._path.audit is not None:
+                    self._path.audit.probe()
                 await self._reload_providers_file()
                 if time.monotonic() - last_log >= COUNTERS_LOG_INTERVAL:
                     last_log = time.monotonic()
                     self._log_counters()
             except Exception:
-                if self._path.audit is not None:
-                    self._path.audit.probe()
                 logger.exception("header-augment: unexpected error in the periodic check; it goes on")
 
     def _log_counters(self) -> None:
+        logger.debug("header-augment: %s", addon_report(self._path))
         for binding in self.bindings:
             logger.debug(
                 "header provider %s: requests: %s; fetches: %s",
                 binding.settings.label,
                 request_summary(binding.counters),
-        logger.debug("header-augment: %s", addon_report(self._path))
                 binding.refresher.counts.summary(),
             )
 
