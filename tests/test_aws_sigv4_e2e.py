@@ -395,10 +395,10 @@ def test_a_streamed_body_is_sent_as_unsigned_payload_to_s3_only_where_the_entry_
 
 def test_the_readme_recipe_uploads_with_curl_holding_no_aws_configuration(moto, tmp_path):
     """The README's providers file and commands, with its S3 host and URL pointed at moto (path-style, plain HTTP)."""
-    section = "AWS APIs, signed by the proxy: `kind: aws-sigv4`"
-    recipe, commands = [b for b in readme_blocks() if b.section == section]
+    section = "S3, signed by the proxy: `kind: aws-sigv4`"
+    recipe, commands = [b for b in readme_blocks() if b.subsection == section]
     providers = tmp_path / "aws.yaml"
-    hosts = '  hosts: ["*.s3.eu-west-1.amazonaws.com"]'
+    hosts = '  hosts: ["*.s3.eu-west-1.amazonaws.com", s3.eu-west-1.amazonaws.com]'
     assert hosts in recipe.text
     providers.write_text(recipe.text.replace(hosts, f"  hosts: 127.0.0.1:{moto['port']}"))
     start, upload = commands.lines
@@ -468,7 +468,8 @@ def test_the_readme_single_provider_options_sign_as_its_providers_file_does(moto
     from test_readme import section_text
 
     (line,) = re.findall(
-        r"`(--set header_aws_service=[^`]+)`", section_text("AWS APIs, signed by the proxy: `kind: aws-sigv4`")
+        r"`(--set header_aws_service=[^`]+)`",
+        section_text("AWS APIs, signed by the proxy: `kind: aws-sigv4`", "docs/aws.md"),
     )
     args = shlex.split(line.replace("\n", " ").replace("*.s3.eu-west-1.amazonaws.com", f"127.0.0.1:{moto['port']}"))
     assert [a.split("=")[0] for a in args if a != "--set"] == [

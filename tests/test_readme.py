@@ -228,8 +228,9 @@ RECIPES = {
         lambda fs, world: json.loads((fs / "etc/header-augment/partner.json").read_text()),
     ),
 }
-RECIPE_BLOCKS = {b.subsection: b for b in blocks_in("Where credentials come from")}
-PROJECTED = only(blocks_in("Where credentials come from", "yaml"))
+S3_RECIPE = "S3, signed by the proxy: `kind: aws-sigv4`"  # tests/test_aws_sigv4_e2e.py runs it, against moto
+RECIPE_BLOCKS = {b.subsection: b for b in blocks_in("Where credentials come from") if b.subsection != S3_RECIPE}
+PROJECTED = only([b for b in blocks_in("Where credentials come from", "yaml") if b.subsection != S3_RECIPE])
 PROVIDERS = only(blocks_in("Several providers: `header_providers_file`", "yaml", "docs/providers-file.md"))
 INSTALL = only(blocks_in("Install it", page="docs/install.md"))
 QUICK_START = blocks_in("The two commands")[1]
@@ -559,8 +560,11 @@ def test_every_block_is_run_or_checked_here():
         (R, W, "Kubernetes to Google Cloud with Workload Identity Federation", "sh"),  # …
         (R, W, "An AKS workload with Azure workload identity", "sh"),  # test_the_recipe…
         (R, W, "A static file of headers", "sh"),  # test_the_recipe…
-        (R, "AWS APIs, signed by the proxy: `kind: aws-sigv4`", "", "yaml"),  # tests/test_aws_sigv4_e2e.py
-        (R, "AWS APIs, signed by the proxy: `kind: aws-sigv4`", "", "sh"),  # tests/test_aws_sigv4_e2e.py
+        (R, W, S3_RECIPE, "yaml"),  # tests/test_aws_sigv4_e2e.py
+        (R, W, S3_RECIPE, "sh"),  # tests/test_aws_sigv4_e2e.py
+        ("docs/aws.md", "SDK clients and the AWS CLI", "", "sh"),  # tests/test_docs_aws_clients.py
+        ("docs/aws.md", "SDK clients and the AWS CLI", "", "python"),  # tests/test_docs_aws_clients.py
+        ("docs/aws.md", "SDK clients and the AWS CLI", "", "sh"),  # tests/test_docs_aws_clients.py
         ("docs/compose.md", "A pod with sidecars: `docker compose up`", "", ""),  # its output: test_kubernetes_and_…
         ("docs/herd.md", "The result (N = 10,000, interval 360 s)", "", "sh"),  # test_the_herd_commands_run
         ("docs/hosts.md", "Which clients get them: `header_clients`", "", "yaml"),  # test_the_clients_example_…
