@@ -33,6 +33,7 @@ from processes import Running, free_port, processes_in_group
 from servers import ROOT, Mitmdump, Upstream, clean_env, wait_until
 
 SECTION = "Point your clients at it"
+CLIENTS_PAGE = "docs/clients.md"  # each client's own settings, the section's details
 CONFIG_PAGE, CONFIG_SUBSECTION = "docs/options.md", "The same settings in config.yaml"
 HEADLESS = (
     "--headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update "
@@ -96,7 +97,7 @@ def readme_blocks(page: str = "README.md") -> list[Block]:
 
 def section_blocks() -> tuple[list[Block], list[str]]:
     """The fenced blocks of the section, and the languages of any that are not `sh`."""
-    found = [b for b in readme_blocks() if b.section == SECTION]
+    found = [b for b in readme_blocks() if b.section == SECTION] + readme_blocks(CLIENTS_PAGE)
     found += [b for b in readme_blocks(CONFIG_PAGE) if b.section == CONFIG_SUBSECTION]
     return [b for b in found if b.language == "sh"], [b.language for b in found if b.language != "sh"]
 

@@ -201,10 +201,17 @@ def issued(name: str) -> Callable[[Path, "World"], dict[str, str]]:
     return lambda fs, world: {"Authorization": f"Bearer {world.issuers[name].issued[-1]}"}
 
 
-RECIPES = {
+RECIPES = {  # the README's, then those of docs/recipes.md
     "Google APIs with `gcloud auth print-access-token`": Recipe(
         "http://storage.googleapis.com:{plain}/",
         lambda fs, world: {"Authorization": f"Bearer {printed('gcloud auth print-access-token').strip()}"},
+    ),
+    "The GitHub API as a GitHub App": Recipe("http://api.github.com:{plain}/", issued("github")),
+    "A Google service-account key": Recipe("http://storage.googleapis.com:{plain}/", issued("google")),
+    "An AKS workload with Azure workload identity": Recipe("http://management.azure.com:{plain}/", issued("azure")),
+    "A static file of headers": Recipe(
+        "http://api.partner.example:{plain}/",
+        lambda fs, world: json.loads((fs / "etc/header-augment/partner.json").read_text()),
     ),
     "A Kubernetes cluster API with `aws eks get-token`": Recipe(
         f"https://{EKS_HOST}:{{tls}}/",
@@ -217,20 +224,14 @@ RECIPES = {
         "http://vault.example.com:{plain}/",
         lambda fs, world: {"X-Vault-Token": VAULT_TOKEN},  # no prefix, as Vault wants
     ),
-    "The GitHub API as a GitHub App": Recipe("http://api.github.com:{plain}/", issued("github")),
-    "A Google service-account key": Recipe("http://storage.googleapis.com:{plain}/", issued("google")),
     "Kubernetes to Google Cloud with Workload Identity Federation": Recipe(
         "http://storage.googleapis.com:{plain}/", issued("gcp")
-    ),
-    "An AKS workload with Azure workload identity": Recipe("http://management.azure.com:{plain}/", issued("azure")),
-    "A static file of headers": Recipe(
-        "http://api.partner.example:{plain}/",
-        lambda fs, world: json.loads((fs / "etc/header-augment/partner.json").read_text()),
     ),
 }
 S3_RECIPE = "S3, signed by the proxy: `kind: aws-sigv4`"  # tests/test_aws_sigv4_e2e.py runs it, against moto
 RECIPE_BLOCKS = {b.subsection: b for b in blocks_in("Where credentials come from") if b.subsection != S3_RECIPE}
-PROJECTED = only([b for b in blocks_in("Where credentials come from", "yaml") if b.subsection != S3_RECIPE])
+RECIPE_BLOCKS |= {b.section: b for b in BLOCKS if b.page == "docs/recipes.md" and b.language == "sh"}
+PROJECTED = only(blocks_in("A projected service-account token in Kubernetes", "yaml", "docs/recipes.md"))
 PROVIDERS = only(blocks_in("Several providers: `header_providers_file`", "yaml", "docs/providers-file.md"))
 INSTALL = only(blocks_in("Install it", page="docs/install.md"))
 QUICK_START = blocks_in("The two commands")[1]
@@ -552,12 +553,8 @@ def test_every_block_is_run_or_checked_here():
         (R, "The two commands", "", "sh"),  # test_the_quick_start_shows_the_demo_headers
         (R, "The two commands", "", ""),  # its output: test_the_quick_start_shows_the_demo_headers
         (R, W, "Google APIs with `gcloud auth print-access-token`", "sh"),  # test_the_recipe…
-        (R, W, "A Kubernetes cluster API with `aws eks get-token`", "sh"),  # test_the_recipe…
-        (R, W, "A projected service-account token in Kubernetes", "yaml"),  # …_projected_…
-        (R, W, "A Vault Agent sink file", "sh"),  # test_the_recipe…
         (R, W, "The GitHub API as a GitHub App", "sh"),  # test_the_recipe…
         (R, W, "A Google service-account key", "sh"),  # test_the_recipe…
-        (R, W, "Kubernetes to Google Cloud with Workload Identity Federation", "sh"),  # …
         (R, W, "An AKS workload with Azure workload identity", "sh"),  # test_the_recipe…
         (R, W, "A static file of headers", "sh"),  # test_the_recipe…
         (R, W, S3_RECIPE, "yaml"),  # tests/test_aws_sigv4_e2e.py
@@ -574,6 +571,10 @@ def test_every_block_is_run_or_checked_here():
         ("docs/kubernetes.md", "A shared gateway: `scripts/kubernetes/gateway/`", "", "sh"),  # test_the_gateway_…
         ("docs/performance.md", "Performance", "", "sh"),  # test_the_bench_commands_are_the_benchs
         ("docs/providers-file.md", "Several providers: `header_providers_file`", "", "yaml"),  # …_providers_file_…
+        ("docs/recipes.md", "A Kubernetes cluster API with `aws eks get-token`", "", "sh"),  # test_the_recipe…
+        ("docs/recipes.md", "A projected service-account token in Kubernetes", "", "yaml"),  # …_projected_…
+        ("docs/recipes.md", "A Vault Agent sink file", "", "sh"),  # test_the_recipe…
+        ("docs/recipes.md", "Kubernetes to Google Cloud with Workload Identity Federation", "", "sh"),  # …
         ("docs/troubleshooting.md", "Troubleshooting", "", ""),  # messages: test_the_troubleshooting_messages_…
     ]
     assert list(RECIPE_BLOCKS) == list(RECIPES)
