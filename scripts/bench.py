@@ -111,6 +111,35 @@ def part_1d(mode, confdir, results):
     }
 
 
+def part_1f(mode, confdir, results):
+    from benchparts.egress import RULES, audit_cost, egress_cost
+
+    rules = sized(mode, RULES, RULES, (1, 100))
+    print("1f. Deny by default and the audit log: CPU µs per request of the request hooks (requestheaders and the")
+    print("    reroute guard's request), median of interleaved rounds; one entry (api.example.com), rule i h<i>")
+    costs = egress_cost(sized(mode, 9, 5, 1), sized(mode, 2000, 1000, 100), rules)
+    for label, us in costs.items():
+        print(f"   {label:>44} {us:>8.2f} µs")
+    print("    the audit log, per flow given our headers (request and answer hooks; the writer's line apart):")
+    audit = audit_cost(sized(mode, 7, 3, 1), sized(mode, 2000, 1000, 100))
+    for label, us in audit.items():
+        print(f"   {label:>44} {us:>8.2f} µs")
+    return {"request_hooks_us": costs, "audit_us": audit}
+
+
+def part_1g(mode, confdir, results):
+    from benchparts.egress import egress_instructions
+
+    print("1g. Part 1f's request hooks in instructions per request, counted by valgrind (minutes)")
+    counts = egress_instructions()
+    if counts is None:
+        print("   valgrind is not installed: skipped")
+        return None
+    for label, count in counts.items():
+        print(f"   {label:>44} {count:>10,.0f}")
+    return counts
+
+
 def part_2(mode, confdir, results):
     from benchparts.end_to_end import end_to_end
     from benchparts.inprocess import HOOK_SHARE_ROW
@@ -277,6 +306,8 @@ PARTS = {
     "1b": part_1b,
     "1e": part_1e,
     "1d": part_1d,
+    "1f": part_1f,
+    "1g": part_1g,
     "2": part_2,
     "2b": part_2b,
     "3": part_3,
@@ -306,6 +337,10 @@ def child_modes(args) -> bool:
         from benchparts.instructions import answer_run
 
         answer_run(json.loads(args.answer_run))
+    elif args.egress_run:
+        from benchparts.egress import egress_run
+
+        egress_run(json.loads(args.egress_run))
     else:
         return False
     return True
@@ -325,6 +360,7 @@ def main() -> None:
     parser.add_argument("--memory", help=argparse.SUPPRESS)
     parser.add_argument("--hook-run", help=argparse.SUPPRESS)
     parser.add_argument("--answer-run", help=argparse.SUPPRESS)
+    parser.add_argument("--egress-run", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if child_modes(args):
         return

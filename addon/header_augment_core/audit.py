@@ -110,10 +110,10 @@ def flow_line(
     peer = flow.client_conn.peername
     providers, headers, credentials = [], [], []
     if refused_by is not None:
-        providers.append(refused_by.name or refused_by.source.display)
+        providers.append(refused_by.name or refused_by.label)  # label: the source, made once
     for binding, snapshot in given:
         settings = binding.settings
-        providers.append(settings.name or settings.source.display)
+        providers.append(settings.name or settings.label)
         if binding.signer is None:
             headers.extend(snapshot.display_names)
             credentials.append(snapshot.fields)
@@ -148,13 +148,9 @@ def connection_line(client: Any, requester: Any, action: str, host: str, port: i
 def fingerprint(key: bytes, credentials: tuple) -> str | None:
     if not credentials:
         return None
-    mac = hmac.new(key, digestmod=hashlib.sha256)
-    for part in credentials:
-        for item in part:
-            value = item[1] if isinstance(item, tuple) else item  # a header field (name, value), or a key part
-            mac.update(value if isinstance(value, bytes) else value.encode())
-            mac.update(b"\0")
-    return mac.hexdigest()[:FINGERPRINT_CHARS]
+    # Each part is a snapshot's header fields, (name, value) in bytes, or a signer's key parts, strings.
+    values = [item[1] if isinstance(item, tuple) else item.encode() for part in credentials for item in part]
+    return hmac.new(key, b"\0".join(values), hashlib.sha256).hexdigest()[:FINGERPRINT_CHARS]
 
 
 def _timestamp(at: float) -> str:
@@ -230,8 +226,7 @@ class _AuditFile(logging.handlers.WatchedFileHandler):
 
 class _Listener(logging.handlers.QueueListener):
     def enqueue_sentinel(self) -> None:
-        # The documented place to change how the end is queued: the base's put_nowait raises on a full queue, and
-        # only the closing thread calls this, which may wait for room.
+        # The documented place to change how the end is queued (the base's put_nowait is Queue's, not SimpleQueue's).
         self.queue.put(self._sentinel)
 
 
@@ -250,25 +245,26 @@ class AuditLog:
             self._file = _AuditFile(path, self)
         except OSError as e:
             raise SettingsError(f"header_audit_log: cannot open {path}: {e.strerror or type(e).__name__}") from None
-        self._queue: queue.Queue = queue.Queue(queue_size)
+        # SimpleQueue: a put is a C call with no Python lock (Queue's costs the loop microseconds); its bound is
+        # kept here, by the one thread that puts lines (the loop's): the writer only ever makes it shorter.
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._size = queue_size
         self._listener = _Listener(self._queue, self._file)
         self._listener.start()
 
     def put(self, line: Line) -> None:
         """Never blocks: a full queue drops the line, and counts it."""
-        try:
-            self._queue.put_nowait(line)
-        except queue.Full:
+        if self._queue.qsize() >= self._size:
             self.counters.audit_dropped += 1
+        else:
+            self._queue.put(line)
 
     def probe(self) -> None:
         """Checks, on the writer's thread, that the file can still be written (and opens it again if it was
         renamed or could not be): called each second, so that header_audit_require refuses soon after the log
         becomes unwritable, and serves again soon after it is back, with no request needed to find out."""
-        try:
-            self._queue.put_nowait(_PROBE)
-        except queue.Full:
-            pass  # the lines queued will find out
+        if self._queue.qsize() < self._size:  # else the lines queued will find out
+            self._queue.put(_PROBE)
 
     def close(self) -> None:
         """Stops the writer once it has written what is queued; waits for that FLUSH_GRACE at most."""
