@@ -444,3 +444,19 @@ def test_the_decision_value_is_frozen():
     assert egress.special(egress.ip_of("169.254.169.254")) == "link-local"
     assert egress.special(egress.ip_of("8.8.8.8")) is None
     assert egress.ip_of("example.com") is None and egress.ip_of("v6.example1") is None
+
+
+def test_a_providers_file_changed_at_run_time_brings_its_egress_section(proxy, tmp_path):
+    """Built off the loop with the file's entries, and swapped in with them as one reference."""
+    path = tmp_path / "p.yaml"
+    path.write_text("egress: {default: deny, allow: [{hosts: [pypi.org]}]}\n")
+    proxy.configure(header_providers_file=str(path))
+    assert status_of(proxy.request("pypi.org")) is None and status_of(proxy.request("other.org")) == 403
+    path.write_text("egress: {default: deny, allow: [{hosts: [other.org]}]}\n")
+    for _ in range(2):  # a change is applied once the file has stopped changing
+        asyncio.run(proxy.addon._reload_providers_file())
+    assert status_of(proxy.request("pypi.org")) == 403 and status_of(proxy.request("other.org")) is None
+    path.write_text("egress: {default: report}\n")
+    for _ in range(2):
+        asyncio.run(proxy.addon._reload_providers_file())
+    assert status_of(proxy.request("pypi.org")) is None and proxy.path.counts.reported["host"] == 1
