@@ -460,3 +460,23 @@ def test_a_providers_file_changed_at_run_time_brings_its_egress_section(proxy, t
     for _ in range(2):
         asyncio.run(proxy.addon._reload_providers_file())
     assert status_of(proxy.request("pypi.org")) is None and proxy.path.counts.reported["host"] == 1
+
+
+def test_a_client_connection_remembers_its_most_recent_destinations_only(proxy):
+    from header_augment_core.request_path import MAX_DECIDED
+
+    proxy.configure(header_egress="deny", header_egress_allow=["*.example.org"])
+    first = proxy.request("h0.example.org")
+    client = first.client_conn
+    for i in range(1, MAX_DECIDED + 2):
+        f = make_flow(host=f"h{i}.example.org")
+        f.client_conn = client
+        proxy.addon.requestheaders(f)
+        if i == MAX_DECIDED // 2:  # a destination decided again is recent again
+            again = make_flow(host="h1.example.org")
+            again.client_conn = client
+            proxy.addon.requestheaders(again)
+    decided = client.__dict__[DECIDED]
+    assert len(decided) == MAX_DECIDED
+    assert ("h0.example.org", 22) not in decided and ("h1.example.org", 22) in decided
+    assert ("h2.example.org", 22) not in decided and (f"h{MAX_DECIDED + 1}.example.org", 22) in decided

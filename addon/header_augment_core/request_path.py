@@ -146,10 +146,11 @@ class RequestPath:
         """What `server_connect` needs of this decision for the connection it opens: whether the destination was
         admitted, and proxyauth's user (as its metadata holds it, without the password)."""
         decided = flow.client_conn.__dict__.setdefault(DECIDED, {})
-        if len(decided) >= MAX_DECIDED:
-            decided.clear()
+        key = (decision.host, decision.port)
+        if decided.pop(key, None) is None and len(decided) >= MAX_DECIDED:
+            del decided[next(iter(decided))]  # the least recent: a connection is opened just after its request
         user = flow.metadata.get("proxyauth")
-        decided[(decision.host, decision.port)] = (decision.verdict == PASS, None if user is None else (user[0], ""))
+        decided[key] = (decision.verdict == PASS, None if user is None else (user[0], ""))
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         """A CONNECT is decided as a request is: one to a denied host is answered 403 here, and mitmproxy then
