@@ -402,7 +402,7 @@ def test_the_readme_recipe_uploads_with_curl_holding_no_aws_configuration(moto, 
     assert hosts in recipe.text
     providers.write_text(recipe.text.replace(hosts, f"  hosts: 127.0.0.1:{moto['port']}"))
     start, upload = commands.lines
-    assert start == "mitmdump -s addon/header_augment.py --set header_providers_file=aws.yaml"
+    assert start == "scripts/run --set header_providers_file=aws.yaml"
     env = {"AWS_ACCESS_KEY_ID": moto["key"], "AWS_SECRET_ACCESS_KEY": moto["secret"]}
     m = Mitmdump(tmp_path / "confdir", "--set", f"header_providers_file={providers}", env=env)
     try:

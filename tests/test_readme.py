@@ -1,30 +1,33 @@
-"""The README outside "Point your clients at it" (tests/test_clients.py runs that section): every command it shows is
-run here as written, every fenced block is accounted for, and its tables of options and metrics are the addon's.
+"""The README and the pages of docs/ outside "Point your clients at it" and docs/clients.md (tests/test_clients.py runs
+those, and the config.yaml block of docs/options.md): every command they show is run here as written, every fenced
+block is accounted for, and the tables of options and metrics are the addon's.
 
 How the commands are run (the only liberties taken with their text):
 - As in test_clients: from a scratch directory whose entries link to the repository's top level, with a scratch HOME
   (so `~/.mitmproxy`, the confdir, is each proxy's own) and the test's environment without its proxy variables. Ports
   the README names become the test's: 8000 (the echo upstream) and 9090 free ones, 8080 any free port (for
   scripts/run HEADER_AUGMENT_PORT=0) and, in the curl command, the port that proxy reports; 9000 (your own provider)
-  a test provider's; 9901 (the admin endpoint) 0, which the README says picks a free port and logs it.
+  a test provider's; 9901 (the admin endpoint) 0, which the page says picks a free port and logs it.
 - The quick start's `scripts/run` gets `--set header_hosts=` with scripts/run's own default (127.0.0.1:8000 and
   localhost:8000), 8000 mapped like the echo upstream's: the default names port 8000, which need not be free here.
 - The recipes' hosts (*.googleapis.com, an EKS endpoint, vault.example.com, api.partner.example, api.example.com) do
-  not resolve here. So each recipe's mitmdump, the projected-token args, `header-augment` and the scripts/run
+  not resolve here. So each recipe's scripts/run, the projected-token args, `header-augment` and the scripts/run
   examples of "The two commands" get `--mode upstream:` a `LoopbackProxy`, whose resolver answers 127.0.0.1:
   mitmproxy still sends each request to the name, which is what header_hosts is matched with, and the test sends
   its request to such a name on the echo upstream's port (the Vault recipe's port 8200 is mapped to it). Every
-  mitmdump started here but scripts/run's (which take HEADER_AUGMENT_PORT and HOME) also gets `--listen-host
-  127.0.0.1 --listen-port 0 --set confdir=<scratch>`.
+  proxy started here also gets `--set confdir=<scratch>`, and every one but scripts/run's (which take
+  HEADER_AUGMENT_PORT and HOME) `--listen-host 127.0.0.1 --listen-port 0`.
 - `--set header_admin_listen=127.0.0.1:9901` (Readiness, liveness and metrics) is given to a mitmdump whose provider
   the test holds, so that /ready can be seen before and after the first answer.
-- Absolute paths become the same paths under a scratch root (`PATHS`, each named); the files the README assumes are
+- Absolute paths become the same paths under a scratch root (`PATHS`, each named); the files the recipes assume are
   there are created: the Vault Agent's token, the cluster's CA (really the CA of the TLS echo upstream that stands in
   for the EKS endpoint, so mitmproxy verifies it with that file), the projected volume as the kubelet lays it out,
   the OAuth2 client secret. The container's /addon/header_augment.py is the clone's.
 - `gcloud` and `aws` are stand-ins (tests/helpers/bin/), first on PATH, answering exactly the recipes' arguments.
 - `header-augment` (Install it) is `python -m header_augment_core.cli` from the clone: the function pyproject.toml
   installs as that command (tests/test_packaging.py runs the installed command from a wheel).
+- The fleet simulation of docs/herd.md runs for 100 proxies; the bench of docs/performance.md only parses its
+  arguments (tests/test_bench_smoke.py runs it at its smallest).
 Every proxy is started at once by the module's `world`, and each test waits for its own.
 """
 
@@ -289,9 +292,11 @@ def launch(base: Path, command: str | list[str], env: dict[str, str] | None = No
     return Launch(base, Running(argv, cwd=work, env=env))
 
 
-def proxy_args(base: Path, relay: LoopbackProxy | None) -> list[str]:
-    """What the test adds to a recipe's proxy: a free loopback port, a confdir of its own, and the relay."""
-    args = ["--listen-host", "127.0.0.1", "--listen-port", "0", "--set", f"confdir={base / 'confdir'}"]
+def proxy_args(base: Path, relay: LoopbackProxy | None, listen: bool = True) -> list[str]:
+    """What the test adds to a recipe's proxy: a free loopback port (scripts/run: HEADER_AUGMENT_PORT=0 instead), a
+    confdir of its own, and the relay."""
+    args = ["--listen-host", "127.0.0.1", "--listen-port", "0"] if listen else []
+    args += ["--set", f"confdir={base / 'confdir'}"]
     return args + (["--mode", f"upstream:{relay.url}"] if relay else [])
 
 
@@ -525,8 +530,8 @@ def world(tmp_path_factory):
 def launch_recipe(
     base: Path, block: Block, ports: dict[int, int], relay: LoopbackProxy, ca_file: Path, issuers: Issuers
 ) -> Launch:
-    """The recipe's commands, its paths, ports and token endpoints mapped, its mitmdump with `proxy_args`; the files it
-    reads made."""
+    """The recipe's commands, its paths, ports and token endpoints mapped, its scripts/run with `proxy_args`; the files
+    it reads made."""
     fs = base / "fs"
     if "ssl_verify_upstream_trusted_ca=/etc/header-augment/my-cluster-ca.pem" in block.text:
         (fs / "etc" / "header-augment").mkdir(parents=True)
@@ -534,10 +539,11 @@ def launch_recipe(
     if "header_provider_file=/vault/token" in block.text:
         (fs / "vault").mkdir(parents=True)
         (fs / "vault" / "token").write_text(VAULT_TOKEN + "\n")  # as Vault Agent's sink writes it
-    extra = shlex.join(proxy_args(base, relay))
+    extra = shlex.join(proxy_args(base, relay, listen=False))
     lines = [mapped(substitute(line, ports), fs) for line in issuers.prepare(block, fs)]
-    assert sum(line.startswith("mitmdump ") for line in lines) == 1, block.text
-    return launch(base, "\n".join(f"{line} {extra}" if line.startswith("mitmdump ") else line for line in lines))
+    assert sum(line.startswith("scripts/run ") for line in lines) == 1, block.text
+    command = "\n".join(f"{line} {extra}" if line.startswith("scripts/run ") else line for line in lines)
+    return launch(base, command, {"HEADER_AUGMENT_PORT": "0"})
 
 
 # -- the blocks ---------------------------------------------------------------------------------------------------
