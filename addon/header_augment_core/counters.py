@@ -69,7 +69,7 @@ def request_summary(counters) -> str:
 
 
 # The addon's own decisions, not any one entry's: each counted by reason class (decision.REASON_CLASSES: host,
-# address) as header_augment_<attribute>_total{reason_class=...}.
+# address) as header_augment_<attribute>_total{reason=...}.
 EGRESS_COUNTERS = (
     CounterDef(
         "denied",

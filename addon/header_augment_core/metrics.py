@@ -147,9 +147,10 @@ def _addon_metrics(path: Path) -> Iterator[Metric]:
     """The egress policy's counters by reason class, and the audit log's."""
     counts, audit = path.counts, path.audit
     for c in EGRESS_COUNTERS:
-        family = CounterMetricFamily(PREFIX + c.attribute, c.help, labels=("reason_class",))
-        for reason_class in DENIAL_CLASSES:
-            family.add_metric((reason_class,), getattr(counts, c.attribute)[reason_class])
+        # `reason`, not the fetches' `reason_class`: another set of values (host, address) under another name.
+        family = CounterMetricFamily(PREFIX + c.attribute, c.help, labels=("reason",))
+        for reason in DENIAL_CLASSES:
+            family.add_metric((reason,), getattr(counts, c.attribute)[reason])
         yield family
     for c in AUDIT_COUNTERS:
         yield CounterMetricFamily(PREFIX + c.attribute, c.help, value=getattr(counts, c.attribute))
