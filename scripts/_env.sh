@@ -24,7 +24,7 @@ ensure_venv() {
     # requirements.txt includes requirements/runtime.txt: a change to either reinstalls.
     want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements/runtime.txt" | sha256sum | cut -d' ' -f1)"
     if [ ! -x "$VENV/bin/python" ] || ! _is_py312 "$VENV/bin/python"; then
-        echo "header-augment: first run: creating .venv and installing requirements.txt (about 20 s)…" >&2
+        echo "header-augment: first run: creating .venv and installing requirements.txt (about a minute)…" >&2
         rm -rf "$VENV"
         "$(find_python)" -m venv "$VENV"
     elif [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
