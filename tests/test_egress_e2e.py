@@ -236,6 +236,7 @@ def test_each_flow_is_audited_once_with_its_fields_and_no_value(world):
     assert (added["provider"], added["headers"], added["status"]) == ("named", ["Authorization"], 200)
     connect = next(line for line in found if line["port"] == world.tls_denied.port)
     assert (connect["method"], connect["status"], connect["reason"]) == ("CONNECT", 403, "host")
+    assert connect["scheme"] is None and connect["path"] is None  # a CONNECT has neither
     failed = next(line for line in found if line["action"] == "failed")
     assert failed["credential"] == added["credential"] and failed["status"] is None
     text = world.audit.read_text()

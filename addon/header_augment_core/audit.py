@@ -129,8 +129,8 @@ def flow_line(
         peer[0] if peer else None,
         user_of(flow),
         method=request.method,
-        scheme=request.scheme.decode("ascii", "replace"),
-        path=request.path,
+        scheme=request.scheme.decode("ascii", "replace") or None,  # a CONNECT has neither
+        path=request.path or None,
         status=response.status_code if response is not None else None,
         reason=reason,
         providers=tuple(dict.fromkeys(providers)),
