@@ -244,3 +244,34 @@ def test_status_and_report_show_the_policy_and_the_log(proxy):
     ]
     assert shown["audit"]["log"] == str(proxy.log)
     assert "egress: deny; audit log: " in proxy.addon.status()
+
+
+def test_a_request_whose_connection_was_refused_has_that_line_only(proxy):
+    """The address check refuses the connection in server_connect, which writes the line; the request then fails
+    with the error it was given. Another request's error that merely holds the same words is a failure."""
+
+    async def loopback(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    proxy.addon._path.resolve = loopback
+    proxy.configure(header_egress="deny")
+    f = make_flow(host="api.example.com")
+    f.client_conn.peername = ("192.0.2.1", 50000)
+    proxy.addon.requestheaders(f)
+    proxy.addon.check_reroute(f)
+    assert f.request.headers["Authorization"] == TOKEN  # named by the entry: it goes on to connect
+    server = connection.Server(address=(f.request.host, f.request.port))
+    asyncio.run(proxy.addon.server_connect(server_hooks.ServerConnectionHookData(server=server, client=f.client_conn)))
+    f.error = flow.Error(f"Connection killed: {server.error}")  # what mitmproxy makes of the server's error
+    proxy.addon.error(f)
+    other = make_flow(host="api.example.com")
+    other.client_conn.peername = ("192.0.2.99", 50000)
+    proxy.addon.requestheaders(other)
+    proxy.addon.check_reroute(other)
+    other.error = flow.Error(f"Certificate verify failed: {server.error}")  # a name the upstream chose
+    proxy.addon.error(other)
+    proxy.flow(host="last.example")  # denied: its line comes after every line of the two above
+    denied, failed, last = wait_lines(proxy.log, 3)
+    assert (denied["action"], denied["reason"], denied["method"]) == ("denied", "address", None)
+    assert (failed["action"], failed["client"]["address"]) == ("failed", "192.0.2.99")
+    assert (last["action"], last["host"]) == ("denied", "last.example")

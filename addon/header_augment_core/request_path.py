@@ -60,6 +60,9 @@ _WRITTEN = object()
 # needs of that decision (admitted or not, and proxyauth's user), at most MAX_DECIDED of them.
 DECIDED = "_header_augment_decided"
 MAX_DECIDED = 256
+# On a client connection: the error each destination's connection was refused with (the address check), at most
+# MAX_DECIDED: a request that fails with it has its line already.
+REFUSED_CONNECTIONS = "_header_augment_refused_connections"
 # On a client connection: the user a SOCKS5 handshake authenticated (proxyauth), for its connections' decisions.
 SOCKS_USER = "_header_augment_socks_user"
 # On a server connection while it connects to the address checked: the name and port it was opened for.
@@ -257,7 +260,11 @@ class RequestPath:
                 audit_log.connection_line(data.client, requester, action, decision.host, decision.port, decision.reason)
             )
         if denied:
-            data.server.error = f"{DENIED} {decision.destination}: {decision.why}"
+            data.server.error = error = f"{DENIED} {decision.destination}: {decision.why}"
+            refused = data.client.__dict__.setdefault(REFUSED_CONNECTIONS, {})
+            if len(refused) >= MAX_DECIDED:
+                del refused[next(iter(refused))]
+            refused[(decision.host, decision.port)] = error
         return denied
 
     def _for(self, flow: http.HTTPFlow) -> tuple[str | None, tuple[Binding, ...]]:
@@ -479,8 +486,11 @@ class RequestPath:
 
     def audited_error(self, flow: http.HTTPFlow) -> None:
         error = flow.error
-        # A connection the address check refused has its line already (server_connect has no flow to wait for).
-        if error is None or DENIED not in error.msg:
+        # A connection server_connect refused has its line already (it had no flow to wait for). Known by the error
+        # it was given for this destination, never by words in a message (a certificate's name could hold them).
+        refused = flow.client_conn.__dict__.get(REFUSED_CONNECTIONS)
+        ours = refused.get((flow.request.host, flow.request.port)) if refused else None
+        if error is None or ours is None or ours not in error.msg:
             self._audit(flow, "failed")
         self.error(flow)
 
