@@ -188,18 +188,19 @@ async def resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-def _admits(item: Any, key: str | None, port: int, literal: bool, requester: Any) -> bool:
+def _admits(item: Any, key: str | None, port: int, requester: Any) -> bool:
     """Whether an entry (a Binding) or an allow rule names the destination for this requester (a flow, or what
     `server_connect` knows of one: its client connection and proxyauth's metadata). `*` names every host name, not
     an address; an entry with only a scope names none."""
-    hosts = item.hosts
-    if not hosts:
+    hosts = item.hosts  # None for an entry with none (an allow rule is indexed only with some)
+    if hosts is None:
         return False
-    if hosts.everything:
-        if literal:
+    if key not in hosts.any_port:  # a name given without a port: no call (most entries' hosts are these)
+        if hosts.everything:
+            if ip_of(key) is not None:
+                return False
+        elif key is None or not hosts.matches_key(key, port):
             return False
-    elif key is None or not hosts.matches_key(key, port):
-        return False
     clients = item.clients
     return clients is None or clients.matches(requester)
 
@@ -233,17 +234,14 @@ class EgressPolicy:
     def admitting(self, key: str | None, port: int, requester: Any, bindings: Sequence[Any]) -> Any:
         """What names the destination for `requester`: an entry among `bindings` (the request path's candidates for
         `key`) or the policy's index, or an allow rule; None when nothing does."""
-        address = ip_of(key)
-        literal = address is not None
         for binding in bindings:
-            if _admits(binding, key, port, literal, requester):
+            if _admits(binding, key, port, requester):
                 return binding
         for item in self.index.candidates(key):
-            if _admits(item, key, port, literal, requester):
+            if _admits(item, key, port, requester):
                 return item
-        if address is not None:
-            return self._network_rule(address, requester)
-        return None
+        address = ip_of(key)
+        return None if address is None else self._network_rule(address, requester)
 
     def admits_address(self, address: Address, port: int, requester: Any, adders: HostIndex) -> Any:
         """What names `address` (an address rule: an exact address in an entry's or a rule's hosts, or a network
@@ -251,7 +249,7 @@ class EgressPolicy:
         key = str(address)
         for index in (adders, self.index):
             for item in index.candidates(key):
-                if _admits(item, key, port, True, requester):
+                if _admits(item, key, port, requester):
                     return item
         return self._network_rule(address, requester)
 

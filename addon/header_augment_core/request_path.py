@@ -285,7 +285,9 @@ class RequestPath:
         log can record it (header_audit_require).
         Called at the end of the addon chain, by the script's reroute guard."""
         if self.entries.decides:
-            self._decide_again(flow)
+            decision, data = flow.__dict__.get(DECISION), flow.request.data
+            if decision is not None and (data.host != decision.host or data.port != decision.port):
+                self._decide_again(flow)
         carried = flow.__dict__.get(CARRIED)  # only a flow we added to can have been rerouted with our headers
         if carried is not None:
             data = flow.request.data
@@ -306,9 +308,8 @@ class RequestPath:
         return None
 
     def _decide_again(self, flow: http.HTTPFlow) -> None:
-        decision = flow.__dict__.get(DECISION)
-        data = flow.request.data
-        if decision is None or flow.response or (data.host == decision.host and data.port == decision.port):
+        """An addon rerouted the flow after its decision (map_remote, in `request`): decided for where it goes now."""
+        if flow.response:
             return
         decision = decide(self.entries, flow)
         flow.__dict__[DECISION] = decision
