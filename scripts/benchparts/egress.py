@@ -23,10 +23,11 @@ def variants(rules=RULES) -> tuple:
         + [
             row
             for n in rules
+            for rules_ in (f"{n:,} rule" + "s" * (n != 1),)
             for row in (
-                (f"deny, {n:,} rules, the entry's host", "deny", n, "api.example.com"),
-                (f"deny, {n:,} rules, allowed by the last rule", "deny", n, f"h{n - 1}.example.com"),
-                (f"deny, {n:,} rules, denied", "deny", n, "other.org"),
+                (f"deny, {rules_}, the entry's host", "deny", n, "api.example.com"),
+                (f"deny, {rules_}, allowed by the last rule", "deny", n, f"h{n - 1}.example.com"),
+                (f"deny, {rules_}, denied", "deny", n, "other.org"),
             )
         ]
     )
