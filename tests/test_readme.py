@@ -569,6 +569,7 @@ def test_every_block_is_run_or_checked_here():
         ("docs/aws.md", "SDK clients and the AWS CLI", "", "python"),  # tests/test_docs_aws_clients.py
         ("docs/aws.md", "SDK clients and the AWS CLI", "", "sh"),  # tests/test_docs_aws_clients.py
         ("docs/compose.md", "A pod with sidecars: `docker compose up`", "", ""),  # its output: test_kubernetes_and_…
+        ("docs/egress.md", "Egress policy", "", "yaml"),  # test_the_egress_example_loads
         ("docs/herd.md", "The result (N = 10,000, interval 360 s)", "", "sh"),  # test_the_herd_commands_run
         ("docs/hosts.md", "Which clients get them: `header_clients`", "", "yaml"),  # test_the_clients_example_…
         ("docs/install.md", "Install it", "", "sh"),  # test_the_install_command_runs
@@ -832,8 +833,15 @@ def test_the_admin_endpoint_answers_as_the_table_says(world):
     scraped = [s for f in text_string_to_metric_families(answers_[("GET", "/metrics")].text) for s in f.samples]
     paragraph = re.search(r"^Metrics, each with the label .*?\n\n", section_text(*ADMIN), re.M | re.S).group()
     assert sorted(re.findall(r"`(header_augment_\w+)`", paragraph)) == sorted({s.name for s in scraped})
-    # An entry without a name: its source. The scheduler's own gauges have no label.
-    assert {s.labels["provider"] for s in scraped if not s.name.startswith("header_augment_scheduler_")} == {held.url}
+    # An entry without a name: its source.
+    assert {s.labels["provider"] for s in scraped if "provider" in s.labels} == {held.url}
+    # Those of the scheduler, the egress policy and the audit log are the addon's own, not an entry's.
+    assert {s.name.split("_")[2] for s in scraped if "provider" not in s.labels} <= {
+        "scheduler",
+        "denied",
+        "reported",
+        "audit",
+    }
     for label, values in re.findall(r"`(\w+)`: ((?:`\w+`(?:, )?)+)", paragraph):
         assert {s.labels[label] for s in scraped if label in s.labels} - {""} == set(re.findall(r"\w+", values))
 
@@ -922,6 +930,21 @@ def test_the_gateway_commands_make_a_ca_mitmproxy_uses_and_apply_files_that_exis
     for path in re.findall(r"-f (\S+)", apply):
         assert (ROOT / path).exists(), path
     assert "scripts/kubernetes/gateway/" in apply
+
+
+def test_the_egress_example_loads(tmp_path):
+    """The egress page's providers file: a deny policy with its allow rules, one of them for one client."""
+    block = only(blocks_in("Egress policy", "yaml", "docs/egress.md"))
+    path = tmp_path / "providers.yaml"
+    path.write_text(block.text)
+    entries, _ = load_providers_file(str(path))
+    assert [(s.name, s.hosts.patterns) for s, _ in entries] == [("github", ("api.github.com",))]
+    egress = entries.egress
+    assert egress.default == "deny"
+    assert [(r.hosts.patterns, r.clients.patterns if r.clients else None) for r in egress.rules] == [
+        (("pypi.org", "files.pythonhosted.org"), None),
+        (("api.github.com",), ("ci-runner",)),
+    ]
 
 
 def test_the_clients_example_loads(tmp_path):
