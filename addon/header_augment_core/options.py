@@ -43,8 +43,8 @@ OTHER_OPTIONS = (
         "header_providers_file",
         str,
         "",
-        "YAML or JSON file listing several providers, each with its own hosts and settings (see docs/providers-file.md). "
-        "Reloaded when it changes and stops changing.",
+        "YAML or JSON file listing several providers, each with its own hosts and settings "
+        "(see docs/providers-file.md). Reloaded when it changes and stops changing.",
     ),
     Option(
         "header_admin_listen",
