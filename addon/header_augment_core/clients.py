@@ -13,7 +13,7 @@ listener, ::ffff:10.1.2.3, is compared as 10.1.2.3); a name is taken only from p
 import ipaddress
 from dataclasses import dataclass
 
-from .fields import SettingsError, shown
+from .fields import SettingsError, comma_list, shown
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -95,13 +95,7 @@ def _looks_like_address(pattern: str) -> bool:
 
 def parse_clients(value: object) -> Clients:
     """`clients` from a list or a comma-separated string; raises SettingsError naming the first bad pattern."""
-    if isinstance(value, str):
-        items = [value]
-    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        items = list(value)
-    else:
-        raise SettingsError(f"{shown(value)} is not a list of clients or a comma-separated string")
-    patterns = [part.strip() for item in items for part in item.split(",") if part.strip()]
+    patterns = comma_list(value, "clients")
     names, networks = set(), []
     for pattern in patterns:
         if any(c.isspace() for c in pattern):

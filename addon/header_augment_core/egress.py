@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .clients import Clients, parse_clients
-from .fields import SettingsError, shown
+from .fields import SettingsError, comma_list, shown
 from .hosts import NO_HOSTS, HostIndex, Hosts, parse_hosts
 
 PASS, REPORT, DENY = "pass", "report", "deny"
@@ -76,13 +76,7 @@ def _network(pattern: str) -> Network:
 
 def parse_patterns(value: object) -> tuple[Hosts, tuple[Network, ...]]:
     """Allow patterns from a list or a comma-separated string: header_hosts patterns, and networks (a `/`)."""
-    if isinstance(value, str):
-        items = [value]
-    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        items = list(value)
-    else:
-        raise SettingsError(f"{shown(value)} is not a list of hosts and networks or a comma-separated string")
-    patterns = [part.strip() for item in items for part in item.split(",") if part.strip()]
+    patterns = comma_list(value, "hosts and networks")
     names, networks = [], []
     for pattern in patterns:
         if "/" in pattern and "://" not in pattern and "@" not in pattern:

@@ -87,6 +87,18 @@ def shown(value: object) -> str:
 _BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
+def comma_list(value: object, what: str) -> list[str]:
+    """The items of a list of strings or of a comma-separated string, stripped, empty ones dropped; raises
+    SettingsError saying the value is not a list of `what`."""
+    if isinstance(value, str):
+        items = [value]
+    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        items = list(value)
+    else:
+        raise SettingsError(f"{shown(value)} is not a list of {what} or a comma-separated string")
+    return [part.strip() for item in items for part in item.split(",") if part.strip()]
+
+
 def text(value: object) -> str:
     if not isinstance(value, str):
         raise SettingsError(f"{shown(value)} is not a string")

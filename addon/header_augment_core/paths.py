@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable
 from urllib.parse import quote_from_bytes
 
-from .fields import SettingsError, shown
+from .fields import SettingsError, comma_list, shown
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _ESCAPE = re.compile(rb"%[0-9A-Fa-f]{2}")
@@ -86,13 +86,7 @@ def matcher(prefixes: tuple[str, ...]) -> Callable[[bytes], bool]:
 def parse_paths(value: object) -> tuple[str, ...]:
     """`paths` from a list or a comma-separated string: each a prefix starting with `/`, normalised as request paths
     are. Raises SettingsError."""
-    if isinstance(value, str):
-        items = [value]
-    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        items = list(value)
-    else:
-        raise SettingsError(f"{shown(value)} is not a list of paths or a comma-separated string")
-    prefixes = tuple(part.strip() for item in items for part in item.split(",") if part.strip())
+    prefixes = comma_list(value, "paths")
     return tuple(dict.fromkeys(_prefix(prefix) for prefix in prefixes))
 
 

@@ -4,7 +4,7 @@ are here; an entry's field `secret_headers` (option `header_secret_headers`) nam
 
 import re
 
-from .fields import SettingsError, shown
+from .fields import SettingsError, comma_list, shown
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP field name (RFC 9110 §5.1)
 
@@ -22,13 +22,7 @@ def is_credential(name: str) -> bool:
 
 def parse_header_names(value: object) -> frozenset[str]:
     """Header names from a list or a comma-separated string, lower-cased. Raises SettingsError."""
-    if isinstance(value, str):
-        items = [value]
-    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        items = list(value)
-    else:
-        raise SettingsError(f"{shown(value)} is not a list of header names or a comma-separated string")
-    names = [part.strip() for item in items for part in item.split(",") if part.strip()]
+    names = comma_list(value, "header names")
     for name in names:
         if not _TOKEN.fullmatch(name):
             raise SettingsError(f"{shown(name)} is not a header name")
