@@ -106,14 +106,19 @@ def from_options(default: str, allow: Sequence[str]) -> EgressSettings:
     return EgressSettings(chosen, rules)
 
 
+def _known_fields(mapping: dict, accepted: tuple[str, ...], at: str) -> None:
+    """A misspelt field is refused, not ignored: an ignored `alow:` would leave the proxy open."""
+    for key in mapping:
+        if key not in accepted:
+            raise SettingsError(f"{at}: unknown field {shown(key)} (accepted: {', '.join(accepted)})")
+
+
 def parse_section(value: object, where: str) -> EgressSettings:
     """A providers file's `egress:` mapping; raises SettingsError naming `where` (the file) and the field."""
     here = f"{where}: egress"
     if not isinstance(value, dict):
         raise SettingsError(f"{here}: expected a mapping with default and allow")
-    for key in value:
-        if key not in _SECTION_KEYS:
-            raise SettingsError(f"{here}: unknown field {shown(key)} (accepted: {', '.join(_SECTION_KEYS)})")
+    _known_fields(value, _SECTION_KEYS, here)
     default = None
     if "default" in value:
         try:
@@ -129,9 +134,7 @@ def parse_section(value: object, where: str) -> EgressSettings:
         at = f"{here}: allow rule {number}"
         if not isinstance(rule, dict):
             raise SettingsError(f"{at}: expected a mapping with hosts and clients")
-        for key in rule:
-            if key not in _RULE_KEYS:
-                raise SettingsError(f"{at}: unknown field {shown(key)} (accepted: {', '.join(_RULE_KEYS)})")
+        _known_fields(rule, _RULE_KEYS, at)
         if "hosts" not in rule:
             raise SettingsError(f"{at}: hosts: required: the hosts, addresses or networks it allows")
         try:
