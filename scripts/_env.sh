@@ -21,8 +21,8 @@ find_python() {
 
 ensure_venv() {
     local stamp="$VENV/.requirements.sha256" want
-    # requirements.txt includes requirements/runtime.txt: a change to either reinstalls.
-    want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements/runtime.txt" | sha256sum | cut -d' ' -f1)"
+    # requirements.txt includes requirements/*.txt: a change to any of them reinstalls.
+    want="$(cat "$ROOT/requirements.txt" "$ROOT"/requirements/*.txt | sha256sum | cut -d' ' -f1)"
     if [ ! -x "$VENV/bin/python" ] || ! _is_py312 "$VENV/bin/python"; then
         echo "header-augment: first run: creating .venv and installing requirements.txt (about a minute)…" >&2
         rm -rf "$VENV"

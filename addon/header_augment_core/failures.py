@@ -15,6 +15,9 @@ REASON_CLASSES = (
     "expired",  # the credential had already expired when it was read
     "file",  # a file (a provider's, a secret, a key) is missing, unreadable, not a regular file or the kernel's
     "command",  # a command provider's command could not run or failed
+    "not_found",  # a secret store has nothing at the path, id or name given (404)
+    "permission",  # the store refused the read (403) while the credential it was made with is still good
+    "auth",  # a refused login or grant, or a credential the server no longer accepts: sign in or log in again
     "other",
 )
 
