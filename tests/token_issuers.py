@@ -1,20 +1,25 @@
 """Loopback servers that issue the tokens the proxy mints for itself, checking what the real ones check: the JWT's
 RS256 signature with the public key (PyJWT), its claims and lifetime, the grant's parameters; anything else is
-refused. And an RFC 6749 token endpoint that is authlib's own `AuthorizationServer` (client credentials)."""
+refused. And RFC 6749 token endpoints that are authlib's own `AuthorizationServer`: client credentials; and a
+person's sign-in (device grant, refresh tokens rotated at every use, revocation)."""
 
 import base64
 import datetime
 import http.server
 import json
+import secrets
 import threading
 import time
 import urllib.parse
+from dataclasses import dataclass
 
 import jwt
 from authlib.oauth2.rfc6749 import AuthorizationServer, ClientMixin, OAuth2Request
-from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
+from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant, RefreshTokenGrant
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
+from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc8628 import DeviceAuthorizationEndpoint, DeviceCodeGrant, DeviceCredentialDict
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from servers import serve_in_background
@@ -58,6 +63,9 @@ class _Issuer:
         self.requests: list[dict] = []
         self.fail_status = 0
         self._lock = threading.Lock()
+        # Requests being answered, counted as they arrive (before the lock that makes `issue` one at a time).
+        self.in_flight = self.most_in_flight = 0
+        self.arrivals = threading.Condition()
         issuer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -66,6 +74,10 @@ class _Issuer:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with issuer.arrivals:
+                    issuer.in_flight += 1
+                    issuer.most_in_flight = max(issuer.most_in_flight, issuer.in_flight)
+                    issuer.arrivals.notify_all()
                 try:
                     with issuer._lock:
                         if issuer.fail_status:
@@ -75,6 +87,8 @@ class _Issuer:
                     with issuer._lock:
                         issuer.refusals.append(str(refused))
                     status, payload = refused.status, {"error": refused.error, "message": str(refused)}
+                with issuer.arrivals:
+                    issuer.in_flight -= 1
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -329,6 +343,223 @@ class AuthlibTokenEndpoint(_Issuer):
         form = _form(path, self.path, headers, body)
         self.requests.append({"form": form, "basic": headers.get("Authorization", "").startswith("Basic ")})
         status, payload = self.authlib.create_token_response(_Request(self.url, headers, form))
+        if status != 200:
+            self.refusals.append(payload.get("error", ""))
+        return status, payload
+
+
+@dataclass
+class RefreshRecord:
+    """A refresh token as the server keeps it. Rotated (used once), it is accepted for `grace` seconds more, as Okta's
+    and Auth0's rotation does (a client that died before saving its successor can still use it); after that, a
+    second use is refused (invalid_grant)."""
+
+    token: str
+    client_id: str
+    scope: str
+    user: str
+    rotated_at: float | None = None
+    revoked: bool = False
+
+    def check_client(self, client) -> bool:
+        return client.get_client_id() == self.client_id
+
+    def get_scope(self) -> str:
+        return self.scope
+
+
+class _SignInClient(ClientMixin):
+    """A client that signs people in: device grant and refresh tokens; public (`secret` None) or confidential."""
+
+    def __init__(self, client_id: str, secret: str | None) -> None:
+        self.client_id, self.secret = client_id, secret
+
+    def get_client_id(self):
+        return self.client_id
+
+    def check_client_secret(self, client_secret):
+        return self.secret is not None and client_secret == self.secret
+
+    def check_endpoint_auth_method(self, method, endpoint):
+        return method == "none" if self.secret is None else method in ("client_secret_basic", "client_secret_post")
+
+    def check_grant_type(self, grant_type):
+        return grant_type in ("refresh_token", DeviceCodeGrant.GRANT_TYPE)
+
+    def get_allowed_scope(self, scope):
+        return scope or ""
+
+
+class AuthlibSignIn(_Issuer):
+    """authlib's `AuthorizationServer` for a person's sign-in, on 127.0.0.1: its device authorization endpoint and
+    device-code grant (RFC 8628) at /device and /token, its refresh-token grant at /token with a new refresh token at
+    every use (RFC 9700 §4.14.2), its revocation endpoint (RFC 7009) at /revoke. One client, `client_id`, public when
+    `secret` is None.
+
+    The test plays the person: `approve(user_code)` or `deny(user_code)`; `slow_down` answers that many polls with
+    slow_down; `expire(user_code)` ends the device code's life. `signed_in(user)` is a refresh token as a finished
+    sign-in leaves it. The next refresh waits up to `hold` seconds for another request to arrive (one that does is in
+    `most_in_flight`)."""
+
+    def __init__(self, client_id: str = "agent", secret: str | None = None, expires_in: int = 3600, grace=30.0):
+        self.client_id, self.grace = client_id, grace
+        self.refresh_tokens: dict[str, RefreshRecord] = {}
+        self.presented: list[str] = []  # the refresh tokens presented, in order
+        self.devices: dict[str, DeviceCredentialDict] = {}
+        self.decisions: dict[str, tuple[str, bool]] = {}
+        self.device_requests: list[dict] = []
+        self.slow_down = 0
+        self.hold = 0.0
+        client = _SignInClient(client_id, secret)
+        issuer = self
+
+        class Server(AuthorizationServer):
+            def query_client(self, asked):
+                return client if asked == client_id else None
+
+            def save_token(self, token, request):
+                issuer.issued.append(token["access_token"])
+                if "refresh_token" in token:
+                    # A rotated token keeps what the person granted, whatever scope this refresh asked for.
+                    granted = getattr(request, "refresh_token", None)
+                    scope = granted.scope if granted is not None else token.get("scope", "")
+                    issuer.refresh_tokens[token["refresh_token"]] = RefreshRecord(
+                        token["refresh_token"], client_id, scope, request.user
+                    )
+
+            def create_oauth2_request(self, request):
+                return request
+
+            def handle_response(self, status, body, headers):
+                return status, body
+
+            def send_signal(self, name, *args, **kwargs):
+                pass
+
+        methods = ["none"] if secret is None else ["client_secret_basic", "client_secret_post"]
+
+        class Refresh(RefreshTokenGrant):
+            TOKEN_ENDPOINT_AUTH_METHODS = methods
+            INCLUDE_NEW_REFRESH_TOKEN = True
+
+            def authenticate_refresh_token(self, refresh_token):
+                issuer.presented.append(refresh_token)
+                record = issuer.refresh_tokens.get(refresh_token)
+                if record is None or record.revoked:
+                    return None
+                if record.rotated_at is not None and time.monotonic() - record.rotated_at > issuer.grace:
+                    return None
+                return record
+
+            def authenticate_user(self, refresh_token):
+                return refresh_token.user
+
+            def revoke_old_credential(self, refresh_token):
+                if refresh_token.rotated_at is None:
+                    refresh_token.rotated_at = time.monotonic()
+
+        class Device(DeviceCodeGrant):
+            TOKEN_ENDPOINT_AUTH_METHODS = methods
+
+            def query_device_credential(self, device_code):
+                return issuer.devices.get(device_code)
+
+            def query_user_grant(self, user_code):
+                return issuer.decisions.get(user_code)
+
+            def should_slow_down(self, credential):
+                if issuer.slow_down:
+                    issuer.slow_down -= 1
+                    return True
+                return False
+
+        class DeviceEndpoint(DeviceAuthorizationEndpoint):
+            CLIENT_AUTH_METHODS = methods
+
+            def get_verification_uri(self):
+                return issuer.base + "/activate"
+
+            def save_device_credential(self, client_id, scope, data):
+                issuer.devices[data["device_code"]] = DeviceCredentialDict(
+                    client_id=client_id, scope=scope, expires_at=time.time() + data["expires_in"], **data
+                )
+
+        class Revocation(RevocationEndpoint):
+            CLIENT_AUTH_METHODS = methods
+
+            def query_token(self, token_string, token_type_hint):
+                return issuer.refresh_tokens.get(token_string)
+
+            def revoke_token(self, token, request):
+                token.revoked = True
+
+        self.authlib = Server()
+        self.authlib.register_grant(Refresh)
+        self.authlib.register_grant(Device)
+        self.authlib.register_endpoint(DeviceEndpoint)
+        self.authlib.register_endpoint(Revocation)
+        self.authlib.register_token_generator(
+            "default",
+            BearerTokenGenerator(
+                lambda **_: f"person-at-{len(issuer.issued) + 1}",
+                lambda **_: "rt-" + secrets.token_urlsafe(16),
+                expires_generator=expires_in,
+            ),
+        )
+        super().__init__()
+
+    def signed_in(self, user: str = "alice", scope: str = "drive") -> str:
+        """A refresh token for `user`, as a finished sign-in leaves one."""
+        token = "rt-" + secrets.token_urlsafe(16)
+        self.refresh_tokens[token] = RefreshRecord(token, self.client_id, scope, user)
+        return token
+
+    def accepts(self, refresh_token: str) -> bool:
+        record = self.refresh_tokens.get(refresh_token)
+        return (
+            record is not None
+            and not record.revoked
+            and (record.rotated_at is None or time.monotonic() - record.rotated_at <= self.grace)
+        )
+
+    def revoke(self, refresh_token: str) -> None:
+        self.refresh_tokens[refresh_token].revoked = True
+
+    def latest(self) -> str:
+        """The refresh token issued last."""
+        return next(reversed(self.refresh_tokens))
+
+    def user_codes(self) -> list[str]:
+        return [d["user_code"] for d in self.devices.values()]
+
+    def approve(self, user_code: str, user: str = "alice") -> None:
+        self.decisions[user_code] = (user, True)
+
+    def deny(self, user_code: str) -> None:
+        self.decisions[user_code] = ("alice", False)
+
+    def expire(self, user_code: str) -> None:
+        for device in self.devices.values():
+            if device["user_code"] == user_code:
+                device["expires_at"] = time.time() - 1
+
+    def issue(self, path, headers, body):
+        pairs = urllib.parse.parse_qsl(body.decode(), keep_blank_values=True)
+        form = dict(pairs)
+        request = _Request(self.base + path, headers, form)
+        if path == "/device":
+            self.device_requests.append(form)
+            return self.authlib.create_endpoint_response("device_authorization", request)
+        if path == "/revoke":
+            return self.authlib.create_endpoint_response("revocation", request)
+        if path != "/token":
+            raise Refused(404, "not_found", f"POST {path}")
+        if form.get("grant_type") == "refresh_token" and self.hold:
+            with self.arrivals:
+                self.arrivals.wait_for(lambda: self.in_flight > 1, self.hold)
+            self.hold = 0.0  # the first refresh only
+        self.requests.append({"form": form, "basic": headers.get("Authorization", "").startswith("Basic ")})
+        status, payload = self.authlib.create_token_response(request)
         if status != 200:
             self.refusals.append(payload.get("error", ""))
         return status, payload

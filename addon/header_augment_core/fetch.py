@@ -9,7 +9,8 @@ from .rules import Validated
 
 @dataclass(frozen=True)
 class FetchResult:
-    """Either `answer` (a valid answer) or `reason` and `reason_class` (why the refresh failed) are set."""
+    """Either `answer` (a valid answer) or `reason` and `reason_class` (why the refresh failed) are set; or both, when
+    the answer is used but something failed that must be counted and shown (a rotated refresh token not saved)."""
 
     answer: Validated | None = None
     reason: str = ""

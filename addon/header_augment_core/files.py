@@ -1,8 +1,11 @@
 """Reading the files we are pointed at (providers file, file providers, key and secret files): regular files only,
-never the kernel's, within a size limit, and the stamp that tells when one has changed."""
+never the kernel's, within a size limit, and the stamp that tells when one has changed. And the one way a file is
+written (a rotated refresh token): whole or not at all, and on disk before it is used."""
 
 import os
 import stat
+import tempfile
+import time
 
 from .failures import Failed
 
@@ -121,3 +124,57 @@ class SettledChange:
         settled = now != self.current and now == self.seen
         self.seen = now
         return settled
+
+
+# Set to a path, it makes `write_atomic` create that file once its temporary file is on disk and wait (at most
+# PAUSE_LIMIT seconds) until the file is removed, before the rename: how a test kills the process between the two.
+PAUSE_BEFORE_RENAME = "HEADER_AUGMENT_PAUSE_BEFORE_RENAME"
+PAUSE_LIMIT = 60.0
+
+
+def write_atomic(path: str, data: bytes) -> Stamp:
+    """Replaces `path` (symlinks followed) with a file holding `data`, readable by its owner alone, and returns its
+    stamp. A process killed at any point leaves the old content or the new one, never a mix or nothing: a temporary
+    file in the same directory, flushed to disk, renamed over the old one, the directory flushed so that the rename
+    itself survives a power cut. Raises Failed (class file); the temporary file does not outlive a failure."""
+    target = os.path.realpath(os.path.expanduser(path))
+    directory, name = os.path.split(target)
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)  # mode 0600
+    except OSError as e:
+        raise Failed(f"cannot write it ({e.strerror})", "file") from None
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if marker := os.environ.get(PAUSE_BEFORE_RENAME):
+            _pause(marker)
+        os.replace(temporary, target)
+    except OSError as e:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise Failed(f"cannot write it ({e.strerror})", "file") from None
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise Failed(f"written, but its directory could not be flushed to disk ({e.strerror})", "file") from None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _pause(marker: str) -> None:
+    with open(marker, "x"):
+        pass
+    deadline = time.monotonic() + PAUSE_LIMIT
+    while os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)

@@ -210,6 +210,8 @@ class Refresher:
         if result.ok:
             self._accept(result)
             delay = self._schedule.after_success(self._max_age(result))
+            if result.reason:  # usable, yet something failed that must be seen (a rotated refresh token not saved)
+                self._fail(result)
         else:
             self._fail(result)
             delay = self._schedule.after_failure()

@@ -1,28 +1,39 @@
-"""kind `oauth2`: an OAuth2 token endpoint, asked for a client-credentials grant (RFC 6749 §4.4) or a token exchange
-(RFC 8693) of a token read from a file; the client authenticates with a secret (Basic or in the form), with a client
-assertion read from a file (RFC 7523 §2.2), or not at all (a token exchange). The access token becomes
-`Authorization: Bearer …`, used at most for its lifetime (`expires_in`, or a JWT's `exp` if sooner).
+"""kind `oauth2`: an OAuth2 token endpoint, asked for a client-credentials grant (RFC 6749 §4.4), a token exchange
+(RFC 8693) of a token read from a file, or a refresh-token grant (RFC 6749 §6) for a person who signed in once
+(`header-augment login`, login.py); the client authenticates with a secret (Basic or in the form), with a client
+assertion read from a file (RFC 7523 §2.2), or not at all (a token exchange, a public client). The access token
+becomes `Authorization: Bearer …`, used at most for its lifetime (`expires_in`, or a JWT's `exp` if sooner).
+
+A refresh token the server rotates exists nowhere else once the answer is read: it is written to its file
+(`files.write_atomic`) before the access token that came with it is used, one refresh at a time per file however
+many entries share it (`HeldToken`).
 
 What every OAuth2 grant shares (the call to the token endpoint, its answer, the RFC 6749 error code in a reason) is
 `token_grant`, also used by the kinds that sign their own assertion (google-service-account)."""
 
 import base64
+import dataclasses
 import json
+import os
 import re
+import threading
 import urllib.parse
+import weakref
 from dataclasses import dataclass
 from typing import ClassVar
 
 from ..failures import Failed
 from ..fetch import Client, FetchResult
 from ..fields import SettingsError, choice, setting, text
-from ..files import read_regular
+from ..files import Stamp, read_regular, stamp, write_atomic
 from ..formats import bearer_token
 from ..http_exchange import Answer, Endpoint, HttpExchange
+from ..http_exchange import _url as url_setting
 from .base import Source
+from .file import WATCH_INTERVAL
 
 CLIENT_AUTH = ("basic", "post")
-GRANTS = ("client-credentials", "token-exchange")
+GRANTS = ("client-credentials", "token-exchange", "refresh-token")
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 # The subject token types that are always a JWT: RFC 8693's jwt, and an OpenID Connect ID token (a JWT by definition).
@@ -30,6 +41,11 @@ JWT_TOKEN_TYPES = (JWT_TOKEN_TYPE, "urn:ietf:params:oauth:token-type:id_token")
 JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # Only with a token exchange: the settings of the token given in exchange and of the one asked for.
 EXCHANGE_ONLY = ("subject_token_file", "subject_token_type", "resource", "requested_token_type")
+# Only with a refresh-token grant: where the person's refresh token is kept, where `login` gets the first one and
+# where `logout` revokes it.
+REFRESH_ONLY = ("refresh_token_file", "device_authorization_url", "revocation_url")
+# What every reason about a missing or refused refresh token tells the operator to do.
+SIGN_IN = "sign in with header-augment login"
 # RFC 6749 §5.2 error codes are short ASCII words; anything else from a token endpoint is not echoed into logs.
 _OAUTH_ERROR = re.compile(r"[a-z_]{1,64}")
 # A client secret, a subject token or an assertion is a few hundred bytes, a JWT with many claims a few KiB: a file
@@ -91,11 +107,15 @@ class OAuth2Source(Endpoint, Source):
     subject_token_type: str = setting(JWT_TOKEN_TYPE, text)
     resource: str = setting("", text)
     requested_token_type: str = setting("", text)
+    refresh_token_file: str = setting("", text)
+    device_authorization_url: str = setting("", url_setting)
+    revocation_url: str = setting("", url_setting)
 
     def check(self, label, given):
         if not self.url:
             raise SettingsError(f"{label('url')}: required for kind oauth2")
         exchange = self.grant == "token-exchange"
+        refresh = self.grant == "refresh-token"
         if exchange:
             if not self.subject_token_file:
                 raise SettingsError(f"{label('subject_token_file')}: required for grant token-exchange")
@@ -103,9 +123,18 @@ class OAuth2Source(Endpoint, Source):
             for name in EXCHANGE_ONLY:
                 if name in given:
                     raise SettingsError(f"{label(name)}: only with grant token-exchange")
+        if refresh:
+            # A missing file is not refused: `login` may write it while the proxy runs.
+            if not self.refresh_token_file:
+                raise SettingsError(f"{label('refresh_token_file')}: required for grant refresh-token")
+        else:
+            for name in REFRESH_ONLY:
+                if name in given:
+                    raise SettingsError(f"{label(name)}: only with grant refresh-token")
+        if not exchange:
             if not self.client_id:
                 raise SettingsError(f"{label('client_id')}: required for kind oauth2")
-            if not self.client_secret_file and not self.client_assertion_file:
+            if not refresh and not self.client_secret_file and not self.client_assertion_file:
                 raise SettingsError(
                     f"{label('client_secret_file')}: required for kind oauth2 (or client_assertion_file)"
                 )
@@ -126,12 +155,117 @@ class OAuth2Source(Endpoint, Source):
         return OAuth2Client(self, timeout)
 
 
+def client_authentication(source: OAuth2Source, form: dict[str, str]) -> dict[str, str]:
+    """Adds the client's authentication to `form` (an assertion, a secret in the form, or a public client's id) and
+    returns the headers it needs (Basic). The same at every endpoint of the entry: token, device authorization,
+    revocation. Raises Failed."""
+    headers = {}
+    if source.client_assertion_file:  # RFC 7523 §2.2: the assertion instead of a secret, and no Basic header
+        if source.client_id:
+            form["client_id"] = source.client_id
+        form["client_assertion_type"] = JWT_BEARER_ASSERTION
+        form["client_assertion"] = _read_file(source, "client_assertion_file")
+    elif source.client_secret_file:
+        secret = _read_file(source, "client_secret_file")
+        if source.client_auth == "post":
+            form |= {"client_id": source.client_id, "client_secret": secret}
+        else:
+            headers["Authorization"] = basic_credentials(source.client_id, secret)
+    elif source.client_id:  # a public client (RFC 6749 §3.2.1) names itself
+        form["client_id"] = source.client_id
+    return headers
+
+
+def refresh_token_of(value: str, where: str) -> str:
+    """A refresh token as read from a file or an answer, checked (RFC 6749 §A.17: visible ASCII). Raises Failed."""
+    value = value.strip()
+    if not value:
+        raise Failed(f"{where}: empty", "format")
+    if len(value) > MAX_SECRET_FILE_BYTES or not _VSCHARS.fullmatch(value):
+        raise Failed(f"{where}: not a refresh token (visible ASCII on one line)", "format")
+    return value
+
+
+class HeldToken:
+    """The refresh token of one file, shared by every client that names the file: its lock (one refresh at a time),
+    the token in use and the stamp of the file it was read from or written to. A new stamp is an outside change (a
+    sign-in), read at the next refresh; the proxy's own write is not one."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.token: str | None = None
+        self.stamp: Stamp | None = None
+        self.unsaved = False  # `token` is a rotated one the file could not take: lost at the next restart
+
+    def current(self) -> str:
+        """The refresh token to use now: the one held, unless the file has changed since. Called with the lock."""
+        now = stamp(self.path)
+        if self.token is not None and now == self.stamp:
+            return self.token
+        self.token, self.unsaved = None, False  # what the file holds now wins over what was held
+        try:
+            data, self.stamp = read_regular(self.path, MAX_SECRET_FILE_BYTES)
+        except Failed as e:
+            self.stamp = now
+            raise Failed(f"refresh_token_file: {e.reason}: {SIGN_IN}", e.reason_class) from None
+        self.token = refresh_token_of(data.decode("latin-1"), "refresh_token_file")
+        return self.token
+
+    def keep(self, token: str) -> None:
+        """Holds `token` (a rotated one, or one not saved yet) and writes it to the file. Called with the lock.
+        Raises Failed when it cannot be written: the token is still held, and used until the process ends."""
+        self.token = token
+        self.unsaved = True
+        try:
+            self.stamp = write_atomic(self.path, token.encode() + b"\n")
+        except Failed as e:
+            raise Failed(
+                f"refresh_token_file: the rotated refresh token could not be saved: {e.reason}; it is kept in memory "
+                "and lost at restart (then sign in again with header-augment login)",
+                "file",
+            ) from None
+        self.unsaved = False
+
+
+_held: "weakref.WeakValueDictionary[str, HeldToken]" = weakref.WeakValueDictionary()
+_held_lock = threading.Lock()
+
+
+def held_token(path: str) -> HeldToken:
+    """The one HeldToken of the file at `path` (symlinks resolved) while any client uses it."""
+    key = os.path.realpath(os.path.expanduser(path))
+    with _held_lock:
+        held = _held.get(key)
+        if held is None:
+            held = _held[key] = HeldToken(key)
+        return held
+
+
 class OAuth2Client(Client):
     def __init__(self, source: OAuth2Source, timeout: float) -> None:
         self.source = source
+        self.timeout = timeout
         self._exchange = HttpExchange(source, timeout, "application/json")
+        self._held: HeldToken | None = None
+        if source.grant == "refresh-token":
+            self._held = held_token(source.refresh_token_file)
+            self.watch_interval = WATCH_INTERVAL
+            self._seen: Stamp | None = None  # the stamp the last look saw
+
+    def changed(self) -> bool:
+        """A refresh-token file replaced from outside (a sign-in): a stamp other than the one in use, the same on two
+        looks in a row. The proxy's own write of a rotated token records its stamp first, so it is not a change."""
+        if self._held is None:
+            return False
+        now = stamp(self._held.path)
+        settled = now != self._held.stamp and now == self._seen
+        self._seen = now
+        return settled
 
     def _fetch(self) -> FetchResult:
+        if self._held is not None:
+            return self._refresh(self._held)
         source = self.source
         if source.grant == "token-exchange":
             form = {
@@ -144,25 +278,44 @@ class OAuth2Client(Client):
                     form[name] = getattr(source, name)
         else:
             form = {"grant_type": "client_credentials"}
-        if source.token_scope:
-            form["scope"] = source.token_scope
-        if source.audience:
-            form["audience"] = source.audience
-        headers = {}
-        if source.client_assertion_file:  # RFC 7523 §2.2: the assertion instead of a secret, and no Basic header
-            if source.client_id:
-                form["client_id"] = source.client_id
-            form["client_assertion_type"] = JWT_BEARER_ASSERTION
-            form["client_assertion"] = _read_file(source, "client_assertion_file")
-        elif source.client_secret_file:
-            secret = _read_file(source, "client_secret_file")
-            if source.client_auth == "post":
-                form |= {"client_id": source.client_id, "client_secret": secret}
-            else:
-                headers["Authorization"] = basic_credentials(source.client_id, secret)
-        elif source.client_id:  # a public client (RFC 6749 §3.2.1) names itself
-            form["client_id"] = source.client_id
-        return token_grant(self._exchange, form, headers)
+        self._scope(form)
+        return token_grant(self._exchange, form, client_authentication(source, form))
+
+    def _scope(self, form: dict[str, str]) -> None:
+        if self.source.token_scope:
+            form["scope"] = self.source.token_scope
+        if self.source.audience:
+            form["audience"] = self.source.audience
+
+    def _refresh(self, held: HeldToken) -> FetchResult:
+        """The refresh-token grant, with the file's lock held from reading the token to saving the one that replaces
+        it: another entry of the same file waits, then uses the new one."""
+        if not held.lock.acquire(timeout=self.timeout):
+            raise Failed("another entry's refresh of the same refresh_token_file is still running", "timeout")
+        try:
+            form = {"grant_type": "refresh_token", "refresh_token": held.current()}
+            self._scope(form)
+            answer = self._exchange.send("POST", headers=client_authentication(self.source, form), data=form)
+            if answer.status != 200:
+                if oauth_error(answer) == "invalid_grant":  # revoked, expired, or used already (RFC 6749 §5.2)
+                    raise Failed(f"{_status_reason(answer)}: the refresh token is refused: {SIGN_IN} again", "auth")
+                raise Failed(_status_reason(answer), "status")
+            token = token_json(answer.body)
+            result = access_token(token)
+            rotated = token.get("refresh_token")
+            if rotated is not None:
+                if not isinstance(rotated, str):
+                    raise Failed("refresh_token in the token response is not a string")
+                rotated = refresh_token_of(rotated, "refresh_token in the token response")
+            if rotated in (None, held.token) and not held.unsaved:
+                return result
+            try:
+                held.keep(rotated or held.token)
+            except Failed as e:  # published all the same, and counted and shown as a failure
+                return dataclasses.replace(result, reason=e.reason, reason_class=e.reason_class)
+            return result
+        finally:
+            held.lock.release()
 
     def abort(self) -> None:
         self._exchange.abort()
@@ -177,16 +330,22 @@ def token_grant(exchange: HttpExchange, form: dict[str, str], headers: dict[str,
     answer = exchange.send("POST", headers=headers, data=form)
     if answer.status != 200:
         raise Failed(_status_reason(answer), "status")
-    return _token_response(answer.body)
+    return access_token(token_json(answer.body))
 
 
-def _token_response(body: bytes) -> FetchResult:
+def token_json(body: bytes) -> dict:
+    """A token endpoint's answer (RFC 6749 §5.1), an object with an access_token. Raises Failed."""
     try:
         token = json.loads(body)
     except (ValueError, RecursionError):
         raise Failed("token response is not JSON") from None
     if not isinstance(token, dict) or not isinstance(token.get("access_token"), str):
         raise Failed("token response has no access_token")
+    return token
+
+
+def access_token(token: dict) -> FetchResult:
+    """The access token of a token response as `Authorization: Bearer …`, with its lifetime. Raises Failed."""
     if str(token.get("token_type", "")).lower() != "bearer":
         raise Failed("token_type is not Bearer")
     expires_in = token.get("expires_in")
@@ -199,10 +358,16 @@ def _token_response(body: bytes) -> FetchResult:
     return FetchResult(answer=parsed.answer, lifetime=float(min(lifetimes)) if lifetimes else None)
 
 
-def _status_reason(answer: Answer) -> str:
-    reason = answer.status_reason()
+def oauth_error(answer: Answer) -> str | None:
+    """The RFC 6749 §5.2 error code of an answer, if it has one that may be shown."""
     try:
         error = json.loads(answer.body).get("error")
     except (ValueError, AttributeError, RecursionError):
-        return reason
-    return f"{reason}: {error}" if isinstance(error, str) and _OAUTH_ERROR.fullmatch(error) else reason
+        return None
+    return error if isinstance(error, str) and _OAUTH_ERROR.fullmatch(error) else None
+
+
+def _status_reason(answer: Answer) -> str:
+    reason = answer.status_reason()
+    error = oauth_error(answer)
+    return f"{reason}: {error}" if error else reason
