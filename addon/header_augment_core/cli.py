@@ -43,6 +43,10 @@ def sets_listen_host(args: list[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] in (["login"], ["logout"]):  # a person signs in or out for an entry; no proxy runs (login.py)
+        from . import login
+
+        raise SystemExit(login.main(args))
     if "--version" in args:
         print(f"header-augment {importlib.metadata.version('header-augment')}")
         print(f"mitmproxy {importlib.metadata.version('mitmproxy')}")

@@ -1,0 +1,213 @@
+"""`header-augment login` and `header-augment logout`: a person signs in once for an entry of kind oauth2 with grant
+refresh-token, and the proxy holds the refresh token from then on (kinds/oauth2.py).
+
+    header-augment login --providers-file providers.yaml drive     # device authorization grant (RFC 8628)
+    header-augment logout --providers-file providers.yaml drive    # revocation (RFC 7009), then the file removed
+
+`login` prints the verification URI and the user code, never the device code or a token; it polls the token endpoint
+at the server's interval (5 s more after each slow_down) and writes the refresh token to the entry's
+refresh_token_file the way the proxy writes a rotated one (files.write_atomic): a failed sign-in writes nothing. A
+running proxy reads the new file within a second.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from .failures import Failed
+from .fields import SettingsError, shown
+from .files import read_regular, write_atomic
+from .http_exchange import HttpExchange
+from .kinds.oauth2 import (
+    MAX_SECRET_FILE_BYTES,
+    OAuth2Source,
+    client_authentication,
+    oauth_error,
+    refresh_token_of,
+    token_json,
+)
+from .providers_file import load_providers_file
+
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+DEFAULT_INTERVAL = 5  # RFC 8628 §3.2: when the server gives none
+SLOW_DOWN = 5  # RFC 8628 §3.5: added to the interval at each slow_down, for this and every later poll
+# What the device authorization endpoint sends to be shown: printed to a terminal, so checked to hold nothing but
+# visible ASCII (no escape sequence), and short.
+_SHOWN = re.compile(r"[\x21-\x7e]{1,2048}")
+_URI = re.compile(r"https?://[\x21-\x7e]{1,2040}")
+
+
+class LoginError(Exception):
+    """Why the command ends without success, for the person running it."""
+
+
+def main(args: list[str], *, out: TextIO | None = None, sleep=time.sleep, clock=time.monotonic) -> int:
+    """Runs `login` or `logout` (the first of `args`); returns the exit status. `sleep` and `clock` are injected by
+    the tests, which poll in no real time."""
+    out = out or sys.stdout
+    parser = argparse.ArgumentParser(prog="header-augment", description="Sign a person in or out for an entry.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("login", "get the entry's first refresh token (device authorization grant, RFC 8628)"),
+        ("logout", "revoke the entry's refresh token (RFC 7009, where the entry has a revocation_url); remove it"),
+    ):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("--providers-file", required=True, help="the providers file that has the entry")
+        command.add_argument("name", help="the entry's name (kind oauth2, grant refresh-token)")
+    options = parser.parse_args(args)
+    try:
+        source, timeout = _entry(options.providers_file, options.name)
+        if options.command == "login":
+            _device_login(source, timeout, out, sleep, clock)
+        else:
+            _logout(source, timeout, out)
+    except (SettingsError, Failed, LoginError) as e:
+        print(f"header-augment {options.command}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _entry(path: str, name: str) -> tuple[OAuth2Source, float]:
+    entries, _ = load_providers_file(path, "--providers-file")
+    for settings, label in entries:
+        if settings.name == name:
+            source = settings.source
+            if not isinstance(source, OAuth2Source) or source.grant != "refresh-token":
+                raise LoginError(f"{label('grant')}: login and logout are for kind oauth2 with grant refresh-token")
+            return source, settings.timeout
+    names = ", ".join(s.name for s, _ in entries if s.name) or "none"
+    raise LoginError(f"{path}: no provider named {shown(name)} (named: {names})")
+
+
+def _exchange(source: OAuth2Source, url: str, timeout: float) -> HttpExchange:
+    """A client for another endpoint of the entry, reached the way its token endpoint is (CA, certificate, socket)."""
+    return HttpExchange(dataclasses.replace(source, url=url), timeout, "application/json")
+
+
+def _device_login(source: OAuth2Source, timeout: float, out: TextIO, sleep: Callable, clock: Callable) -> None:
+    if not source.device_authorization_url:
+        raise LoginError("the entry has no device_authorization_url (the provider's RFC 8628 endpoint)")
+    device = _exchange(source, source.device_authorization_url, timeout)
+    try:
+        form = {"scope": source.token_scope} if source.token_scope else {}
+        answer = device.send("POST", headers=client_authentication(source, form), data=form)
+    finally:
+        device.close()
+    if answer.status != 200:
+        error = oauth_error(answer)
+        raise LoginError(f"the device authorization endpoint answered HTTP {answer.status}{f': {error}' * bool(error)}")
+    grant = _device_grant(answer.body)
+    print(f"To sign in, open {grant['verification_uri']} and enter the code {grant['user_code']}", file=out)
+    if "verification_uri_complete" in grant:
+        print(f"  or open {grant['verification_uri_complete']}", file=out)
+    print(f"Waiting for the sign-in (the code is good for {grant['expires_in']:.0f} s)...", file=out, flush=True)
+    token = _poll(source, timeout, grant, sleep, clock)
+    refresh = token.get("refresh_token")
+    if not isinstance(refresh, str):
+        raise LoginError(
+            "signed in, but the token endpoint gave no refresh token: the provider may want offline access asked "
+            "for in token_scope (offline_access, or its own word)"
+        )
+    refresh = refresh_token_of(refresh, "refresh_token in the token response")
+    directory = os.path.dirname(os.path.abspath(os.path.expanduser(source.refresh_token_file)))
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise LoginError(f"refresh_token_file: cannot make its directory ({e.strerror})") from None
+    try:
+        write_atomic(source.refresh_token_file, refresh.encode() + b"\n")
+    except Failed as e:
+        raise LoginError(f"refresh_token_file: {e.reason}") from None
+    print(f"Signed in: the refresh token is in {source.refresh_token_file}", file=out)
+
+
+def _device_grant(body: bytes) -> dict:
+    """The device authorization response (RFC 8628 §3.2), checked. Google names the URI verification_url."""
+    try:
+        grant = json.loads(body)
+    except (ValueError, RecursionError):
+        grant = None
+    if not isinstance(grant, dict):
+        raise LoginError("the device authorization response is not a JSON object")
+    if "verification_uri" not in grant and "verification_url" in grant:
+        grant["verification_uri"] = grant["verification_url"]
+    for field, pattern in (("device_code", _SHOWN), ("user_code", _SHOWN), ("verification_uri", _URI)):
+        if not isinstance(grant.get(field), str) or not pattern.fullmatch(grant[field]):
+            raise LoginError(f"the device authorization response has no usable {field}")
+    complete = grant.get("verification_uri_complete")
+    if not isinstance(complete, str) or not _URI.fullmatch(complete):
+        grant.pop("verification_uri_complete", None)
+    for field, default in (("expires_in", None), ("interval", DEFAULT_INTERVAL)):
+        value = grant.get(field, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 86400:
+            raise LoginError(f"the device authorization response has no usable {field}")
+        grant[field] = value
+    return grant
+
+
+def _poll(source: OAuth2Source, timeout: float, grant: dict, sleep: Callable, clock: Callable) -> dict:
+    """Asks the token endpoint until the person has approved (the token response), or raises LoginError."""
+    deadline = clock() + grant["expires_in"]
+    interval = grant["interval"]
+    endpoint = _exchange(source, source.url, timeout)
+    try:
+        while True:
+            sleep(interval)
+            if clock() >= deadline:
+                raise LoginError("the code expired before the sign-in was finished: run header-augment login again")
+            form = {"grant_type": DEVICE_CODE_GRANT, "device_code": grant["device_code"]}
+            try:
+                answer = endpoint.send("POST", headers=client_authentication(source, form), data=form)
+            except Failed as e:
+                if e.reason_class not in ("timeout", "connect"):
+                    raise
+                interval *= 2  # RFC 8628 §3.5: back off on a connection that timed out
+                continue
+            if answer.status == 200:
+                return token_json(answer.body)
+            error = oauth_error(answer)
+            if error == "authorization_pending":
+                continue
+            if error == "slow_down":
+                interval += SLOW_DOWN
+                continue
+            if error == "access_denied":
+                raise LoginError("the sign-in was refused (access_denied)")
+            if error == "expired_token":
+                raise LoginError("the code expired (expired_token): run header-augment login again")
+            raise LoginError(f"the token endpoint answered HTTP {answer.status}{f': {error}' * bool(error)}")
+    finally:
+        endpoint.close()
+
+
+def _logout(source: OAuth2Source, timeout: float, out: TextIO) -> None:
+    path = source.refresh_token_file
+    if not os.path.lexists(os.path.expanduser(path)):
+        print(f"Not signed in: there is no {path}", file=out)
+        return
+    if source.revocation_url:
+        data, _ = read_regular(path, MAX_SECRET_FILE_BYTES)
+        form = {
+            "token": refresh_token_of(data.decode("latin-1"), "refresh_token_file"),
+            "token_type_hint": "refresh_token",
+        }
+        endpoint = _exchange(source, source.revocation_url, timeout)
+        try:
+            answer = endpoint.send("POST", headers=client_authentication(source, form), data=form)
+        finally:
+            endpoint.close()
+        if answer.status != 200:  # RFC 7009 §2.2: 200 even for a token the server no longer knows
+            error = oauth_error(answer)
+            raise LoginError(
+                f"the revocation endpoint answered HTTP {answer.status}{f': {error}' * bool(error)}; "
+                f"{path} is kept, so that logout can be run again"
+            )
+    os.unlink(os.path.expanduser(path))
+    revoked = "revoked and " if source.revocation_url else "not revoked (no revocation_url), "
+    print(f"Signed out: the refresh token was {revoked}removed from {path}", file=out)
