@@ -118,9 +118,25 @@ def _child(request: dict, fds: list[int]) -> None:
     sys.stdout = open(1, "w", encoding="utf-8", buffering=1, closefd=False)
     sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False)
     sys.argv = request["argv"]
+    if os.path.basename(sys.argv[0]) == COMMAND:
+        sys.exit(_command())
     from mitmproxy.tools.main import mitmdump
 
     sys.exit(mitmdump())
+
+
+# -- the header-augment command (issue 30) ------------------------------------------------------------------------
+# A request whose argv[0] is named `header-augment` becomes the `header-augment` command that pyproject.toml installs
+# (header_augment_core.cli:main), run from the clone: its package is imported in the child, never here, so that the
+# script loader's re-import of it in the child is the same as in any other process.
+COMMAND = "header-augment"
+
+
+def _command() -> int | None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "addon"))
+    from header_augment_core.cli import main
+
+    return main(sys.argv[1:])
 
 
 class Forked:
