@@ -68,3 +68,102 @@ def test_compiled_filters_show_their_codes_and_children(expression, codes):
     compiled = flowfilter.parse(expression)
     assert walk(compiled) == codes
     assert searches_hosts(compiled) == bool(codes & {"d", "h", "hq", "u"})
+
+
+# -- the header-augment command's addon chain (chain.py; issue 30) -------------------------------------------------
+# chain.py uses public names only (Master, AddonManager's chain/register/invoke_addon, addonmanager.safecall, the
+# options' changed signal, tools.main.run); what it assumes of their behaviour in 12.3.1 is pinned here.
+
+
+def _in_a_loop(test):
+    import asyncio
+
+    async def main():
+        return test()
+
+    return asyncio.run(main())
+
+
+def test_the_commands_stock_order_is_mitmdumps():
+    """A late addon's place is its index in `stock_addons()`: that list must be DumpMaster's chain."""
+    from mitmproxy import options
+    from mitmproxy.tools.dump import DumpMaster
+
+    from header_augment_core import chain
+
+    def kinds():
+        dump = DumpMaster(options.Options())
+        made = chain.stock_addons()
+        try:
+            return [type(a) for a in dump.addons.chain], [type(a) for a in made]
+        finally:
+            for addon in [*dump.addons.chain, *made]:
+                if hasattr(addon, "logger"):
+                    addon.logger.uninstall()
+
+    dumps, ours = _in_a_loop(kinds)
+    assert dumps == ours
+
+
+def test_every_addon_with_a_traffic_hook_is_in_the_chain_or_joins_it():
+    """An addon that gained a flow or connection hook in a mitmproxy release would otherwise stay idle for good."""
+    from mitmproxy.addons import script
+
+    from header_augment_core import chain
+
+    def classes():
+        made = chain.stock_addons()
+        for addon in made:
+            if hasattr(addon, "logger"):
+                addon.logger.uninstall()
+        return {type(a): chain.traffic_hooks(a) for a in made}
+
+    hooked = {kind for kind, names in _in_a_loop(classes).items() if names}
+    # The script loader has no hook of its own: the scripts it holds (ours) are its sub-addons.
+    assert hooked | {script.ScriptLoader} == set(chain.CORE) | set(chain.WORK)
+
+
+def test_an_event_in_flight_goes_on_over_the_chain_it_started_with():
+    """chain.py replaces `AddonManager.chain` rather than inserting into it: trigger_event iterates the list it found,
+    so an addon joining while an event is dispatched (a hook that sets an option) gets the next event, not this one,
+    and no addon gets this one twice."""
+    from mitmproxy import hooks, master, options
+
+    calls = []
+
+    class First:
+        def running(self):
+            calls.append("first")
+            m[0].addons.chain = [Late(), *m[0].addons.chain]
+
+    class Late:
+        def running(self):
+            calls.append("late")
+
+    class Second:
+        def running(self):
+            calls.append("second")
+
+    async def main():
+        m.append(master.Master(options.Options()))
+        m[0].addons.add(First(), Second())
+        await m[0].addons.trigger_event(hooks.RunningHook())
+        await m[0].addons.trigger_event(hooks.RunningHook())
+
+    import asyncio
+
+    m = []
+    asyncio.run(main())
+    assert calls == ["first", "second", "late", "first", "second"]
+
+
+def test_mitmdumps_start_up_takes_the_master_class_and_the_filter_arguments():
+    import inspect
+
+    from mitmproxy import options
+    from mitmproxy.tools import cmdline
+    from mitmproxy.tools import main as tools_main
+
+    assert list(inspect.signature(tools_main.run).parameters) == ["master_cls", "make_parser", "arguments", "extra"]
+    parser = cmdline.mitmdump(options.Options())
+    assert parser.parse_args(["~d example.com"]).filter_args == ["~d example.com"]
