@@ -48,7 +48,7 @@ COUNTERS_LOG_INTERVAL = 60.0
 FILE_CHECK_INTERVAL = 1.0
 AUDIT_OPTIONS = ("header_audit_log", "header_audit_require")
 # Options that change no entry: a change of one is applied on its own, without building the entries again.
-_NOT_ENTRIES = (ADMIN_OPTION, "header_keep_values", *AUDIT_OPTIONS)
+_NOT_ENTRIES = (ADMIN_OPTION, "header_keep_values", "header_substitute_body_limit", *AUDIT_OPTIONS)
 
 
 class RerouteGuard:
@@ -124,6 +124,10 @@ class HeaderAugment:
                 self._admin.want(ctx.options.header_admin_listen)
             if "header_keep_values" in updated:
                 self._path.keep_values = ctx.options.header_keep_values
+            if "header_substitute_body_limit" in updated:
+                if ctx.options.header_substitute_body_limit < 0:
+                    raise SettingsError("header_substitute_body_limit: a number of bytes, 0 or more")
+                self._path.body_limit = ctx.options.header_substitute_body_limit
             if "proxyauth" in updated:
                 proxyauth_changed()
             if "proxyauth" in updated or any(

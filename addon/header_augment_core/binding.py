@@ -41,6 +41,18 @@ class Binding:
     comment: str  # how a flow's comment names this provider
     mode: Merge  # settings.merge, one attribute away on the request path
     signer: Any = None  # aws-sigv4's: the flow is signed at the end of the addon chain instead of given headers
+    # The placeholder this entry's token replaces (it then adds no header); with a signer, the access key id whose
+    # requests it signs again.
+    placeholder: bytes | None = None
+
+    def covers(self, flow: http.HTTPFlow, key: str | None) -> bool:
+        """Whether `flow` is in this entry's hosts, scope and clients (`key`: its host's `request_key`)."""
+        hosts = self.hosts
+        if hosts is not None and key not in hosts.any_port and not hosts.matches_key(key, flow.request.data.port):
+            return False
+        if self.scope is not None and not self.scope(flow):
+            return False
+        return self.clients is None or self.clients.matches(flow)
 
     def apply(self, flow: http.HTTPFlow, key: str | None, may_wait: bool = True) -> object:
         """Add the headers to `flow` if it is in scope (`key`: its host's `request_key`). Returns WAIT (having done

@@ -54,18 +54,33 @@ class Carried:
     port: int
     names: frozenset[bytes]  # lower-cased names every entry added (or replaced)
     given: list[tuple[Any, Snapshot]]  # (binding, the snapshot it added), in the order they were applied
+    # Where a placeholder was replaced: the request target and the raw body as the client sent them (None: not
+    # changed), and (value as sent, value as the client wrote it) for a header changed as a whole (a Basic value).
+    target: bytes | None = None
+    content: bytes | None = None
+    undo: tuple[tuple[bytes, bytes], ...] = ()
 
     def add(self, binding: Any, snapshot: Snapshot) -> None:
         self.names |= snapshot.names
         self.given.append((binding, snapshot))
 
     def secrets(self) -> Secrets:
-        """What to scrub from the answer: (form of a value, marker) longest first, and the forms to search for: the
-        credentials among what each entry added, and the headers its `secret_headers` names."""
-        if len(self.given) == 1:
+        """What to scrub from the answer: (form of a value, marker or placeholder) longest first, and the forms to
+        search for: the credentials among what each entry added, and the headers its `secret_headers` names."""
+        if len(self.given) == 1 and not self.undo:
             binding, snapshot = self.given[0]
             return snapshot.scrubbed(binding.settings.secret_headers)
-        pairs = {pair for b, s in self.given for pair in s.scrubbed(b.settings.secret_headers)[0]}
+        pairs = {pair for b, s in self.given for pair in s.scrubbed(b.settings.secret_headers)[0]} | set(self.undo)
+        return tuple(sorted(pairs, key=lambda pair: -len(pair[0]))), probes_of(value for value, _ in pairs)
+
+    def substituted(self) -> Secrets | None:
+        """What puts a placeholder back where its token was sent (None: no placeholder was replaced)."""
+        if not self.undo and not any(binding.placeholder is not None for binding, _ in self.given):
+            return None
+        pairs = set(self.undo)
+        for binding, snapshot in self.given:
+            if binding.placeholder is not None:
+                pairs.update(snapshot.secrets)
         return tuple(sorted(pairs, key=lambda pair: -len(pair[0]))), probes_of(value for value, _ in pairs)
 
 

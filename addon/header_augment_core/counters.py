@@ -25,6 +25,12 @@ REQUEST_EXTRAS = (
     CounterDef("waited", "waited for the first answer", "in scope and held until the first fetch had finished"),
     CounterDef("unauthorized", "answered 401", "left with this provider's headers and answered 401 by the upstream"),
     CounterDef("reasked", "made the provider be asked again", "answered 401 and made the provider be asked at once"),
+    CounterDef(
+        "placeholder_refused",
+        "refused for a placeholder",
+        "answered 403 (a host, client or place its entry does not cover) or 503 (no valid credential) for carrying "
+        "this entry's placeholder",
+    ),
 )
 REQUEST_COUNTERS = REQUEST_OUTCOMES + REQUEST_EXTRAS
 

@@ -3,8 +3,8 @@ or at `http_connect` for a tunnel), that the refusal, the counters, the flow's c
 
 It carries the one host lookup the request path makes: the host's key and the entries that may be for it, which
 the request path then applies. What else the request path needs about its destination is added here, to the same
-lookup (the egress verdict first; then, with placeholders, the placeholders that may go to this host), never as a
-second lookup of its own.
+lookup (the egress verdict first; then, with placeholders, the placeholders that may go to this host: `substituters`),
+never as a second lookup of its own.
 """
 
 from typing import Any, NamedTuple
@@ -37,6 +37,9 @@ class Decision(NamedTuple):
     why: str = ""
     key: str | None = None
     bindings: tuple = ()
+    # The entries with a placeholder that may be for this host (their hosts; ports, scope and clients are checked
+    # where a placeholder is found), in file order.
+    substituters: tuple = ()
 
     @property
     def destination(self) -> str:
@@ -55,14 +58,25 @@ def decide(entries: Any, flow: http.HTTPFlow) -> Decision:
     connects to, never the Host header) and the egress verdict for its client."""
     data = flow.request.data
     host, port = data.host, data.port
-    key, bindings = entries.index.lookup(host)
+    key, found_here = entries.index.lookup(host)
+    bindings, substituters = found_here, ()
+    if entries.placeholders is not None and found_here:
+        bindings = tuple(b for b in found_here if b.placeholder is None)
+        substituters = tuple(b for b in found_here if b.placeholder is not None)
     policy = entries.egress
     if policy is None:
-        return Decision(PASS, None, host, port, None, "", key, bindings)
-    found = policy.admitting(key, port, flow, bindings)
+        return Decision(PASS, None, host, port, None, "", key, bindings, substituters)
+    found = policy.admitting(key, port, flow, found_here)
     if found is not None:
-        return Decision(PASS, None, host, port, found, "", key, bindings)
-    return Decision(DENY if policy.deny else REPORT, HOST, host, port, None, NOTHING_NAMES_IT, key, bindings)
+        return Decision(PASS, None, host, port, found, "", key, bindings, substituters)
+    verdict = DENY if policy.deny else REPORT
+    return Decision(verdict, HOST, host, port, None, NOTHING_NAMES_IT, key, bindings, substituters)
+
+
+def placeholder_refusal(status: int, why: str) -> http.Response:
+    """The proxy's own answer to a request whose placeholder may not be replaced (403) or has no valid credential
+    to be replaced with (503): `why` names the entry, never a value."""
+    return http.Response.make(status, f"header-augment: {why}\n", {"Content-Type": "text/plain; charset=utf-8"})
 
 
 def refusal(decision: Decision) -> http.Response:

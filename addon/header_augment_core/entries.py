@@ -15,6 +15,7 @@ from .egress import EgressPolicy, EgressSettings, policy_of
 from .fields import SettingsError, shown
 from .hosts import HostIndex
 from .paths import matcher
+from .placeholders import Matcher, check_entries
 from .refresher import Refresher
 from .settings import ProviderSettings
 from .snapshot import NOTHING
@@ -41,25 +42,31 @@ class Entries:
     bindings: tuple[Binding, ...]
     adders: tuple[Binding, ...]
     signers: tuple[Binding, ...]
-    index: HostIndex  # the adders by host
+    index: HostIndex  # the adders by host, and the entries with a placeholder
     signing: HostIndex  # the signers by host: a request pays for those that name its host, not for every one
     egress: EgressPolicy | None = None  # None: header_egress=pass, and a request pays nothing for it
     # Whether a request's lookup is made as a decision.Decision (the request path checks this one attribute).
     decides: bool = False
+    # Every placeholder and its entry; None when no entry has one, and a request pays nothing for them.
+    placeholders: Matcher | None = None
 
     @classmethod
     def of(cls, bindings: tuple[Binding, ...], egress: tuple[EgressSettings, ...] = ()) -> "Entries":
-        adders = tuple(b for b in bindings if b.signer is None)
+        adders = tuple(b for b in bindings if b.signer is None and b.placeholder is None)
         signers = tuple(b for b in bindings if b.signer is not None)
+        # In the one index with the adders: a request's one lookup finds the placeholders that may go to its host.
+        indexed = tuple(b for b in bindings if b.signer is None or b.placeholder is not None)
+        owners = {b.placeholder: b for b in bindings if b.placeholder is not None}
         policy = policy_of(egress, signers)
         return cls(
             bindings,
             adders,
             signers,
-            HostIndex([(b.settings.hosts, b) for b in adders]),
+            HostIndex([(b.settings.hosts, b) for b in indexed]),
             HostIndex([(b.settings.hosts, b) for b in signers]),
             policy,
-            policy is not None,
+            policy is not None or bool(owners),
+            Matcher(owners) if owners else None,
         )
 
 
@@ -80,6 +87,7 @@ def build(
     worker thread: it reads `previous` and touches nothing else."""
     for settings, label_of in wanted:
         _check_users(settings.clients, proxyauth, label_of("clients"))
+    check_entries(wanted)
     for source in egress:
         for rule in source.rules:
             if rule.clients is not None:
@@ -115,6 +123,7 @@ def build(
                     comment=name,
                     mode=settings.merge,
                     signer=_signer_of(settings),
+                    placeholder=settings.placeholder.encode("ascii") or None,
                 )
             )
         return Entries.of(tuple(bindings), egress)

@@ -89,6 +89,13 @@ OTHER_OPTIONS = (
         "it. Empty: off.",
     ),
     Option(
+        "header_substitute_body_limit",
+        int,
+        1024 * 1024,
+        "The largest request body (in bytes) searched for placeholders, for entries whose header_substitute has "
+        "body; a larger or streamed body is sent as it is, and the flow's comment says so.",
+    ),
+    Option(
         "header_audit_require",
         bool,
         False,

@@ -31,12 +31,38 @@ from .carried import (
 )
 from .clients import TUNNEL, tunnel_opened
 from .counters import AddonCounters, Seen
-from .decision import ADDRESS, DECISION, DENIED, DENY, HOST, NOTHING_NAMES_IT, PASS, Decision, decide, refusal
+from .decision import (
+    ADDRESS,
+    DECISION,
+    DENIED,
+    DENY,
+    HOST,
+    NOTHING_NAMES_IT,
+    PASS,
+    Decision,
+    decide,
+    placeholder_refusal,
+    refusal,
+)
 from .egress import REPORT, Resolver, ip_of, resolve, special
 from .entries import NO_ENTRIES, Entries
 from .hosts import request_key
+from .placeholders import (
+    BODY,
+    DEFAULT_BODY_LIMIT,
+    HEADER,
+    PATH,
+    QUERY,
+    WEBSOCKET,
+    Matcher,
+    form_body,
+    json_body,
+    replace_all,
+    substitute_headers,
+    substitute_target,
+)
 from .refresher import Refresher
-from .snapshot import Secrets
+from .snapshot import NOTHING, Secrets
 
 logger = logging.getLogger("header_augment")
 
@@ -49,6 +75,7 @@ REASK_AFTER_401_GAP = 10.0
 SCRUB_ON_LOOP = 64 * 1024
 NOT_WAITED: frozenset = frozenset()
 _SCRUBBED_MESSAGE = "header-augment: scrubbed our values from websocket messages"
+_REPLACED_MESSAGE = "header-augment: replaced placeholders in websocket messages"
 # On a flow whose answer the request path made itself in place of a credential (require's 503, a signing refusal,
 # the audit log's 503): the entry that refused it (None: the audit log's). The audit line says `refused`, with the
 # answer's first line as the reason.
@@ -70,6 +97,8 @@ PINNED = "_header_augment_pinned"
 _OUR_ANSWER = b"header-augment: "
 _NO_RULE = "no rule names for this client"
 _AUDIT_DOWN = "header-augment: the audit log cannot be written (header_audit_require is set)\n"
+_NONE: frozenset = frozenset()
+_IDENTITY = (b"", b"identity")
 
 
 class RequestPath:
@@ -86,6 +115,7 @@ class RequestPath:
         self.counts = AddonCounters()  # the addon's own: kept across configurations
         self.audit: audit_log.AuditLog | None = None  # header_audit_log, swapped whole when it changes
         self.resolve: Resolver = resolve  # how server_connect resolves a name for the address check
+        self.body_limit = DEFAULT_BODY_LIMIT  # header_substitute_body_limit, set once per change
 
     def requestheaders(self, flow: http.HTTPFlow) -> Coroutine | None:
         if flow.response or flow.error or not flow.live:
@@ -116,7 +146,7 @@ class RequestPath:
         denied goes no further), then the entries the same lookup found."""
         decision = decide(entries, flow)
         flow.__dict__[DECISION] = decision
-        if not self._enforce(flow, decision):
+        if entries.egress is not None and not self._enforce(flow, decision):
             return None
         if flow.request.data.method == b"TRACE":
             note(flow, "header-augment: no headers for TRACE")
@@ -125,7 +155,235 @@ class RequestPath:
         key = decision.key
         if key is None and (why := entries.index.why_unmatchable(decision.host)) is not None:
             note(flow, f"header-augment: not sent: {why}")
+        if (matcher := entries.placeholders) is not None:
+            held = self._placeholders(flow, decision, matcher, NOT_WAITED)
+            if held is not None:
+                return held
+            if flow.response or flow.error:
+                return None
         return self._apply(flow, decision.bindings, key, NOT_WAITED)
+
+    # -- placeholders: found in one pass per field, replaced by the token toward their hosts, refused elsewhere -----
+
+    def _placeholders(
+        self, flow: http.HTTPFlow, decision: Decision, matcher: Matcher, waited: frozenset
+    ) -> Coroutine | None:
+        """The placeholders in the request's headers, path and query: each replaced by its entry's token, or the
+        request answered by the proxy (403: an entry that does not cover the flow or the place; 503: no valid
+        token). Every placeholder is checked before any is replaced. A coroutine when one must wait for its entry's
+        first fetch."""
+        data = flow.request.data
+        in_headers = matcher.in_headers(data.headers.fields)
+        target = data.path
+        in_target = matcher.find(target)
+        if not (in_headers or in_target):
+            return None
+        in_path = in_query = _NONE
+        if in_target:
+            before, _, query = target.partition(b"?")
+            in_path, in_query = matcher.find(before), matcher.find(query)
+        found: dict[bytes, list[str]] = {}
+        for place, placeholders in ((HEADER, in_headers), (PATH, in_path), (QUERY, in_query)):
+            for placeholder in placeholders:
+                found.setdefault(placeholder, []).append(place)
+        plan = []
+        for placeholder, places in found.items():
+            binding = matcher.owners[placeholder]
+            if not self._may_go(flow, binding, decision):
+                return None
+            if binding.signer is not None:  # the client's signature with it: signed again at the end of the chain
+                continue
+            allowed = binding.settings.substitute
+            if (outside := [place for place in places if place not in allowed]) and not self._refuse_placeholder(
+                flow,
+                binding,
+                403,
+                f"in the {outside[0]}, where its entry does not replace it ({', '.join(sorted(allowed))})",
+            ):
+                return None
+            snapshot = self._token_of(flow, binding, waited)
+            if snapshot is WAIT:
+                return self._placeholders_after_first_fetch(flow, decision, matcher, binding, waited)
+            if snapshot is None:
+                return None
+            plan.append((placeholder, binding, snapshot, places))
+        if plan:
+            self._replace(flow, plan, in_path, in_query)
+        return None
+
+    def _may_go(self, flow: http.HTTPFlow, binding: Binding, decision: Decision) -> bool:
+        """Whether `binding`'s placeholder may be replaced in this flow: its hosts, ports, scope and clients; if not,
+        the flow is refused (403)."""
+        if binding in decision.substituters and binding.covers(flow, decision.key):
+            return True
+        return self._refuse_placeholder(
+            flow,
+            binding,
+            403,
+            f"toward {decision.destination}, which its entry's hosts, paths, scope or clients do not cover",
+        )
+
+    def _token_of(self, flow: http.HTTPFlow, binding: Binding, waited: frozenset) -> object:
+        """The entry's snapshot if it has a usable token; WAIT for its first fetch; None: refused (503)."""
+        snapshot = binding.refresher.snapshot
+        if snapshot.token is not None and (
+            snapshot.usable_until == math.inf or time.monotonic() < snapshot.usable_until
+        ):
+            return snapshot
+        if snapshot is NOTHING and not binding.refresher.first_attempt_done and binding.refresher not in waited:
+            return WAIT
+        why = "no valid credential yet" if snapshot is NOTHING else "its credential expired"
+        self._refuse_placeholder(flow, binding, 503, why)
+        return None
+
+    async def _placeholders_after_first_fetch(
+        self, flow: http.HTTPFlow, decision: Decision, matcher: Matcher, binding: Binding, waited: frozenset
+    ) -> None:
+        await self._first_fetch(binding)
+        waited |= {binding.refresher}
+        if flow.response or flow.error or not flow.live:
+            return
+        if (more := self._placeholders(flow, decision, matcher, waited)) is not None:
+            await more
+            return
+        if flow.response or flow.error:
+            return
+        if (more := self._apply(flow, decision.bindings, decision.key, waited)) is not None:
+            await more
+
+    def _refuse_placeholder(self, flow: http.HTTPFlow, binding: Binding, status: int, why: str) -> bool:
+        """Answers the flow (nothing is sent upstream) and says why where the flow, the counters and the audit line
+        are read. False, to be returned by the check that refused."""
+        settings = binding.settings
+        reason = f"placeholder of {settings.name or settings.label} refused: {why}"
+        binding.counters.placeholder_refused += 1
+        note(flow, f"header-augment: {reason}")
+        carried = carried_by(flow)
+        if carried is not None:  # the request goes nowhere: it shows what the client sent
+            self._restore(flow, carried)
+            flow.__dict__[AUDITED] = carried
+        flow.__dict__[REFUSED] = binding
+        if flow.request.stream:
+            flow.kill()
+        else:
+            flow.response = placeholder_refusal(status, reason)
+        return False
+
+    @staticmethod
+    def _replace(flow: http.HTTPFlow, plan: list, in_path: set, in_query: set) -> None:
+        """Writes each token where its placeholder was (all checked): in the headers as it is, a Basic value decoded
+        and encoded again, percent-encoded in the path and the query."""
+        request = flow.request
+        data = request.data
+        existing = data.headers.fields
+        raw = [(p, snapshot.token.raw) for p, _, snapshot, places in plan if HEADER in places]
+        fields, undo, names = substitute_headers(existing, raw) if raw else (existing, [], set())
+        own = flow.__dict__
+        carried = own.get(CARRIED)
+        if carried is None:
+            carried = own[CARRIED] = Carried(existing, data.host, data.port, frozenset(), [])
+        if names:
+            data.headers.fields = fields
+            carried.names |= names
+            carried.undo += tuple(undo)
+        if in_path or in_query:
+            encoded = {p: snapshot.token.url for p, _, snapshot, _ in plan}
+            if carried.target is None:
+                carried.target = data.path
+            data.path = substitute_target(data.path, in_path, in_query, encoded)
+        for placeholder, binding, snapshot, places in plan:
+            carried.add(binding, snapshot.stand_in(placeholder))
+            binding.counters.in_scope += 1
+            binding.counters.given += 1
+            note(flow, f"{binding.comment}replaced its placeholder in the {', '.join(places)}")
+
+    def _body_placeholders(self, flow: http.HTTPFlow, matcher: Matcher) -> Coroutine | None:
+        """The request's body, in the `request` hook at the end of the chain (what is sent): placeholders of the
+        entries that replace theirs in a body, for where the flow goes now. A body over SCRUB_ON_LOOP is searched on
+        a worker thread."""
+        decision = flow.__dict__.get(DECISION)
+        if decision is None or not any(BODY in b.settings.substitute for b in decision.substituters):
+            return None
+        request = flow.request
+        if request.stream:
+            note(flow, "header-augment: body not searched for placeholders: streamed (stream_large_bodies)")
+            return None
+        raw = request.raw_content
+        if not raw:
+            return None
+        if len(raw) > self.body_limit:
+            note(flow, "header-augment: body not searched for placeholders: larger than header_substitute_body_limit")
+            return None
+        if request.headers.get("content-encoding", "").strip().lower().encode() not in _IDENTITY:
+            note(flow, "header-augment: body not searched for placeholders: it has a Content-Encoding")
+            return None
+        if len(raw) > SCRUB_ON_LOOP:
+            return self._body_off_loop(flow, decision, matcher, raw)
+        self._body_found(flow, decision, matcher, raw, matcher.find(raw), NOT_WAITED)
+        return None
+
+    async def _body_off_loop(self, flow: http.HTTPFlow, decision: Decision, matcher: Matcher, raw: bytes) -> None:
+        found = await asyncio.to_thread(matcher.find, raw)
+        if flow.response or flow.error or not flow.live:
+            return
+        if (more := self._body_found(flow, decision, matcher, raw, found, NOT_WAITED)) is not None:
+            await more
+
+    def _body_found(
+        self, flow: http.HTTPFlow, decision: Decision, matcher: Matcher, raw: bytes, found: set, waited: frozenset
+    ) -> Coroutine | None:
+        if not found:
+            return None
+        kind = flow.request.headers.get("content-type", "").encode("latin-1", "replace")
+        form = "json" if json_body(kind) else "url" if form_body(kind) else "raw"
+        plan = []
+        for placeholder in found:
+            binding = matcher.owners[placeholder]
+            if binding.signer is not None or not (
+                binding in decision.substituters and binding.covers(flow, decision.key)
+            ):
+                continue  # not for this flow: a body is only searched for the entries that are
+            if BODY not in binding.settings.substitute:
+                allowed = ", ".join(sorted(binding.settings.substitute))
+                self._refuse_placeholder(
+                    flow, binding, 403, f"in the body, where its entry does not replace it ({allowed})"
+                )
+                return None
+            snapshot = self._token_of(flow, binding, waited)
+            if snapshot is WAIT:
+                return self._body_after_first_fetch(flow, decision, matcher, raw, found, binding, waited)
+            if snapshot is None:
+                return None
+            plan.append((placeholder, binding, snapshot))
+        if not plan:
+            return None
+        request = flow.request
+        body = replace_all(raw, ((p, getattr(snapshot.token, form)) for p, _, snapshot in plan))
+        own = flow.__dict__
+        carried = own.get(CARRIED)
+        if carried is None:
+            data = request.data
+            carried = own[CARRIED] = Carried(data.headers.fields, data.host, data.port, frozenset(), [])
+        carried.content = raw
+        request.raw_content = body
+        if "content-length" in request.headers:
+            request.headers["content-length"] = str(len(body))
+        for placeholder, binding, snapshot in plan:
+            if all(given is not binding for given, _ in carried.given):
+                carried.add(binding, snapshot.stand_in(placeholder))
+                binding.counters.in_scope += 1
+                binding.counters.given += 1
+            note(flow, f"{binding.comment}replaced its placeholder in the body ({form})")
+        return None
+
+    async def _body_after_first_fetch(
+        self, flow, decision: Decision, matcher: Matcher, raw: bytes, found: set, binding: Binding, waited: frozenset
+    ) -> None:
+        await self._first_fetch(binding)
+        if flow.response or flow.error or not flow.live:
+            return
+        if (more := self._body_found(flow, decision, matcher, raw, found, waited | {binding.refresher})) is not None:
+            await more
 
     def _enforce(self, flow: http.HTTPFlow, decision: Decision) -> bool:
         """Acts on a request's or CONNECT's decision: counted, said in the flow's comment, remembered for its
@@ -160,7 +418,7 @@ class RequestPath:
         opens no upstream connection and intercepts no TLS."""
         tunnel_opened(flow.client_conn)  # after proxyauth's own http_connect: built-in addons run first
         entries = self.entries
-        if entries.decides and not flow.response:  # proxyauth may have answered 407
+        if entries.egress is not None and not flow.response:  # proxyauth may have answered 407
             decision = decide(entries, flow)
             flow.__dict__[DECISION] = decision
             self._enforce(flow, decision)
@@ -293,11 +551,25 @@ class RequestPath:
             data = flow.request.data
             if data.host != carried.host or data.port != carried.port:
                 self._take_back(flow, carried)
-            if self.audit is not None:
-                self._audit_gate(flow)
+        if (matcher := self.entries.placeholders) is not None and not (flow.response or flow.error):
+            body = self._body_placeholders(flow, matcher)  # what is sent, where it goes now
+            if body is not None:
+                return self._after_body(flow, body)
+        return self._gate_and_sign(flow)
+
+    def _gate_and_sign(self, flow: http.HTTPFlow) -> Coroutine | None:
+        if self.audit is not None and CARRIED in flow.__dict__:
+            self._audit_gate(flow)
         if self.entries.signers and not (flow.response or flow.error or flow.request.stream):
             return self._sign(flow, False)
         return None
+
+    async def _after_body(self, flow: http.HTTPFlow, body: Coroutine) -> None:
+        await body
+        if flow.response or flow.error or not flow.live:
+            return
+        if (more := self._gate_and_sign(flow)) is not None:
+            await more
 
     def sign_streamed(self, flow: http.HTTPFlow) -> Coroutine | None:
         """A streamed request's headers leave once the `requestheaders` hooks have run: it is signed here, last."""
@@ -313,7 +585,8 @@ class RequestPath:
             return
         decision = decide(self.entries, flow)
         flow.__dict__[DECISION] = decision
-        self._enforce(flow, decision)
+        if self.entries.egress is not None:
+            self._enforce(flow, decision)
 
     def _audit_gate(self, flow: http.HTTPFlow) -> None:
         """header_audit_require: a flow about to leave with our values while the audit log cannot be written is
@@ -377,11 +650,25 @@ class RequestPath:
         request.headers.fields = tuple(f for f in request.headers.fields if f[0].lower() not in touched) + tuple(
             f for f in carried.original if f[0].lower() in touched
         )
+        if carried.target is not None:  # a placeholder replaced in the path or the query
+            request.data.path = carried.target
+        if carried.content is not None:  # in the body
+            request.raw_content = carried.content
+            if "content-length" in request.headers:
+                request.headers["content-length"] = str(len(carried.content))
 
     def _take_back(self, flow: http.HTTPFlow, carried: Carried) -> None:
         self._restore(flow, carried)
         note(flow, f"header-augment: headers taken back: rerouted from {carried.host}:{carried.port} after the match")
         if not (flow.response or flow.error):
+            matcher, decision = self.entries.placeholders, flow.__dict__.get(DECISION)
+            if matcher is not None and decision is not None:  # decided again for where it goes now
+                self.seen.count += 1
+                everyone = frozenset(b.refresher for b in (*decision.bindings, *decision.substituters))
+                self._placeholders(flow, decision, matcher, everyone)  # no waiting here
+                if not (flow.response or flow.error):
+                    self._apply(flow, decision.bindings, decision.key, everyone)
+                return
             key, bindings = self._for(flow)
             self._apply(flow, bindings, key, frozenset(b.refresher for b in bindings))  # no waiting here
 
@@ -422,17 +709,80 @@ class RequestPath:
     def websocket_message(self, flow: http.HTTPFlow) -> Coroutine | None:
         """A message from the upstream of a websocket whose handshake carried our values: scrubbed as a body is.
         mitmproxy sends a message on once its hooks have returned (and their awaitables finished)."""
-        carried = flow.__dict__.get(CARRIED)
-        if carried is None:
-            return None
+        own = flow.__dict__
+        carried = own.get(CARRIED)
         message = flow.websocket.messages[-1]
-        # The client's own messages are passed as they are: it never held our values. A larger message too, as a body.
-        if message.from_client or len(message.content) > MAX_SCRUBBED_BODY:
+        if message.from_client:
+            if (matcher := self.entries.placeholders) is not None and matcher.websocket and DECISION in own:
+                self._message_placeholders(flow, message, matcher)
+            return None  # the client's own messages are passed as they are otherwise: it never held our values
+        # A larger message is passed as it is, as a body is.
+        if carried is None or len(message.content) > MAX_SCRUBBED_BODY:
             return None
         secrets = carried.secrets()
         if len(message.content) > SCRUB_ON_LOOP:
             return asyncio.to_thread(self._scrub_message, flow, message, secrets)
         self._scrub_message(flow, message, secrets)
+        return None
+
+    def _message_placeholders(self, flow: http.HTTPFlow, message: WebSocketMessage, matcher: Matcher) -> None:
+        """A client's text message to a host whose entries replace their placeholders in websocket messages. The
+        layer sends the message object it made once the hooks have returned, and the flow keeps the one in its
+        list: the token goes into the first and the list gets a copy that still holds the placeholder, so nothing
+        that saves or shows the flow (a -w file, mitmweb) ever holds the token."""
+        decision = flow.__dict__[DECISION]
+        content = message.content
+        if not message.is_text or len(content) > self.body_limit:
+            return
+        found = matcher.find(content)
+        if not found:
+            return
+        plan = []
+        for placeholder in found:
+            binding = matcher.owners[placeholder]
+            if (
+                binding.signer is not None
+                or binding not in decision.substituters
+                or not binding.covers(flow, decision.key)
+            ):
+                continue
+            if WEBSOCKET not in binding.settings.substitute:
+                continue  # the handshake's entry does not replace it here: the message goes as the client wrote it
+            snapshot = self._token_of_message(binding)
+            if snapshot is None:
+                binding.counters.placeholder_refused += 1
+                note(
+                    flow,
+                    f"header-augment: placeholder of {binding.settings.name or binding.settings.label} "
+                    "refused: no valid credential for a websocket message (dropped)",
+                )
+                message.drop()
+                return
+            plan.append((placeholder, binding, snapshot))
+        if not plan:
+            return
+        form = "json" if content.lstrip()[:1] in (b"{", b"[") else "raw"
+        message.content = replace_all(content, ((p, getattr(snapshot.token, form)) for p, _, snapshot in plan))
+        flow.websocket.messages[-1] = WebSocketMessage(
+            message.type, message.from_client, content, message.timestamp, message.dropped, message.injected
+        )
+        own = flow.__dict__
+        carried = own.get(CARRIED)
+        if carried is None:
+            data = flow.request.data
+            carried = own[CARRIED] = Carried(data.headers.fields, data.host, data.port, frozenset(), [])
+        for placeholder, binding, snapshot in plan:
+            if all(given is not binding for given, _ in carried.given):
+                carried.add(binding, snapshot.stand_in(placeholder))
+            binding.counters.given += 1
+        if _REPLACED_MESSAGE not in flow.comment:
+            note(flow, _REPLACED_MESSAGE)
+
+    @staticmethod
+    def _token_of_message(binding: Binding):
+        snapshot = binding.refresher.snapshot
+        if snapshot.token is not None and time.monotonic() < snapshot.usable_until:
+            return snapshot
         return None
 
     @staticmethod
@@ -457,8 +807,20 @@ class RequestPath:
         """The request has been sent: what savers, exporters and mitmweb see from now on holds markers instead."""
         if self.keep_values:
             return
-        if (fields := masked(flow.request.headers.fields, carried.given)) is not None:
-            flow.request.headers.fields = fields
+        request = flow.request
+        if (fields := masked(request.headers.fields, carried.given)) is not None:
+            request.headers.fields = fields
+        if (placeholders := carried.substituted()) is None:
+            return
+        # Where a placeholder was replaced, it stands again: the client's own value, not a marker.
+        pairs = placeholders[0]
+        request.headers.fields = tuple((name, replace_all(value, pairs)) for name, value in request.headers.fields)
+        if carried.target is not None:
+            request.data.path = carried.target
+        if carried.content is not None:
+            request.raw_content = carried.content
+            if "content-length" in request.headers:
+                request.headers["content-length"] = str(len(carried.content))
 
     def _unauthorized(self, carried: Carried) -> None:
         """The upstream refused credentials we added (revoked, rotated): ask their providers again now, not at the
@@ -518,7 +880,10 @@ class RequestPath:
                 audit.put(audit_log.flow_line(flow, action, reason, (), binding.settings))
                 return
         elif given:
-            action = failed or ("signed" if given[0][0].signer is not None else "added")
+            first = given[0][0]
+            action = failed or (
+                "signed" if first.signer is not None else "substituted" if first.placeholder is not None else "added"
+            )
             reason = None
         else:
             return

@@ -10,6 +10,7 @@ from .fields import Option, SettingsError, boolean, declared, duration, setting,
 from .hosts import NO_HOSTS, Hosts, parse_hosts
 from .kinds import KINDS, Source
 from .paths import parse_paths
+from .placeholders import PLACES, check_placeholder, parse_env, parse_placeholder, parse_places
 from .secret_headers import parse_header_names
 from .snapshot import Merge
 
@@ -134,6 +135,44 @@ class ProviderSettings:
             "Answer in-scope requests with 503 while no valid headers are available, instead of forwarding them.",
         ),
     )
+    placeholder: str = setting(
+        "",
+        parse_placeholder,
+        Option(
+            "header_placeholder",
+            str,
+            "",
+            "A fake credential the client holds instead of the provider's token (16 to 256 of A-Z a-z 0-9 - . _ ~; "
+            "`header-augment placeholder SHAPE` makes one shaped like a real token). The entry then adds no header: "
+            "each occurrence of it, in the places header_substitute allows, in requests to header_hosts (from "
+            "header_clients), is replaced by the token; anywhere else it is refused (403), and while there is no valid "
+            "token, answered 503. With header_aws_service: an access key id (AKIA + 16 of A-Z 2-7), and the requests "
+            "the client signed with it are signed again with the real credentials.",
+        ),
+    )
+    substitute: frozenset[str] = setting(
+        frozenset({"header"}),
+        parse_places,
+        Option(
+            "header_substitute",
+            Sequence[str],
+            ["header"],
+            f"Where header_placeholder is replaced: any of {', '.join(PLACES)} (header: every request header value, "
+            "and the user or password of Authorization: Basic; websocket: the client's text messages). Repeat the "
+            "option or separate with commas.",
+        ),
+    )
+    env: str = setting(
+        "",
+        parse_env,
+        Option(
+            "header_placeholder_env",
+            str,
+            "",
+            "The environment variable a sandbox launcher gives the workload header_placeholder in (GH_TOKEN, "
+            "OPENAI_API_KEY): augment.placeholders and the admin endpoint's GET /placeholders.env list NAME=VALUE.",
+        ),
+    )
     max_stale: float = setting(
         0.0,
         duration(0, MAX_STALE, allow_zero=True),
@@ -244,6 +283,7 @@ def parse_settings(values: Mapping[str, object], label: Label) -> ProviderSettin
     if "timeout" not in shared and "timeout" in kind.DEFAULTS:
         shared["timeout"] = kind.DEFAULTS["timeout"]
     settings = ProviderSettings(source=source, **shared)
+    check_placeholder(settings, label, set(values))
     if not settings.hosts and not settings.scope:
         raise SettingsError(
             f"{label('hosts')}: required: name the hosts that may receive this provider's headers "

@@ -2,14 +2,15 @@
 
 import base64
 import binascii
+import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import MappingProxyType
-from typing import Any
-from urllib.parse import quote_from_bytes
+from typing import Any, NamedTuple
+from urllib.parse import quote, quote_from_bytes
 
 from .secret_headers import is_credential
 
@@ -22,6 +23,20 @@ MARKER_PREFIX = b"<header-augment: "
 MIN_SCRUBBED = 8
 # "Bearer <token>", "Basic <credentials>": an echo may show the credential without its scheme word.
 _SCHEME_AND_CREDENTIALS = re.compile(rb"([A-Za-z][A-Za-z0-9._~+/-]*) +(\S+)")
+
+
+class TokenForms(NamedTuple):
+    """A token written for each place a placeholder is replaced in: as it is (a header, a text body or message),
+    percent-encoded (a query, a path, a form: `+`, `/` and `=` too) and JSON-escaped (in a JSON string)."""
+
+    raw: bytes
+    url: bytes
+    json: bytes
+
+    @classmethod
+    def of(cls, token: bytes) -> "TokenForms":
+        value = token.decode("ascii")
+        return cls(token, quote(value, safe="-._~").encode(), json.dumps(value)[1:-1].encode())
 
 
 def marker(name: str) -> bytes:
@@ -63,10 +78,14 @@ class Snapshot:
     # The other headers' forms by lower-cased name, for an entry whose `secret_headers` names them.
     others: Mapping[str, Pairs] = MappingProxyType({})
     signing: Any = None  # a signing kind's credentials (aws-sigv4): no headers, a signature made per request
+    # A snapshot of one `Authorization: Bearer <token>`: the token in the forms a placeholder is replaced with.
+    token: TokenForms | None = None
     # The values masked, to pass over a field spelled another way with a set lookup (derived from `masks`).
     mask_values: frozenset[bytes] = field(init=False, repr=False, compare=False)
     # scrubbed()'s answers by secret_headers: entries sharing this snapshot may name different ones.
     _scrubbed: dict[frozenset[str], Secrets] = field(init=False, repr=False, compare=False, default_factory=dict)
+    # stand_in()'s answers by placeholder.
+    _stand_ins: dict[bytes, "Snapshot"] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mask_values", frozenset(value for _, value in self.masks))
@@ -115,7 +134,31 @@ class Snapshot:
             probes=probes_of(secrets),
             others=MappingProxyType({name: _longest_first(pairs.items()) for name, pairs in others.items()}),
             signing=signing,
+            token=_token_of(fields),
         )
+
+    def stand_in(self, placeholder: bytes) -> "Snapshot":
+        """What a flow carries once `placeholder` was replaced by this snapshot's token: no header of its own, and
+        every form of the token scrubbed from answers (and masked in the flow) back to the placeholder, so that a
+        tool comparing what it sent sees its own value. Made once per snapshot and placeholder."""
+        found = self._stand_ins.get(placeholder)
+        if found is None:
+            forms = self.token
+            assert forms is not None
+            pairs = {form: placeholder for form in forms if len(form) >= MIN_SCRUBBED}
+            found = Snapshot(
+                fields=((b"token", forms.raw),),  # what the audit line's fingerprint is made of
+                fields_h2=(),
+                lowered=(),
+                names=frozenset(),
+                fetched_at=self.fetched_at,
+                usable_until=self.usable_until,
+                expires_at=self.expires_at,
+                secrets=_longest_first(pairs.items()),
+                probes=probes_of(pairs),
+            )
+            self._stand_ins[placeholder] = found
+        return found
 
     def scrubbed(self, more: frozenset[str]) -> Secrets:
         """What an answer is scrubbed of: the credentials' forms, and those of the headers named in `more` (an
@@ -139,6 +182,13 @@ class Snapshot:
 
     def usable(self, now: float) -> bool:
         return now < self.usable_until
+
+
+def _token_of(fields: Fields) -> TokenForms | None:
+    if len(fields) != 1 or fields[0][0].lower() != b"authorization":
+        return None
+    scheme, _, token = fields[0][1].partition(b" ")
+    return TokenForms.of(token) if scheme == b"Bearer" and token else None
 
 
 def _forms(low: bytes, value: bytes) -> list[bytes]:
