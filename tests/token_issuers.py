@@ -525,6 +525,12 @@ class AuthlibSignIn(_Issuer):
     def revoke(self, refresh_token: str) -> None:
         self.refresh_tokens[refresh_token].revoked = True
 
+    def revoke_all(self) -> None:
+        """The person takes back what they granted: every refresh token, also one issued this moment."""
+        with self._lock:
+            for record in self.refresh_tokens.values():
+                record.revoked = True
+
     def latest(self) -> str:
         """The refresh token issued last."""
         return next(reversed(self.refresh_tokens))
