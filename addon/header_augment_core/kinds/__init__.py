@@ -8,6 +8,7 @@ from .github_app import GitHubAppSource
 from .google_service_account import GoogleServiceAccountSource
 from .http import HttpSource
 from .oauth2 import OAuth2Source
+from .vault import VaultSource
 
 KINDS: dict[str, type[Source]] = {
     cls.KIND: cls
@@ -19,5 +20,6 @@ KINDS: dict[str, type[Source]] = {
         GitHubAppSource,
         GoogleServiceAccountSource,
         AwsSigV4Source,
+        VaultSource,
     )
 }
