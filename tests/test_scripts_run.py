@@ -38,7 +38,9 @@ class Started:
         self.pids = {
             "script": run.proc.pid,
             "provider": only(pid for pid, cmd in group.items() if "demo_provider.py" in cmd),
-            tool: only(pid for pid, cmd in group.items() if f"bin/{tool} " in cmd),
+            tool: only(
+                pid for pid, cmd in group.items() if proxy_command(cmd) and ("--web " in cmd) == (tool == "mitmweb")
+            ),
         }
 
     def assert_all_gone(self, *ports: int) -> None:
@@ -46,6 +48,11 @@ class Started:
         assert processes_in_group(self.run.pgid) == {}
         for port in (self.proxy_port, self.provider_port, *ports):
             wait_until(lambda port=port: port_is_free(port), DEADLINE, 0.05, f"port {port} to be free")
+
+
+def proxy_command(cmd: str) -> bool:
+    """Whether a process is the proxy scripts/run starts: the header-augment command from the clone."""
+    return "-m header_augment_core.cli " in cmd
 
 
 def only(pids) -> int:
@@ -258,7 +265,7 @@ def test_a_signal_while_the_proxy_is_forked_stops_it_too(tmp_path):
             text = log.read_text() if log.exists() else ""  # strace creates it
             forks = re.findall(r"^(clone3?)\(.*\) = (\d+)$", text, re.MULTILINE)
             for number, (call, pid) in enumerate(forks, 1):
-                if "bin/mitmdump " in (cmdline(int(pid)) or ""):
+                if proxy_command(cmdline(int(pid)) or ""):
                     assert {c for c, _ in forks} == {call}, forks  # one call counted below
                     return call, number
             return None
