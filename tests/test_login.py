@@ -4,7 +4,9 @@ person between polls; sleep and clock are injected, so polling takes no real tim
 
 import json
 import stat
+import urllib.parse
 
+import httpx
 import pytest
 from token_issuers import AuthlibSignIn
 
@@ -29,6 +31,7 @@ def providers(tmp_path, server):
         "url": server.url,
         "device_authorization_url": server.base + "/device",
         "revocation_url": server.base + "/revoke",
+        "authorization_url": server.base + "/authorize",
         "client_id": server.client_id,
         "token_scope": "drive",
         "refresh_token_file": str(tmp_path / "person" / "drive.token"),
@@ -106,9 +109,13 @@ def test_a_denied_or_expired_sign_in_ends_non_zero_and_writes_nothing(server, pr
 
 def test_a_person_who_never_answers_ends_at_the_code_s_expiry(server, providers, capsys):
     person = Person()
-    assert run(providers, person) == 1
+    server.device_lifetime = 30
+    try:
+        assert run(providers, person) == 1
+    finally:
+        server.device_lifetime = 1800
     assert "the code expired before the sign-in was finished" in capsys.readouterr().err
-    assert person.now >= 1800 and not token_file(providers).exists()  # authlib's codes last 1800 s
+    assert person.sleeps == [5] * 6 and not token_file(providers).exists()
 
 
 def test_logout_revokes_the_token_and_removes_the_file(server, providers, capsys):
@@ -131,3 +138,53 @@ def test_an_entry_that_cannot_sign_in_is_named_through_the_header_augment_comman
         cli.main(["login", "--providers-file", str(providers), name])
     assert ended.value.code == 1
     assert said in capsys.readouterr().err
+
+
+class Browser:
+    """The person's browser: signs in at the authorization endpoint (authlib's, in `server.authorize`) and follows its
+    redirect to the loopback address the command listens on."""
+
+    def __init__(self, server, user="alice", redirect=None) -> None:
+        self.server, self.user, self.redirect = server, user, redirect
+        self.opened: list[str] = []
+
+    def __call__(self, url: str) -> None:
+        self.opened.append(url)
+        location = self.redirect(url) if self.redirect else self.server.authorize(url, self.user)
+        with httpx.Client(trust_env=False, timeout=5) as client:
+            self.landed = client.get(location)
+
+
+def run_browser(providers, browser) -> int:
+    return login.main(["login", "--browser", "--providers-file", str(providers), "drive"], open_browser=browser)
+
+
+def test_a_browser_sign_in_with_pkce_and_a_loopback_redirect_writes_the_refresh_token(server, providers, capsys):
+    browser = Browser(server)
+    assert run_browser(providers, browser) == 0
+    (url,) = browser.opened
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+    assert url.startswith(server.base + "/authorize?") and url in capsys.readouterr().out
+    assert query["code_challenge_method"] == "S256" and query["scope"] == "drive"
+    assert query["redirect_uri"].startswith("http://127.0.0.1:") and browser.landed.status_code == 200
+    assert server.requests[-1]["form"]["grant_type"] == "authorization_code"
+    assert "code_verifier" in server.requests[-1]["form"]  # authlib checked it against the challenge
+    assert token_file(providers).read_text() == server.latest() + "\n"
+    assert not server.codes  # the code was used, once
+
+
+def test_a_browser_sign_in_refused_or_answered_with_another_state_writes_nothing(server, providers, capsys):
+    assert run_browser(providers, Browser(server, user=None)) == 1
+    assert "the sign-in did not give a code (access_denied)" in capsys.readouterr().err
+
+    def forged(url):  # a redirect that another page made the browser follow: not this sign-in's state
+        location = server.authorize(url)
+        return location.replace("state=", "state=forged")
+
+    forged_browser = Browser(server, redirect=forged)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(login, "BROWSER_WAIT", 0.2)
+        assert run_browser(providers, forged_browser) == 1
+    assert forged_browser.landed.status_code == 400
+    assert "no answer from the browser" in capsys.readouterr().err
+    assert not token_file(providers).exists()

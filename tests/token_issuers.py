@@ -14,11 +14,12 @@ import urllib.parse
 from dataclasses import dataclass
 
 import jwt
-from authlib.oauth2.rfc6749 import AuthorizationServer, ClientMixin, OAuth2Request
-from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant, RefreshTokenGrant
+from authlib.oauth2.rfc6749 import AuthorizationServer, ClientMixin, OAuth2Error, OAuth2Request
+from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, ClientCredentialsGrant, RefreshTokenGrant
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc8628 import DeviceAuthorizationEndpoint, DeviceCodeGrant, DeviceCredentialDict
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -384,15 +385,60 @@ class _SignInClient(ClientMixin):
         return method == "none" if self.secret is None else method in ("client_secret_basic", "client_secret_post")
 
     def check_grant_type(self, grant_type):
-        return grant_type in ("refresh_token", DeviceCodeGrant.GRANT_TYPE)
+        return grant_type in ("refresh_token", "authorization_code", DeviceCodeGrant.GRANT_TYPE)
+
+    def check_response_type(self, response_type):
+        return response_type == "code"
+
+    def check_redirect_uri(self, redirect_uri):
+        # RFC 8252 §7.3: a native app's loopback redirect, on whatever port it listens on.
+        return redirect_uri.startswith("http://127.0.0.1:")
+
+    def get_default_redirect_uri(self):
+        return None
 
     def get_allowed_scope(self, scope):
         return scope or ""
 
 
+@dataclass
+class AuthorizationCode:
+    code: str
+    client_id: str
+    redirect_uri: str
+    scope: str
+    user: str
+    code_challenge: str
+    code_challenge_method: str
+
+    def get_redirect_uri(self):
+        return self.redirect_uri
+
+    def get_scope(self):
+        return self.scope
+
+
+class _AuthorizationRequest(OAuth2Request):
+    """A browser's GET of the authorization endpoint."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__("GET", url)
+        self._args = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+        self.payload = BasicOAuth2Payload(self._args)
+
+    @property
+    def args(self):
+        return self._args
+
+    @property
+    def form(self):
+        return {}
+
+
 class AuthlibSignIn(_Issuer):
     """authlib's `AuthorizationServer` for a person's sign-in, on 127.0.0.1: its device authorization endpoint and
-    device-code grant (RFC 8628) at /device and /token, its refresh-token grant at /token with a new refresh token at
+    device-code grant (RFC 8628) at /device and /token, its authorization-code grant with PKCE required (RFC 7636;
+    the browser's part is `authorize`), its refresh-token grant at /token with a new refresh token at
     every use (RFC 9700 §4.14.2), its revocation endpoint (RFC 7009) at /revoke. One client, `client_id`, public when
     `secret` is None.
 
@@ -408,6 +454,8 @@ class AuthlibSignIn(_Issuer):
         self.devices: dict[str, DeviceCredentialDict] = {}
         self.decisions: dict[str, tuple[str, bool]] = {}
         self.device_requests: list[dict] = []
+        self.codes: dict[str, AuthorizationCode] = {}
+        self.device_lifetime = DeviceAuthorizationEndpoint.EXPIRES_IN
         self.slow_down = 0
         self.hold = 0.0
         client = _SignInClient(client_id, secret)
@@ -473,8 +521,35 @@ class AuthlibSignIn(_Issuer):
                     return True
                 return False
 
+        class Code(AuthorizationCodeGrant):
+            TOKEN_ENDPOINT_AUTH_METHODS = methods
+
+            def save_authorization_code(self, code, request):
+                issuer.codes[code] = AuthorizationCode(
+                    code,
+                    client_id,
+                    request.payload.redirect_uri,
+                    request.scope,
+                    request.user,
+                    request.payload.data.get("code_challenge"),
+                    request.payload.data.get("code_challenge_method"),
+                )
+
+            def query_authorization_code(self, code, client):
+                return issuer.codes.get(code)
+
+            def delete_authorization_code(self, authorization_code):
+                issuer.codes.pop(authorization_code.code, None)
+
+            def authenticate_user(self, authorization_code):
+                return authorization_code.user
+
         class DeviceEndpoint(DeviceAuthorizationEndpoint):
             CLIENT_AUTH_METHODS = methods
+
+            @property
+            def EXPIRES_IN(self):
+                return issuer.device_lifetime
 
             def get_verification_uri(self):
                 return issuer.base + "/activate"
@@ -496,6 +571,7 @@ class AuthlibSignIn(_Issuer):
         self.authlib = Server()
         self.authlib.register_grant(Refresh)
         self.authlib.register_grant(Device)
+        self.authlib.register_grant(Code, [CodeChallenge(required=True)])
         self.authlib.register_endpoint(DeviceEndpoint)
         self.authlib.register_endpoint(Revocation)
         self.authlib.register_token_generator(
@@ -534,6 +610,19 @@ class AuthlibSignIn(_Issuer):
     def latest(self) -> str:
         """The refresh token issued last."""
         return next(reversed(self.refresh_tokens))
+
+    def authorize(self, url: str, user: str | None = "alice") -> str:
+        """The person's browser at the authorization endpoint: `user` signs in and approves (None: refuses). The
+        redirect's Location, as authlib makes it."""
+        request = _AuthorizationRequest(url)
+        grant = self.authlib.get_authorization_grant(request)
+        try:
+            redirect_uri = grant.validate_authorization_request()
+            _, _, headers = grant.create_authorization_response(redirect_uri, user)
+        except OAuth2Error as error:
+            error.state = request.payload.state
+            _, _, headers = error()
+        return dict(headers)["Location"]
 
     def user_codes(self) -> list[str]:
         return [d["user_code"] for d in self.devices.values()]

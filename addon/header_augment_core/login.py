@@ -2,21 +2,31 @@
 refresh-token, and the proxy holds the refresh token from then on (kinds/oauth2.py).
 
     header-augment login --providers-file providers.yaml drive     # device authorization grant (RFC 8628)
+    header-augment login --browser --providers-file providers.yaml drive   # authorization code, PKCE, loopback
     header-augment logout --providers-file providers.yaml drive    # revocation (RFC 7009), then the file removed
 
 `login` prints the verification URI and the user code, never the device code or a token; it polls the token endpoint
-at the server's interval (5 s more after each slow_down) and writes the refresh token to the entry's
-refresh_token_file the way the proxy writes a rotated one (files.write_atomic): a failed sign-in writes nothing. A
-running proxy reads the new file within a second.
+at the server's interval (5 s more after each slow_down). `login --browser`, for the providers that refuse the device
+grant the scopes people need, sends the browser to the authorization endpoint with a PKCE challenge (RFC 7636, S256)
+and takes the code at a loopback redirect on 127.0.0.1 (RFC 8252 §7.3). Either writes the refresh token to the
+entry's refresh_token_file the way the proxy writes a rotated one (files.write_atomic): a failed sign-in writes
+nothing. A running proxy reads the new file within a second.
 """
 
 import argparse
+import base64
 import dataclasses
+import hashlib
+import http.server
 import json
 import os
 import re
+import secrets
 import sys
+import threading
 import time
+import urllib.parse
+import webbrowser
 from collections.abc import Callable
 from typing import TextIO
 
@@ -41,15 +51,24 @@ SLOW_DOWN = 5  # RFC 8628 §3.5: added to the interval at each slow_down, for th
 # visible ASCII (no escape sequence), and short.
 _SHOWN = re.compile(r"[\x21-\x7e]{1,2048}")
 _URI = re.compile(r"https?://[\x21-\x7e]{1,2040}")
+# How long `login --browser` waits for the browser to come back to the loopback redirect.
+BROWSER_WAIT = 300.0
 
 
 class LoginError(Exception):
     """Why the command ends without success, for the person running it."""
 
 
-def main(args: list[str], *, out: TextIO | None = None, sleep=time.sleep, clock=time.monotonic) -> int:
+def main(
+    args: list[str],
+    *,
+    out: TextIO | None = None,
+    sleep=time.sleep,
+    clock=time.monotonic,
+    open_browser: Callable[[str], object] = webbrowser.open,
+) -> int:
     """Runs `login` or `logout` (the first of `args`); returns the exit status. `sleep` and `clock` are injected by
-    the tests, which poll in no real time."""
+    the tests, which poll in no real time, and `open_browser` by those that play the person's browser."""
     out = out or sys.stdout
     parser = argparse.ArgumentParser(prog="header-augment", description="Sign a person in or out for an entry.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -60,11 +79,19 @@ def main(args: list[str], *, out: TextIO | None = None, sleep=time.sleep, clock=
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("--providers-file", required=True, help="the providers file that has the entry")
         command.add_argument("name", help="the entry's name (kind oauth2, grant refresh-token)")
+        if name == "login":
+            command.add_argument(
+                "--browser",
+                action="store_true",
+                help="sign in in a browser (authorization code with PKCE, loopback redirect) at authorization_url",
+            )
     options = parser.parse_args(args)
     try:
         source, timeout = _entry(options.providers_file, options.name)
-        if options.command == "login":
-            _device_login(source, timeout, out, sleep, clock)
+        if options.command == "login" and options.browser:
+            _save(source, _browser_login(source, timeout, out, open_browser), out)
+        elif options.command == "login":
+            _save(source, _device_login(source, timeout, out, sleep, clock), out)
         else:
             _logout(source, timeout, out)
     except (SettingsError, Failed, LoginError) as e:
@@ -90,7 +117,7 @@ def _exchange(source: OAuth2Source, url: str, timeout: float) -> HttpExchange:
     return HttpExchange(dataclasses.replace(source, url=url), timeout, "application/json")
 
 
-def _device_login(source: OAuth2Source, timeout: float, out: TextIO, sleep: Callable, clock: Callable) -> None:
+def _device_login(source: OAuth2Source, timeout: float, out: TextIO, sleep: Callable, clock: Callable) -> dict:
     if not source.device_authorization_url:
         raise LoginError("the entry has no device_authorization_url (the provider's RFC 8628 endpoint)")
     device = _exchange(source, source.device_authorization_url, timeout)
@@ -107,7 +134,11 @@ def _device_login(source: OAuth2Source, timeout: float, out: TextIO, sleep: Call
     if "verification_uri_complete" in grant:
         print(f"  or open {grant['verification_uri_complete']}", file=out)
     print(f"Waiting for the sign-in (the code is good for {grant['expires_in']:.0f} s)...", file=out, flush=True)
-    token = _poll(source, timeout, grant, sleep, clock)
+    return _poll(source, timeout, grant, sleep, clock)
+
+
+def _save(source: OAuth2Source, token: dict, out: TextIO) -> None:
+    """Writes the refresh token of a finished sign-in's token response to the entry's file."""
     refresh = token.get("refresh_token")
     if not isinstance(refresh, str):
         raise LoginError(
@@ -184,6 +215,97 @@ def _poll(source: OAuth2Source, timeout: float, grant: dict, sleep: Callable, cl
             raise LoginError(f"the token endpoint answered HTTP {answer.status}{f': {error}' * bool(error)}")
     finally:
         endpoint.close()
+
+
+class _Redirect(http.server.BaseHTTPRequestHandler):
+    """The loopback redirect: takes the first GET that carries the expected state (a code or an error)."""
+
+    server: "_Loopback"
+
+    def do_GET(self) -> None:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        given = {k: v[0] for k, v in query.items() if len(v) == 1}
+        if not secrets.compare_digest(given.get("state", ""), self.server.state):
+            self._answer(400, "This is not the answer to the sign-in that header-augment started.")
+            return
+        self.server.answer = given
+        self.server.done.set()
+        self._answer(200, "header-augment: you can close this window and go back to the terminal.")
+
+    def _answer(self, status: int, text: str) -> None:
+        body = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args) -> None:
+        pass  # the request line holds the code
+
+
+class _Loopback(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, state: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Redirect)
+        self.state = state
+        self.answer: dict[str, str] = {}
+        self.done = threading.Event()
+
+
+def _browser_login(source: OAuth2Source, timeout: float, out: TextIO, open_browser: Callable) -> dict:
+    if not source.authorization_url:
+        raise LoginError("the entry has no authorization_url (the provider's authorization endpoint)")
+    verifier = secrets.token_urlsafe(64)  # RFC 7636 §4.1: 43 to 128 characters of the unreserved set
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    loopback = _Loopback(secrets.token_urlsafe(16))
+    serving = threading.Thread(
+        target=loopback.serve_forever, args=(0.05,), name="header-augment login redirect", daemon=True
+    )
+    serving.start()
+    try:
+        redirect_uri = f"http://127.0.0.1:{loopback.server_address[1]}/"
+        query = {
+            "response_type": "code",
+            "client_id": source.client_id,
+            "redirect_uri": redirect_uri,
+            "state": loopback.state,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+        if source.token_scope:
+            query["scope"] = source.token_scope
+        separator = "&" if urllib.parse.urlsplit(source.authorization_url).query else "?"
+        url = source.authorization_url + separator + urllib.parse.urlencode(query)
+        print(f"To sign in, open this address in a browser on this machine:\n  {url}", file=out, flush=True)
+        open_browser(url)
+        if not loopback.done.wait(BROWSER_WAIT):
+            raise LoginError(f"no answer from the browser within {BROWSER_WAIT:.0f} s: run header-augment login again")
+    finally:
+        loopback.shutdown()
+        loopback.server_close()
+    answer = loopback.answer
+    if "code" not in answer:
+        error = answer.get("error", "")
+        shown_error = error if re.fullmatch(r"[a-z_]{1,64}", error) else "no code"
+        raise LoginError(f"the sign-in did not give a code ({shown_error})")
+    form = {
+        "grant_type": "authorization_code",
+        "code": answer["code"],
+        "redirect_uri": redirect_uri,
+        "code_verifier": verifier,
+    }
+    endpoint = _exchange(source, source.url, timeout)
+    try:
+        reply = endpoint.send("POST", headers=client_authentication(source, form), data=form)
+    finally:
+        endpoint.close()
+    if reply.status != 200:
+        error = oauth_error(reply)
+        raise LoginError(f"the token endpoint answered HTTP {reply.status}{f': {error}' * bool(error)}")
+    return token_json(reply.body)
 
 
 def _logout(source: OAuth2Source, timeout: float, out: TextIO) -> None:

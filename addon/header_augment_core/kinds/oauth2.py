@@ -41,9 +41,9 @@ JWT_TOKEN_TYPES = (JWT_TOKEN_TYPE, "urn:ietf:params:oauth:token-type:id_token")
 JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # Only with a token exchange: the settings of the token given in exchange and of the one asked for.
 EXCHANGE_ONLY = ("subject_token_file", "subject_token_type", "resource", "requested_token_type")
-# Only with a refresh-token grant: where the person's refresh token is kept, where `login` gets the first one and
-# where `logout` revokes it.
-REFRESH_ONLY = ("refresh_token_file", "device_authorization_url", "revocation_url")
+# Only with a refresh-token grant: where the person's refresh token is kept, where `login` gets the first one (the
+# device grant, or a browser's authorization code) and where `logout` revokes it.
+REFRESH_ONLY = ("refresh_token_file", "device_authorization_url", "authorization_url", "revocation_url")
 # What every reason about a missing or refused refresh token tells the operator to do.
 SIGN_IN = "sign in with header-augment login"
 # RFC 6749 §5.2 error codes are short ASCII words; anything else from a token endpoint is not echoed into logs.
@@ -109,6 +109,7 @@ class OAuth2Source(Endpoint, Source):
     requested_token_type: str = setting("", text)
     refresh_token_file: str = setting("", text)
     device_authorization_url: str = setting("", url_setting)
+    authorization_url: str = setting("", url_setting)
     revocation_url: str = setting("", url_setting)
 
     def check(self, label, given):
