@@ -22,6 +22,8 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
 K8S = ROOT / "scripts" / "kubernetes"
 GATEWAY = K8S / "gateway"
 IMAGE_ROOT = "/srv/header-augment"  # WORKDIR of the compose image
+POD_ADDON = "/srv/header-augment/addon"  # where the samples' ConfigMaps put the addon and its package
+COMMAND_MODULE = "header_augment_core.cli"  # the header-augment command, as the containers run it
 RUNTIME = ROOT / "requirements" / "runtime.txt"
 RUNTIME_PINS = [line for line in RUNTIME.read_text().splitlines() if line and not line.startswith("#")]
 MITMPROXY_PIN = next(pin for pin in RUNTIME_PINS if pin.startswith("mitmproxy=="))
@@ -190,8 +192,9 @@ def test_deployment_references_what_exists():
     init = {c["name"]: c for c in pod["initContainers"]}
     sidecar = init["header-augment"]
     assert sidecar["image"] == "mitmproxy/mitmproxy:" + MITMPROXY_PIN.split("==")[1]
-    script = sidecar["command"][sidecar["command"].index("-s") + 1]
-    assert script in files_in_pod["header-augment"]
+    # The header-augment command, which loads the script beside its package: both on the PYTHONPATH given.
+    assert sidecar["command"][:3] == ["python", "-m", COMMAND_MODULE]
+    assert f"{POD_ADDON}/header_augment.py" in files_in_pod["header-augment"]
     package = ROOT / "addon" / "header_augment_core"
     for path in package.rglob("*.py"):  # the whole package, subpackages included, is where the script finds it
         assert (
@@ -208,7 +211,7 @@ def test_deployment_references_what_exists():
     assert install["image"] == sidecar["image"]
     assert "/srv/requirements/runtime.txt" in files_in_pod[install["name"]]  # from the generated ConfigMap
     assert {"name": "deps", "mountPath": "/deps"} in install["volumeMounts"]
-    assert {"name": "PYTHONPATH", "value": "/deps"} in sidecar["env"]
+    assert {"name": "PYTHONPATH", "value": f"/deps:{POD_ADDON}"} in sidecar["env"]
 
 
 def test_the_proxy_is_a_native_sidecar_that_holds_the_app_until_credentials_are_there():
@@ -281,9 +284,15 @@ def local_words(command: list[str], ports: dict[int, int]) -> list[str]:
 
 def local_command(service: str, ports: dict[int, int], confdir: Path) -> list[str]:
     words = local_words(COMPOSE["services"][service]["command"], ports)
-    if words[0] == "mitmdump":
-        words = [str(Path(sys.executable).parent / "mitmdump"), "--set", f"confdir={confdir}", *words[1:]]
+    if words[1:3] == ["-m", COMMAND_MODULE]:
+        words = [*words[:3], "--set", f"confdir={confdir}", *words[3:]]
     return words
+
+
+def local_environment(service: str) -> dict[str, str]:
+    """A compose service's environment for a local process: the image's clone is this one."""
+    environment = COMPOSE["services"][service].get("environment", {})
+    return {k: v.replace(IMAGE_ROOT, str(ROOT)) for k, v in environment.items() if k == "PYTHONPATH"}
 
 
 def test_the_stack_runs_locally(tmp_path):
@@ -295,7 +304,7 @@ def test_the_stack_runs_locally(tmp_path):
             procs[service] = subprocess.Popen(
                 local_command(service, ports, tmp_path),
                 cwd=ROOT,
-                env=env,
+                env=env | local_environment(service),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -342,11 +351,14 @@ def test_the_pod_can_import_the_addon(tmp_path):
             target.mkdir(parents=True, exist_ok=True)
             for name, text in maps[volume["configMap"]["name"]].items():
                 (target / name).write_text(text)
-    script = tmp_path / sidecar["command"][sidecar["command"].index("-s") + 1].lstrip("/")
+    # What the command does: find the script beside its package on the PYTHONPATH, which mitmproxy then loads.
+    (path,) = [e["value"] for e in sidecar["env"] if e["name"] == "PYTHONPATH"]
+    pythonpath = ":".join(str(tmp_path / part.lstrip("/")) for part in path.split(":"))
+    load = f"import runpy; from {COMMAND_MODULE} import script_path; runpy.run_path(script_path()); print('loaded')"
     loaded = subprocess.run(
-        [sys.executable, "-c", f"import runpy; runpy.run_path({str(script)!r}); print('loaded')"],
+        [sys.executable, "-c", load],
         cwd=tmp_path,
-        env=clean_env() | {"PYTHONPATH": str(script.parent)},
+        env=clean_env() | {"PYTHONPATH": pythonpath},
         capture_output=True,
         text=True,
     )
@@ -489,11 +501,13 @@ def test_the_gateway_gives_each_client_its_own_token(tmp_path, upstream):
         for prefix in ("/srv/header-augment/", "/etc/header-augment/"):
             word = word.replace(prefix, f"{root}{prefix}")
         words.append(word.replace("0.0.0.0", "127.0.0.1").replace("=8080", "=0").replace(":9090", ":0"))
-    words = [str(Path(sys.executable).parent / "mitmdump"), *words[1:]]
+    assert words[:3] == ["python", "-m", COMMAND_MODULE]
+    words = [sys.executable, *words[1:]]
     words[words.index("confdir=/mitmproxy")] = f"confdir={confdir}"
-    proc = subprocess.Popen(
-        words, cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    (container,) = gateway_objects()[("Deployment", "gateway")]["spec"]["template"]["spec"]["containers"]
+    (path,) = [e["value"] for e in container["env"] if e["name"] == "PYTHONPATH"]
+    env = clean_env() | {"PYTHONPATH": ":".join(f"{root}{part}" for part in path.split(":"))}
+    proc = subprocess.Popen(words, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
