@@ -1,5 +1,6 @@
 """The provider kinds, picked by `kind:`. A kind is one module: its settings, their checks and its client."""
 
+from .aws_secrets import SecretsManagerSource, SsmParameterSource
 from .aws_sigv4 import AwsSigV4Source
 from .base import Source
 from .command import CommandSource
@@ -21,5 +22,7 @@ KINDS: dict[str, type[Source]] = {
         GoogleServiceAccountSource,
         AwsSigV4Source,
         VaultSource,
+        SecretsManagerSource,
+        SsmParameterSource,
     )
 }

@@ -1,0 +1,210 @@
+"""kinds aws-secrets-manager and aws-ssm-parameter against moto's server (a real process on 127.0.0.1, IAM
+authentication on once it is set up, started once for the module), reached through AWS_ENDPOINT_URL as botocore
+resolves it: a secret's string and a field of its JSON, a rotated version read at the next fetch, a decrypted
+parameter, and the failure classes of a missing secret, a denied policy and a key the server does not know."""
+
+import json
+import logging
+import os
+import sys
+
+import boto3
+import httpx
+import pytest
+from processes import Running, free_port
+from servers import ROOT
+from test_aws_sigv4_e2e import MOTO_SERVER
+
+from header_augment_core.fields import SettingsError
+from header_augment_core.refresher import Refresher
+from header_augment_core.settings import parse_settings
+
+REGION = "eu-west-1"
+READ = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue", "ssm:GetParameter"], "Resource": "*"},
+    ],
+}
+NOTHING = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}]}
+ADMIN = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    """moto's server with a reader, a user allowed nothing of these, a role the reader may assume, two secrets and
+    a SecureString parameter; then auth on."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and "proxy" not in k.lower()}
+    server = Running([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], cwd=ROOT, env=env)
+    try:
+        server.wait_for(rf"Running on http://127\.0\.0\.1:{port}")
+        url = f"http://127.0.0.1:{port}"
+        setup = {"endpoint_url": url, "region_name": REGION, "aws_access_key_id": "x", "aws_secret_access_key": "x"}
+        iam = boto3.client("iam", **setup)
+        keys = {}
+        for user, policy in (("admin", ADMIN), ("reader", READ), ("stranger", NOTHING)):
+            iam.create_user(UserName=user)
+            iam.put_user_policy(UserName=user, PolicyName="p", PolicyDocument=json.dumps(policy))
+            keys[user] = iam.create_access_key(UserName=user)["AccessKey"]
+        stranger = iam.get_user(UserName="stranger")["User"]["Arn"]
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Principal": {"AWS": stranger}, "Action": "sts:AssumeRole"}],
+        }
+        role = iam.create_role(RoleName="secrets", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+        iam.put_role_policy(RoleName="secrets", PolicyName="p", PolicyDocument=json.dumps(READ))
+        secrets = boto3.client("secretsmanager", **setup)
+        secrets.create_secret(Name="github", SecretString="gh-one")
+        secrets.create_secret(Name="bundle", SecretString=json.dumps({"token": "js-one", "n": 3}))
+        ssm = boto3.client("ssm", **setup)
+        ssm.put_parameter(Name="/proxy/token", Value="ssm-one", Type="SecureString")
+        httpx.post(f"{url}/moto-api/reset-auth", content=b"0", trust_env=False).raise_for_status()
+        admin = {**setup, "aws_access_key_id": keys["admin"]["AccessKeyId"]}
+        admin["aws_secret_access_key"] = keys["admin"]["SecretAccessKey"]
+        yield {"url": url, "keys": keys, "role": role, "admin": admin}
+    finally:
+        server.kill_group()
+
+
+def use(monkeypatch, tmp_path, moto, user="reader", endpoint="AWS_ENDPOINT_URL"):
+    """The environment botocore's chain and endpoint resolution read: this user's keys, moto's endpoint."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    key = moto["keys"][user]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv(endpoint, moto["url"])
+
+
+def settings(kind: str, **fields):
+    values = {"kind": kind, "region": REGION, "hosts": "api.example"} | fields
+    return parse_settings(values, lambda name: name)
+
+
+def fetch(s):
+    return s.source.client(s.timeout).fetch()
+
+
+def headers_of(result):
+    assert result.ok, result.reason
+    return list(result.answer.headers)
+
+
+# -- settings -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields", "named", "saying"),
+    [
+        ("aws-secrets-manager", {}, "secret_id", "required"),
+        ("aws-ssm-parameter", {"secret_id": "x"}, "secret_id", "not a setting of kind aws-ssm-parameter"),
+        ("aws-ssm-parameter", {"parameter": "/p", "role_arn": "secrets"}, "role_arn", "not an ARN"),
+        ("aws-secrets-manager", {"secret_id": "s", "format": "headers", "prefix": ""}, "prefix", "format token"),
+        ("aws-secrets-manager", {"secret_id": "s", "format": "yaml"}, "format", "not accepted"),
+    ],
+)
+def test_a_bad_setting_is_refused_naming_it(kind, fields, named, saying):
+    with pytest.raises(SettingsError) as raised:
+        settings(kind, **fields)
+    assert str(raised.value).split(":")[0] == named and saying in str(raised.value)
+
+
+def test_the_region_comes_from_the_environment_or_is_required(monkeypatch):
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    values = {"kind": "aws-ssm-parameter", "parameter": "/p", "hosts": "a"}
+    with pytest.raises(SettingsError, match="^region: required"):
+        parse_settings(values, lambda name: name)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
+    assert parse_settings(values, lambda name: name).source.region == "ap-south-1"
+
+
+def test_without_botocore_the_kind_is_refused_with_the_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "botocore.session", None)  # what an install without the [aws] extra has
+    with pytest.raises(SettingsError) as raised:
+        settings("aws-secrets-manager", secret_id="github")
+    assert str(raised.value).startswith("secret_id:") and "requirements/aws.txt" in str(raised.value)
+
+
+# -- Secrets Manager ----------------------------------------------------------------------------------------------
+
+
+def test_the_secret_string_is_the_token_and_a_rotated_version_is_read_at_the_next_fetch(monkeypatch, tmp_path, moto):
+    use(monkeypatch, tmp_path, moto)
+    s = settings("aws-secrets-manager", secret_id="github")
+    client = s.source.client(s.timeout)
+    assert headers_of(client.fetch()) == [("Authorization", "Bearer gh-one")]
+    admin = boto3.client("secretsmanager", **moto["admin"])
+    admin.put_secret_value(SecretId="github", SecretString="gh-two")  # AWSCURRENT moves, gh-one is AWSPREVIOUS
+    try:
+        assert headers_of(client.fetch()) == [("Authorization", "Bearer gh-two")]
+        previous = settings("aws-secrets-manager", secret_id="github", version_stage="AWSPREVIOUS")
+        assert headers_of(fetch(previous)) == [("Authorization", "Bearer gh-one")]
+    finally:
+        admin.put_secret_value(SecretId="github", SecretString="gh-one")
+
+
+def test_a_field_of_a_json_secret_and_the_failures_of_a_missing_field_and_a_string(monkeypatch, tmp_path, moto):
+    use(monkeypatch, tmp_path, moto)
+    s = settings("aws-secrets-manager", secret_id="bundle", field="token", header="X-Token", prefix="")
+    assert headers_of(fetch(s)) == [("X-Token", "js-one")]
+    missing = fetch(settings("aws-secrets-manager", secret_id="bundle", field="tokn"))
+    assert missing.reason_class == "not_found" and "'tokn'" in missing.reason
+    number = fetch(settings("aws-secrets-manager", secret_id="bundle", field="n"))
+    assert number.reason_class == "format"
+    plain = fetch(settings("aws-secrets-manager", secret_id="github", field="token"))
+    assert plain.reason_class == "format" and "not JSON" in plain.reason
+
+
+def test_a_secret_of_headers(monkeypatch, tmp_path, moto):
+    use(monkeypatch, tmp_path, moto)
+    s = settings("aws-secrets-manager", secret_id="bundle", format="headers")
+    result = fetch(s)
+    assert headers_of(result) == [("token", "js-one")] and result.answer.rejected_count == 1
+
+
+def test_failures_are_classed_and_name_the_secret_never_a_value(monkeypatch, tmp_path, moto, caplog):
+    caplog.set_level(logging.DEBUG)
+    use(monkeypatch, tmp_path, moto)
+    missing = settings("aws-secrets-manager", secret_id="gone")
+    refresher = Refresher(missing.source.client(missing.timeout), missing)
+    refresher.refresh()
+    assert refresher.counts.failed_by_class == {"not_found": 1} and "gone" in refresher.last_error
+    use(monkeypatch, tmp_path, moto, user="stranger")
+    assert fetch(settings("aws-secrets-manager", secret_id="github")).reason_class == "permission"
+    assert fetch(settings("aws-ssm-parameter", parameter="/proxy/token")).reason_class == "permission"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-key")
+    denied = fetch(settings("aws-secrets-manager", secret_id="github"))
+    assert denied.reason_class == "auth" and "github" in denied.reason
+    for value in ("gh-one", "js-one", "ssm-one", moto["keys"]["reader"]["SecretAccessKey"], "not-the-secret-key"):
+        assert value not in caplog.text
+
+
+def test_a_role_assumed_through_sts(monkeypatch, tmp_path, moto):
+    use(monkeypatch, tmp_path, moto, user="stranger")  # who may read nothing, but may assume the role
+    role = settings("aws-secrets-manager", secret_id="github", role_arn=moto["role"])
+    assert headers_of(fetch(role)) == [("Authorization", "Bearer gh-one")]
+
+
+def test_an_endpoint_of_the_service_alone_and_one_nobody_answers(monkeypatch, tmp_path, moto):
+    use(monkeypatch, tmp_path, moto, endpoint="AWS_ENDPOINT_URL_SECRETS_MANAGER")
+    assert headers_of(fetch(settings("aws-secrets-manager", secret_id="github"))) == [
+        ("Authorization", "Bearer gh-one")
+    ]
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", f"http://127.0.0.1:{free_port()}")
+    assert fetch(settings("aws-secrets-manager", secret_id="github")).reason_class == "connect"
+
+
+# -- Parameter Store ----------------------------------------------------------------------------------------------
+
+
+def test_a_securestring_parameter_decrypted_and_a_missing_one(monkeypatch, tmp_path, moto):
+    use(monkeypatch, tmp_path, moto)
+    s = settings("aws-ssm-parameter", parameter="/proxy/token", header="X-Api-Key", prefix="")
+    assert headers_of(fetch(s)) == [("X-Api-Key", "ssm-one")]
+    missing = fetch(settings("aws-ssm-parameter", parameter="/proxy/gone"))
+    assert missing.reason_class == "not_found" and "/proxy/gone" in missing.reason
