@@ -14,7 +14,7 @@ from .clients import Clients
 from .hosts import Hosts
 from .refresher import Refresher
 from .settings import ProviderSettings
-from .sigv4 import HASH_ON_LOOP, Unsignable, prepare, sign
+from .sigv4 import HASH_ON_LOOP, Unsignable, prepare, sign, signed_with
 from .snapshot import NOTHING, Merge, merge
 
 logger = logging.getLogger("header_augment")
@@ -120,6 +120,8 @@ class Binding:
             return None
         if self.clients is not None and not self.clients.matches(flow):
             return None
+        if self.placeholder is not None and not signed_with(request, self.placeholder):
+            return None  # signed by the client with another key, or not at all: not this entry's to sign
         snapshot = self.refresher.snapshot
         if time.monotonic() >= snapshot.usable_until:
             outcome = self._unusable(
@@ -163,9 +165,14 @@ class Binding:
         note(flow, self.comment + self.signer.comment)
         carried = carried_by(flow)
         if carried is None:
-            carry(flow, Carried(original, request.host, request.port, secrets.names, [(self, secrets)]))
+            carried = Carried(original, request.host, request.port, secrets.names, [(self, secrets)])
+            carry(flow, carried)
         else:
             carried.add(self, secrets)
+        if self.placeholder is not None:  # an answer that names the real key id shows the client's placeholder
+            signing = self.refresher.snapshot.signing
+            if signing is not None:
+                carried.undo += ((signing.access_key.encode(), self.placeholder),)
 
 
 def _answer(flow: http.HTTPFlow, response: http.Response) -> None:

@@ -75,11 +75,11 @@ class Carried:
 
     def substituted(self) -> Secrets | None:
         """What puts a placeholder back where its token was sent (None: no placeholder was replaced)."""
-        if not self.undo and not any(binding.placeholder is not None for binding, _ in self.given):
+        if not self.undo and not any(b.placeholder is not None and b.signer is None for b, _ in self.given):
             return None
         pairs = set(self.undo)
         for binding, snapshot in self.given:
-            if binding.placeholder is not None:
+            if binding.placeholder is not None and binding.signer is None:
                 pairs.update(snapshot.secrets)
         return tuple(sorted(pairs, key=lambda pair: -len(pair[0]))), probes_of(value for value, _ in pairs)
 

@@ -127,6 +127,18 @@ def prepare(request: http.Request, streamed: bool) -> Prepared:
     return Prepared(request.method, target, signed, body, kept, h2, declared is not None, streaming)
 
 
+def signed_with(request: http.Request, access_key_id: bytes) -> bool:
+    """Whether the client signed `request` with `access_key_id` (its Authorization's Credential, or a presigned
+    URL's X-Amz-Credential): an aws-sigv4 entry with a placeholder signs again only what was signed with it."""
+    for name, value in request.headers.fields:
+        if name.lower() == b"authorization" and b"Credential=" + access_key_id + b"/" in value:
+            return True
+    target = request.data.path
+    return b"?" in target and (
+        b"X-Amz-Credential=" + access_key_id + b"%2F" in target or b"X-Amz-Credential=" + access_key_id + b"/" in target
+    )
+
+
 def _signed_chunks(declared: bytes) -> str:
     value = declared.decode() if declared in SIGNED_CHUNKS else "another STREAMING- form"
     return (
