@@ -451,6 +451,7 @@ class AuthlibSignIn(_Issuer):
         self.client_id, self.grace = client_id, grace
         self.refresh_tokens: dict[str, RefreshRecord] = {}
         self.presented: list[str] = []  # the refresh tokens presented, in order
+        self.issued_by_device: list[str] = []  # the refresh tokens device sign-ins were given
         self.devices: dict[str, DeviceCredentialDict] = {}
         self.decisions: dict[str, tuple[str, bool]] = {}
         self.device_requests: list[dict] = []
@@ -467,6 +468,8 @@ class AuthlibSignIn(_Issuer):
 
             def save_token(self, token, request):
                 issuer.issued.append(token["access_token"])
+                if "refresh_token" in token and getattr(request, "credential", None) is not None:
+                    issuer.issued_by_device.append(token["refresh_token"])
                 if "refresh_token" in token:
                     # A rotated token keeps what the person granted, whatever scope this refresh asked for.
                     granted = getattr(request, "refresh_token", None)
