@@ -298,6 +298,43 @@ def part_7b(mode, confdir, results):
     return counts
 
 
+def part_8(mode, confdir, results):
+    from benchparts.command_chain import side_by_side
+
+    print("8. The header-augment command against mitmdump -s addon/header_augment.py: CPU per request, side by side")
+    print("   (-q, the same options, 10 headers added, 8 keep-alive connections; median of per-round ratios)")
+    figures = side_by_side(confdir, sized(mode, 5, 3, 1), sized(mode, 3.0, 1.5, 0.3), 8, sized(mode, 0.5, 0.5, 0.1))
+    for name, row in figures["proxies"].items():
+        median_, low, high = row["cpu_vs_stock"]
+        print(
+            f"   {name:>30} {row['rate']:6.0f} req/s {row['cpu_us']:7.0f} CPU µs/request  "
+            f"{median_:.3f}× [{low:.2f}–{high:.2f}]" + (f"  ({row['errors']} errors)" if row["errors"] else "")
+        )
+    print(
+        f"   saved {figures['saved']:.0f} µs/request: dispatching {figures['left_out']} hookless addons costs "
+        f"{figures['dispatch']:.0f} µs ({figures['dispatch_per_addon']:.1f} µs each), the left-out addons' "
+        f"own hooks the other {figures['addons_work']:.0f} µs"
+    )
+    return figures
+
+
+def part_8b(mode, confdir, results):
+    from benchparts.command_chain import instructions
+
+    print("8b. Part 8 in instructions per request, counted by valgrind (1 connection, /noecho; minutes)")
+    counts = instructions(confdir, sized(mode, 300, 100, 5), sized(mode, 40, 20, 2), sized(mode, 10.0, 5.0, 1.0))
+    if counts is None:
+        print("   valgrind is not installed: skipped")
+        return None
+    for name, row in counts["proxies"].items():
+        print(f"   {name:>30}: {row['instructions']:>12,.0f} instructions/request   {row['vs_stock']:.3f}× stock")
+    print(
+        f"   saved {counts['saved']:,.0f}: dispatching {counts['left_out']} hookless addons {counts['dispatch']:,.0f} "
+        f"({counts['dispatch_per_addon']:,.0f} each), the left-out addons' own hooks {counts['addons_work']:,.0f}"
+    )
+    return counts
+
+
 # In the order they run: 1a and 1c before 1b and 1e as always (valgrind's parts are the slowest).
 PARTS = {
     "1": part_1,
@@ -316,6 +353,8 @@ PARTS = {
     "6": part_6,
     "7": part_7,
     "7b": part_7b,
+    "8": part_8,
+    "8b": part_8b,
 }
 
 
