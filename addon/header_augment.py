@@ -37,6 +37,7 @@ from header_augment_core.options import (  # noqa: E402
     label,
     settings_from_options,
 )
+from header_augment_core.placeholders import env_lines  # noqa: E402
 from header_augment_core.providers_file import load_providers_file  # noqa: E402
 from header_augment_core.request_path import RequestPath  # noqa: E402
 from header_augment_core.scheduler import Scheduler  # noqa: E402
@@ -343,6 +344,12 @@ class HeaderAugment:
             len(refreshers),
             "" if new == len(refreshers) else f" ({len(refreshers) - new} already waiting for one)",
         )
+
+    @command.command("augment.placeholders")
+    def placeholders(self) -> str:
+        """NAME=VALUE for every entry with a placeholder and an env name (what a sandbox launcher gives the workload):
+        the placeholders, never the credentials."""
+        return env_lines(self.bindings)
 
     @command.command("augment.status")
     def status(self) -> str:

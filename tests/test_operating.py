@@ -112,6 +112,7 @@ def test_counters_and_status(provider):
         "waited": 0,
         "unauthorized": 0,
         "reasked": 0,
+        "placeholder_refused": 0,
     }
     assert data["fetches"] == {
         "ok": 1,

@@ -8,6 +8,7 @@ import socket
 import socketserver
 import subprocess
 
+import httpx
 import pytest
 from mitmproxy import io
 from servers import Mitmdump, serve_in_background
@@ -115,7 +116,11 @@ def setup(tmp_path_factory):
     ]
     (here / "providers.json").write_text(json.dumps({"providers": entries}))
     flows = here / "flows.mitm"
-    proxy = Mitmdump(here / "confdir", "--set", f"header_providers_file={here / 'providers.json'}", "-w", str(flows))
+    proxy = Mitmdump(
+        here / "confdir",
+        *("--set", f"header_providers_file={here / 'providers.json'}", "-w", str(flows)),
+        *("--set", "header_admin_listen=127.0.0.1:0"),
+    )
     try:
         yield proxy, upstream, elsewhere, ws, flows
     finally:
@@ -239,6 +244,14 @@ def test_a_websocket_message_gets_the_token_and_comes_back_with_the_placeholder(
         wait(CloseConnection)
     assert ws.messages[-1] == json.dumps({"auth": WS_REAL})
     assert replies == [json.dumps({"auth": WS_PH})]
+
+
+def test_the_admin_endpoint_lists_the_placeholders_for_a_sandbox_launcher(setup):
+    proxy = setup[0]
+    port = int(proxy.wait_for(r"admin endpoint listening at 127\.0\.0\.1:(\d+)").group(1))
+    answer = httpx.get(f"http://127.0.0.1:{port}/placeholders.env", trust_env=False, timeout=10)
+    assert answer.status_code == 200
+    assert answer.text == f"GH_TOKEN={PH}\nOPENAI_API_KEY={AI_PH}\n"
 
 
 def test_the_flow_file_holds_placeholders_never_values(setup):

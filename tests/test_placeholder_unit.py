@@ -4,16 +4,19 @@ and only toward its hosts and clients, refused (403, 503) elsewhere, and put bac
 import asyncio
 import base64
 import json
+import re
 import time
 from types import SimpleNamespace
 
 import header_augment
+import jwt
 import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons
 from test_addon import make_flow
 
-from header_augment_core.placeholders import Matcher
+from header_augment_core import cli, placeholder_command
+from header_augment_core.placeholders import Matcher, parse_placeholder
 from header_augment_core.snapshot import Snapshot
 
 PH = "ghp_PLACEHOLDERplaceholder0123456789abcd"
@@ -261,3 +264,39 @@ def test_the_matcher_finds_words_after_escapes():
     assert matcher.find(b'{"k":"\\n' + one + b'"}') == {one}
     assert matcher.find(b"Bearer " + one) == {one}
     assert matcher.find(b"x" + one) == set()  # a word of its own, not a part of another
+
+
+def test_augment_placeholders_prints_name_value_lines(proxy, tmp_path):
+    proxy.configure(tmp_path, entry(env="GH_TOKEN"), entry("plain", OTHER))
+    assert proxy.addon.placeholders() == f"GH_TOKEN={PH}\n"
+
+
+@pytest.mark.parametrize("shape", list(placeholder_command.SHAPES))
+def test_every_shape_makes_a_fresh_valid_placeholder(shape):
+    made = placeholder_command.make(shape)
+    assert made != placeholder_command.make(shape)
+    assert parse_placeholder(made) == made
+    start = {"github": "ghp_", "github-app": "ghs_", "openai": "sk-proj-", "anthropic": "sk-ant-api03-"}
+    assert made.startswith(start.get(shape, ""))
+    if shape == "aws-access-key":
+        assert re.fullmatch(r"AKIA[A-Z2-7]{16}", made)
+    if shape == "jwt":
+        claims = jwt.decode(made, options={"verify_signature": False})
+        assert claims["exp"] > time.time() + 5 * 365 * 24 * 3600
+    if shape == "hex32":
+        assert re.fullmatch(r"[0-9a-f]{32}", made)
+    if shape == "slack-bot":
+        assert re.fullmatch(r"xoxb-\d+-\d+-[A-Za-z0-9]+", made)
+
+
+def test_the_placeholder_subcommand_runs_before_any_proxy(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["placeholder", "github"])
+    assert done.value.code == 0
+    assert re.fullmatch(r"ghp_[A-Za-z0-9]{36}\n", capsys.readouterr().out)
+    with pytest.raises(SystemExit) as done:
+        cli.main(["placeholder", "--list"])
+    assert done.value.code == 0 and "aws-access-key" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        cli.main(["placeholder", "nope"])
+    assert done.value.code == 2 and "unknown shape" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from tornado import httpserver, iostream, netutil, web
 
 from .fields import SettingsError, shown
 from .metrics import registry_for
+from .placeholders import env_lines
 from .status import Entry, Path, state, status
 
 logger = logging.getLogger("header_augment")
@@ -135,7 +136,14 @@ class AdminEndpoint:
             "max_connections": max_connections,
         }
         self.registry = registry_for(entries, path)
-        routes = {"/ready": _Ready, "/live": _Live, "/metrics": _Metrics, "/status": _Status, "/refresh": _Refresh}
+        routes = {
+            "/ready": _Ready,
+            "/live": _Live,
+            "/metrics": _Metrics,
+            "/status": _Status,
+            "/refresh": _Refresh,
+            "/placeholders.env": _PlaceholdersEnv,
+        }
         args = {"admin": self}
         self._app = web.Application(
             [(path, handler, args) for path, handler in routes.items()],
@@ -395,3 +403,11 @@ class _Refresh(_Handler):
     def post(self) -> None:
         self.admin.refresh()
         self.lines(202, ["refresh requested"])
+
+
+class _PlaceholdersEnv(_Handler):
+    """NAME=VALUE for every entry with a placeholder and an env name, for a sandbox launcher: placeholders only,
+    never a credential."""
+
+    def get(self) -> None:
+        self.finish(env_lines(self.admin.entries()))

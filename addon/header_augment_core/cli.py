@@ -43,6 +43,10 @@ def sets_listen_host(args: list[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["placeholder"]:  # a fake credential shaped like a real one; no proxy runs
+        from . import placeholder_command
+
+        raise SystemExit(placeholder_command.main(args[1:]))
     if args[:1] in (["login"], ["logout"]):  # a person signs in or out for an entry; no proxy runs (login.py)
         from . import login
 
