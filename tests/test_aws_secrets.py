@@ -16,6 +16,7 @@ from servers import ROOT
 from test_aws_sigv4_e2e import MOTO_SERVER
 
 from header_augment_core.fields import SettingsError
+from header_augment_core.providers_file import load_providers_file
 from header_augment_core.refresher import Refresher
 from header_augment_core.settings import parse_settings
 
@@ -208,3 +209,28 @@ def test_a_securestring_parameter_decrypted_and_a_missing_one(monkeypatch, tmp_p
     assert headers_of(fetch(s)) == [("X-Api-Key", "ssm-one")]
     missing = fetch(settings("aws-ssm-parameter", parameter="/proxy/gone"))
     assert missing.reason_class == "not_found" and "/proxy/gone" in missing.reason
+
+
+RECIPE = """
+providers:
+  - name: openai
+    kind: aws-secrets-manager
+    secret_id: prod/egress/openai
+    field: api_key
+    region: eu-west-1
+    hosts: [api.openai.com]
+    interval: 10m
+    require: true
+"""
+
+
+def test_the_readme_recipe_secrets_manager(monkeypatch, tmp_path, moto):
+    """The README's recipe as written; the endpoint is moto's, through AWS_ENDPOINT_URL."""
+    boto3.client("secretsmanager", **moto["admin"]).create_secret(
+        Name="prod/egress/openai", SecretString=json.dumps({"api_key": "sk-recipe-0123456789"})
+    )
+    use(monkeypatch, tmp_path, moto)
+    providers = tmp_path / "providers.yaml"
+    providers.write_text(RECIPE)
+    ((s, _),) = load_providers_file(str(providers))[0]
+    assert headers_of(fetch(s)) == [("Authorization", "Bearer sk-recipe-0123456789")]

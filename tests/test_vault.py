@@ -26,6 +26,7 @@ from servers import ROOT, wait_until
 from header_augment_core.counters import RequestCounters
 from header_augment_core.fields import SettingsError
 from header_augment_core.kinds.vault import VaultClient
+from header_augment_core.providers_file import load_providers_file
 from header_augment_core.refresher import Refresher
 from header_augment_core.schedule import Schedule
 from header_augment_core.settings import parse_settings
@@ -36,6 +37,7 @@ READER = """
 path "secret/data/github" { capabilities = ["read"] }
 path "secret/data/headers" { capabilities = ["read"] }
 path "secret/data/missing" { capabilities = ["read"] }
+path "secret/data/e2e" { capabilities = ["read"] }
 """
 AUDIENCE = "header-augment-tests"
 
@@ -115,6 +117,21 @@ def bao(tmp_path_factory):
             token_policies=["reader"],
             claim_mappings={"build": "build"},
             allowed_redirect_uris=[],
+        )
+        # The README's recipe logs in with a service-account token at auth/kubernetes. That method asks the cluster's
+        # TokenReview API, which no test has; the JWT method mounted there takes the same login (role and jwt) and
+        # checks the token's signature with the key the test's "cluster" signs with.
+        api.sys.enable_auth_method("jwt", path="kubernetes")
+        api.auth.jwt.configure(jwt_validation_pubkeys=[public.decode()], path="kubernetes")
+        api.auth.jwt.create_role(
+            "egress-proxy",
+            role_type="jwt",
+            user_claim="sub",
+            bound_audiences=["vault"],
+            bound_subject="system:serviceaccount:egress:proxy",
+            token_policies=["reader"],
+            allowed_redirect_uris=[],
+            path="kubernetes",
         )
         server.key = key
         yield server
@@ -353,6 +370,39 @@ def test_a_jwt_the_server_does_not_trust_is_auth(bao, tmp_path):
     assert (failed.reason_class, failed.reason.split(":")[0]) == ("auth", "login jwt")
 
 
+RECIPE = """
+providers:
+  - name: github
+    kind: vault
+    url: https://vault.vault.svc:8200
+    ca: /var/run/secrets/vault/ca.crt
+    secret: secret/data/github
+    field: token
+    auth:
+      kubernetes: {role: egress-proxy}
+    hosts: [api.github.com]
+    require: true
+"""
+
+
+def test_the_readme_recipe_kubernetes_auth(bao, tmp_path, monkeypatch):
+    """The README's recipe, with the test server's address and a service-account token the test signed where the
+    kubelet would mount one."""
+    account = tmp_path / "token"
+    now = int(time.time())
+    claims = {"sub": "system:serviceaccount:egress:proxy", "aud": "vault", "iat": now, "exp": now + 3600}
+    account.write_text(jwt.encode(claims, bao.key, algorithm="ES256"))
+    providers = tmp_path / "providers.yaml"
+    text = RECIPE.replace("https://vault.vault.svc:8200", bao.url).replace(
+        "    ca: /var/run/secrets/vault/ca.crt\n", ""
+    )
+    providers.write_text(text.replace("{role: egress-proxy}", f"{{role: egress-proxy, jwt_file: {account}}}"))
+    entries, _ = load_providers_file(str(providers))
+    ((settings, _),) = entries
+    assert settings.source.auth.method == "kubernetes"
+    assert headers_of(client_for_settings(settings).fetch()) == [("Authorization", "Bearer gh-one")]
+
+
 # -- nothing from the store is shown ----------------------------------------------------------------------------------
 
 
@@ -401,25 +451,33 @@ def test_the_last_good_value_is_kept_while_the_server_restarts(tmp_path):
 # -- end to end ---------------------------------------------------------------------------------------------------
 
 
-def test_a_vault_secret_arrives_upstream_through_mitmdump(bao, tmp_path, mitmdump, upstream):
+def test_a_vault_secret_arrives_upstream_through_mitmdump_as_a_header_and_for_a_placeholder(
+    bao, tmp_path, mitmdump, upstream
+):
     providers = tmp_path / "providers.yaml"
     auth = approle(bao, tmp_path)["approle"]
-    providers.write_text(
-        f"""
-providers:
-  - name: github
+    placeholder = "ph-vault-" + secrets.token_hex(12)
+    token = "ghs_" + secrets.token_hex(16)
+    bao.put("e2e", {"token": token})
+    entry = f"""
     kind: vault
     url: {bao.url}
-    secret: secret/data/github
+    secret: secret/data/e2e
     field: token
     auth:
       approle: {{role_id: {auth["role_id"]}, secret_id_file: {auth["secret_id_file"]}}}
     hosts: 127.0.0.1:{upstream.port}
-    require: true
-"""
+    require: true"""
+    providers.write_text(
+        f"providers:\n  - name: github{entry}\n    paths: /direct\n  - name: stand-in{entry}\n"
+        f"    placeholder: {placeholder}\n"
     )
     proxy = mitmdump("--set", f"header_providers_file={providers}", "--set", "termlog_verbosity=debug", cwd=ROOT)
     with client_for(proxy.proxy) as client:
-        answer = client.get(f"http://127.0.0.1:{upstream.port}/x")
-    assert values_of(answer, "Authorization") == ["Bearer gh-one"]
-    assert "gh-one" not in proxy.output
+        direct = client.get(f"http://127.0.0.1:{upstream.port}/direct")
+        stood_in = client.get(f"http://127.0.0.1:{upstream.port}/x", headers={"Authorization": f"Bearer {placeholder}"})
+    assert values_of(direct, "Authorization") == [f"Bearer {token}"]
+    assert values_of(stood_in, "Authorization") == [f"Bearer {token}"]
+    # The echoes come back with the token scrubbed: masked, or the placeholder again.
+    assert token not in direct.text and token not in stood_in.text and placeholder in stood_in.text
+    assert token not in proxy.output
