@@ -457,8 +457,13 @@ class AuthlibSignIn(_Issuer):
         self.device_requests: list[dict] = []
         self.codes: dict[str, AuthorizationCode] = {}
         self.device_lifetime = DeviceAuthorizationEndpoint.EXPIRES_IN
+        self.device_interval = DeviceAuthorizationEndpoint.INTERVAL
+        self.person: str | None = None  # who approves every sign-in at once, when set (the README's recipe)
         self.slow_down = 0
         self.hold = 0.0
+        # A hostile or broken server: `tamper(path, payload)` rewrites each answer of 200 after authlib made it (what
+        # authlib did, a rotation, stands).
+        self.tamper = None
         client = _SignInClient(client_id, secret)
         issuer = self
 
@@ -516,6 +521,8 @@ class AuthlibSignIn(_Issuer):
                 return issuer.devices.get(device_code)
 
             def query_user_grant(self, user_code):
+                if issuer.person is not None:
+                    return issuer.decisions.setdefault(user_code, (issuer.person, True))
                 return issuer.decisions.get(user_code)
 
             def should_slow_down(self, credential):
@@ -553,6 +560,10 @@ class AuthlibSignIn(_Issuer):
             @property
             def EXPIRES_IN(self):
                 return issuer.device_lifetime
+
+            @property
+            def INTERVAL(self):
+                return issuer.device_interval
 
             def get_verification_uri(self):
                 return issuer.base + "/activate"
@@ -642,6 +653,12 @@ class AuthlibSignIn(_Issuer):
                 device["expires_at"] = time.time() - 1
 
     def issue(self, path, headers, body):
+        status, payload = self._issue(path, headers, body)
+        if status == 200 and self.tamper is not None:
+            payload = self.tamper(path, dict(payload))
+        return status, payload
+
+    def _issue(self, path, headers, body):
         pairs = urllib.parse.parse_qsl(body.decode(), keep_blank_values=True)
         form = dict(pairs)
         request = _Request(self.base + path, headers, form)

@@ -2,7 +2,9 @@
 never the kernel's, within a size limit, and the stamp that tells when one has changed. And the one way a file is
 written (a rotated refresh token): whole or not at all, and on disk before it is used."""
 
+import fcntl
 import os
+import re
 import stat
 import tempfile
 import time
@@ -130,31 +132,49 @@ class SettledChange:
 # PAUSE_LIMIT seconds) until the file is removed, before the rename: how a test kills the process between the two.
 PAUSE_BEFORE_RENAME = "HEADER_AUGMENT_PAUSE_BEFORE_RENAME"
 PAUSE_LIMIT = 60.0
+# tempfile.mkstemp's names: the prefix, eight of its characters, the suffix.
+_TEMPORARY = "[a-z0-9_]{8}\\.tmp"
+# A writer locks its temporary file a moment after making it: one younger than this may be in that moment.
+STALE_AFTER = 10.0
 
 
 def write_atomic(path: str, data: bytes) -> Stamp:
     """Replaces `path` (symlinks followed) with a file holding `data`, readable by its owner alone, and returns its
     stamp. A process killed at any point leaves the old content or the new one, never a mix or nothing: a temporary
     file in the same directory, flushed to disk, renamed over the old one, the directory flushed so that the rename
-    itself survives a power cut. Raises Failed (class file); the temporary file does not outlive a failure."""
+    itself survives a power cut. Only a regular file (or nothing) is replaced. Raises Failed (class file); the
+    temporary file does not outlive a failure, and one a killed writer left is removed by the next write."""
     target = os.path.realpath(os.path.expanduser(path))
     directory, name = os.path.split(target)
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise Failed(f"cannot write it ({e.strerror})", "file") from None
+    else:
+        # A symlink to /dev/zero, a FIFO or a directory is not replaced by a file (as root, /dev/zero would be).
+        if not stat.S_ISREG(st.st_mode) or st.st_dev in _kernel_devices():
+            raise Failed("not a regular file: not replaced", "file")
+    _remove_stale(directory, name)
     try:
         fd, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)  # mode 0600
     except OSError as e:
         raise Failed(f"cannot write it ({e.strerror})", "file") from None
     try:
         try:
+            # Held until the rename: a temporary nobody holds a lock on is a dead writer's (`_remove_stale`).
+            fcntl.flock(fd, fcntl.LOCK_EX)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
             st = os.fstat(fd)
+            if marker := os.environ.get(PAUSE_BEFORE_RENAME):
+                _pause(marker)
+            os.replace(temporary, target)
         finally:
             os.close(fd)
-        if marker := os.environ.get(PAUSE_BEFORE_RENAME):
-            _pause(marker)
-        os.replace(temporary, target)
     except OSError as e:
         try:
             os.unlink(temporary)
@@ -170,6 +190,35 @@ def write_atomic(path: str, data: bytes) -> Stamp:
     except OSError as e:
         raise Failed(f"written, but its directory could not be flushed to disk ({e.strerror})", "file") from None
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _remove_stale(directory: str, name: str) -> None:
+    """Removes the temporary files of `name` that a writer killed before its rename left (each holds a token).
+
+    A live writer holds a lock on its own until the rename (another process's `login`, another thread), so only
+    the dead's are taken: unlocked, and older than the moment between making one and locking it. Whatever cannot be
+    looked at or removed is left: the write goes on all the same."""
+    pattern = re.compile(re.escape(f".{name}.") + _TEMPORARY)
+    try:
+        names = [n for n in os.listdir(directory) if pattern.fullmatch(n)]
+    except OSError:
+        return
+    for stale in names:
+        stale_path = os.path.join(directory, stale)
+        try:
+            fd = os.open(stale_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone already (renamed into place, or removed), or a symlink: not ours
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime > STALE_AFTER:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # Its writer is gone. Only this name is removed: if the writer had renamed it, it is not there.
+                os.unlink(stale_path)
+        except OSError:
+            pass  # locked: a writer at work
+        finally:
+            os.close(fd)
 
 
 def _pause(marker: str) -> None:

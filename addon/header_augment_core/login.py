@@ -189,9 +189,10 @@ def _poll(source: OAuth2Source, timeout: float, grant: dict, sleep: Callable, cl
     endpoint = _exchange(source, source.url, timeout)
     try:
         while True:
-            sleep(interval)
-            if clock() >= deadline:
+            # Not a wait past the code's life (an interval the server or slow_down made longer than what is left).
+            if clock() + interval > deadline:
                 raise LoginError("the code expired before the sign-in was finished: run header-augment login again")
+            sleep(interval)
             form = {"grant_type": DEVICE_CODE_GRANT, "device_code": grant["device_code"]}
             try:
                 answer = endpoint.send("POST", headers=client_authentication(source, form), data=form)
@@ -228,8 +229,14 @@ class _Redirect(http.server.BaseHTTPRequestHandler):
         if not secrets.compare_digest(given.get("state", ""), self.server.state):
             self._answer(400, "This is not the answer to the sign-in that header-augment started.")
             return
-        self.server.answer = given
-        self.server.done.set()
+        with self.server.lock:  # the first answer is the one used: a second (a reload) does not replace it
+            first = not self.server.done.is_set()
+            if first:
+                self.server.answer = given
+                self.server.done.set()
+        if not first:
+            self._answer(409, "header-augment already has the answer to this sign-in.")
+            return
         self._answer(200, "header-augment: you can close this window and go back to the terminal.")
 
     def _answer(self, status: int, text: str) -> None:
@@ -253,6 +260,7 @@ class _Loopback(http.server.ThreadingHTTPServer):
         self.state = state
         self.answer: dict[str, str] = {}
         self.done = threading.Event()
+        self.lock = threading.Lock()
 
 
 def _browser_login(source: OAuth2Source, timeout: float, out: TextIO, open_browser: Callable) -> dict:
@@ -310,26 +318,36 @@ def _browser_login(source: OAuth2Source, timeout: float, out: TextIO, open_brows
 
 def _logout(source: OAuth2Source, timeout: float, out: TextIO) -> None:
     path = source.refresh_token_file
-    if not os.path.lexists(os.path.expanduser(path)):
+    # The file that holds the token, as the proxy and `login` find it: through a symlink, its target (removing
+    # the link alone would leave the token on disk, and in use).
+    target = os.path.realpath(os.path.expanduser(path))
+    if not os.path.lexists(target):
         print(f"Not signed in: there is no {path}", file=out)
         return
+    kept = f"{path} is kept, so that logout can be run again"
+    try:
+        # Read even without a revocation: what is removed must be a refresh token (not a file a symlink points
+        # at by mistake).
+        data, _ = read_regular(target, MAX_SECRET_FILE_BYTES)
+        token = refresh_token_of(data.decode("latin-1"), "refresh_token_file")
+    except Failed as e:
+        raise LoginError(f"refresh_token_file: {e.reason.removeprefix('refresh_token_file: ')}: not removed") from None
     if source.revocation_url:
-        data, _ = read_regular(path, MAX_SECRET_FILE_BYTES)
-        form = {
-            "token": refresh_token_of(data.decode("latin-1"), "refresh_token_file"),
-            "token_type_hint": "refresh_token",
-        }
+        form = {"token": token, "token_type_hint": "refresh_token"}
         endpoint = _exchange(source, source.revocation_url, timeout)
         try:
             answer = endpoint.send("POST", headers=client_authentication(source, form), data=form)
+        except Failed as e:
+            raise LoginError(f"the revocation endpoint: {e.reason}; {kept}") from None
         finally:
             endpoint.close()
         if answer.status != 200:  # RFC 7009 §2.2: 200 even for a token the server no longer knows
             error = oauth_error(answer)
-            raise LoginError(
-                f"the revocation endpoint answered HTTP {answer.status}{f': {error}' * bool(error)}; "
-                f"{path} is kept, so that logout can be run again"
-            )
-    os.unlink(os.path.expanduser(path))
+            said = f"HTTP {answer.status}{f': {error}' * bool(error)}"
+            raise LoginError(f"the revocation endpoint answered {said}; {kept}")
+    try:
+        os.unlink(target)
+    except OSError as e:
+        raise LoginError(f"refresh_token_file: cannot remove it ({e.strerror})") from None
     revoked = "revoked and " if source.revocation_url else "not revoked (no revocation_url), "
     print(f"Signed out: the refresh token was {revoked}removed from {path}", file=out)

@@ -182,8 +182,12 @@ def refresh_token_of(value: str, where: str) -> str:
     value = value.strip()
     if not value:
         raise Failed(f"{where}: empty", "format")
-    if len(value) > MAX_SECRET_FILE_BYTES or not _VSCHARS.fullmatch(value):
+    if not _VSCHARS.fullmatch(value):
         raise Failed(f"{where}: not a refresh token (visible ASCII on one line)", "format")
+    # Its file holds it and a newline, and is read back within the limit of a secret file: a longer one would be
+    # saved, used, and refused at the next start.
+    if len(value) >= MAX_SECRET_FILE_BYTES:
+        raise Failed(f"{where}: longer than {MAX_SECRET_FILE_BYTES - 1} characters", "size")
     return value
 
 
@@ -204,12 +208,19 @@ class HeldToken:
         now = stamp(self.path)
         if self.token is not None and now == self.stamp:
             return self.token
-        self.token, self.unsaved = None, False  # what the file holds now wins over what was held
         try:
-            data, self.stamp = read_regular(self.path, MAX_SECRET_FILE_BYTES)
+            data, read_stamp = read_regular(self.path, MAX_SECRET_FILE_BYTES)
         except Failed as e:
-            self.stamp = now
+            if self.unsaved and self.token is not None:
+                # The newest token exists nowhere but here (its file could not take it, and has now gone or turned
+                # unreadable, its directory removed, say): dropping it would lose the person's sign-in. The change is
+                # taken as seen, so the file's watch does not refresh (and rotate) again and again.
+                self.stamp = now
+                return self.token
+            self.token, self.stamp = None, now
             raise Failed(f"refresh_token_file: {e.reason}: {SIGN_IN}", e.reason_class) from None
+        # What the file holds now (a sign-in, or a sign-out's removal) wins over what was held.
+        self.token, self.stamp, self.unsaved = None, read_stamp, False
         self.token = refresh_token_of(data.decode("latin-1"), "refresh_token_file")
         return self.token
 
@@ -301,19 +312,23 @@ class OAuth2Client(Client):
                 if oauth_error(answer) == "invalid_grant":  # revoked, expired, or used already (RFC 6749 §5.2)
                     raise Failed(f"{_status_reason(answer)}: the refresh token is refused: {SIGN_IN} again", "auth")
                 raise Failed(_status_reason(answer), "status")
-            token = token_json(answer.body)
-            result = access_token(token)
+            token = _json_object(answer.body)
             rotated = token.get("refresh_token")
             if rotated is not None:
                 if not isinstance(rotated, str):
                     raise Failed("refresh_token in the token response is not a string")
                 rotated = refresh_token_of(rotated, "refresh_token in the token response")
-            if rotated in (None, held.token) and not held.unsaved:
-                return result
-            try:
-                held.keep(rotated or held.token)
-            except Failed as e:  # published all the same, and counted and shown as a failure
-                return dataclasses.replace(result, reason=e.reason, reason_class=e.reason_class)
+            # Saved before the rest of the answer is looked at: the server has rotated the token it was given, and
+            # an access token this proxy cannot use (a token_type or expires_in it refuses) must not lose the new one.
+            unsaved = None
+            if rotated not in (None, held.token) or held.unsaved:
+                try:
+                    held.keep(rotated or held.token)
+                except Failed as e:
+                    unsaved = e
+            result = access_token(token)
+            if unsaved is not None:  # published all the same, and counted and shown as a failure
+                return dataclasses.replace(result, reason=unsaved.reason, reason_class=unsaved.reason_class)
             return result
         finally:
             held.lock.release()
@@ -334,19 +349,28 @@ def token_grant(exchange: HttpExchange, form: dict[str, str], headers: dict[str,
     return access_token(token_json(answer.body))
 
 
-def token_json(body: bytes) -> dict:
-    """A token endpoint's answer (RFC 6749 §5.1), an object with an access_token. Raises Failed."""
+def _json_object(body: bytes) -> dict:
     try:
         token = json.loads(body)
     except (ValueError, RecursionError):
         raise Failed("token response is not JSON") from None
-    if not isinstance(token, dict) or not isinstance(token.get("access_token"), str):
+    if not isinstance(token, dict):
+        raise Failed("token response has no access_token")
+    return token
+
+
+def token_json(body: bytes) -> dict:
+    """A token endpoint's answer (RFC 6749 §5.1), an object with an access_token. Raises Failed."""
+    token = _json_object(body)
+    if not isinstance(token.get("access_token"), str):
         raise Failed("token response has no access_token")
     return token
 
 
 def access_token(token: dict) -> FetchResult:
     """The access token of a token response as `Authorization: Bearer …`, with its lifetime. Raises Failed."""
+    if not isinstance(token.get("access_token"), str):
+        raise Failed("token response has no access_token")
     if str(token.get("token_type", "")).lower() != "bearer":
         raise Failed("token_type is not Bearer")
     expires_in = token.get("expires_in")
