@@ -214,6 +214,15 @@ def test_without_hvac_the_kind_is_refused_with_the_install_hint(monkeypatch):
     assert str(raised.value).startswith("kind:") and "requirements/vault.txt" in str(raised.value)
 
 
+def test_a_ca_that_cannot_be_loaded_is_refused_naming_the_field(tmp_path):
+    bogus = tmp_path / "ca.pem"
+    bogus.write_text("not a certificate")
+    settings = settings_for(SimpleNamespace(url="https://127.0.0.1:1"), {"token_file": "/t"}, ca=str(bogus))
+    with pytest.raises(SettingsError) as raised:
+        settings.source.client(settings.timeout)
+    assert raised.value.field == "ca"
+
+
 # -- token_file, KV 2 -----------------------------------------------------------------------------------------------
 
 
@@ -260,6 +269,32 @@ def test_a_new_token_in_the_file_is_used_and_a_revoked_one_fails_as_auth(bao, tm
     assert failed.reason_class == "auth" and "secret/data/github" in failed.reason
     token_file(tmp_path, bao.token(["reader"]))
     assert headers_of(client.fetch()) == [("Authorization", "Bearer gh-one")]
+
+
+def test_a_token_from_a_file_is_renewed_at_two_thirds_of_its_ttl_when_it_renews(bao, tmp_path):
+    renewing, fixed = bao.token(["reader"], ttl="60s"), bao.token(["reader"], ttl="60s", renewable=False)
+    for token in (renewing, fixed):
+        clock = Clock()
+        client = client_for_settings(
+            settings_for(bao, {"token_file": token_file(tmp_path, token)}, field="token"), clock
+        )
+        first = client.fetch()
+        assert first.ok and first.max_age == pytest.approx(40.0, abs=1.0)
+        clock.now += first.max_age
+        assert client.fetch().ok
+        looked = bao.api.auth.token.lookup(token)["data"]
+        assert bool(looked.get("last_renewal_time")) == (token == renewing)
+
+
+def test_a_namespace(bao, tmp_path):
+    bao.api.adapter.post("/v1/sys/namespaces/team")
+    team = hvac.Client(url=bao.url, token=bao.root, namespace="team")
+    team.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
+    team.secrets.kv.v2.create_or_update_secret(path="github", secret={"token": "team-one"})
+    path = token_file(tmp_path, bao.root)
+    settings = settings_for(bao, {"token_file": path}, field="token", namespace="team")
+    assert headers_of(client_for_settings(settings).fetch()) == [("Authorization", "Bearer team-one")]
+    assert "namespace team" in settings.label
 
 
 def test_a_wrong_path_a_missing_field_and_a_denied_policy_are_classed_and_named_in_the_status(bao, tmp_path):

@@ -353,9 +353,11 @@ class VaultClient(Client):
         if not isinstance(data, dict):
             raise Failed("lookup-self: the answer has no data", "format")
         now = self._clock()
-        ttl = _seconds(data.get("ttl"))
+        ttl = _seconds(data.get("ttl"))  # what is left of it
         expires_at, renew_at = _timed(ttl, now)
-        return _Token(value, data.get("renewable") is True, ttl, now, expires_at, renew_at, stamp=got)
+        # Renewed by as much as it was created with (a token looked up halfway through its life is asked the same).
+        asked = _seconds(data.get("creation_ttl")) or ttl
+        return _Token(value, data.get("renewable") is True, asked if ttl else 0.0, now, expires_at, renew_at, stamp=got)
 
     def _login(self) -> _Token:
         auth, vault = self.auth, self._vault
@@ -400,6 +402,10 @@ class VaultClient(Client):
             raise Failed("renew-self: the answer has no auth", "format")
         now = self._clock()
         ttl = _seconds(granted.get("lease_duration"))
+        if ttl <= 0 < token.ttl:  # nothing left to renew to: the max TTL is reached
+            if self.auth.login:
+                return self._login()
+            raise Failed("renew-self: the token's max TTL is reached", "auth")
         token.expires_at, token.renew_at = _timed(ttl, now)
         token.final = 0 < ttl < token.ttl
         if token.final and not self.auth.login:
