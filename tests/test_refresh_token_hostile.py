@@ -409,3 +409,24 @@ def test_nothing_secret_reaches_a_log_line_at_debug(server, token_file, provider
     logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("authlib"))
     said = logged + "".join(capsys.readouterr()) + refresher.last_error
     assert not [s for s in every_secret(server) if s in said]
+
+
+def test_a_symlink_pointed_at_another_file_is_followed(server, tmp_path):
+    """Kubernetes' `..data` swap, or a person's `ln -sfn`: the file the link names now is the one read."""
+    for version in ("v1", "v2"):
+        (tmp_path / version).mkdir()
+    (tmp_path / "v1" / "drive.token").write_text(server.signed_in() + "\n")
+    (tmp_path / "current").symlink_to("v1")
+    refresher = refresher_of(server, tmp_path / "current" / "drive.token", FakeClock())
+    refresher.refresh()
+    assert held(tmp_path / "v1" / "drive.token") == server.latest()
+    signed_in = server.signed_in()
+    (tmp_path / "v2" / "drive.token").write_text(signed_in + "\n")
+    (tmp_path / "next").symlink_to("v2")
+    os.replace(tmp_path / "next", tmp_path / "current")
+    shutil.rmtree(tmp_path / "v1")
+    refresher.client.changed()
+    assert refresher.client.changed()
+    refresher.refresh()
+    assert server.presented[-1] == signed_in and held(tmp_path / "v2" / "drive.token") == server.latest()
+    assert refresher.last_error == ""

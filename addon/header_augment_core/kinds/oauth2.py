@@ -245,12 +245,15 @@ _held_lock = threading.Lock()
 
 
 def held_token(path: str) -> HeldToken:
-    """The one HeldToken of the file at `path` (symlinks resolved) while any client uses it."""
-    key = os.path.realpath(os.path.expanduser(path))
+    """The one HeldToken of the file at `path` while any client uses it: found by the file's real path, so that
+    every spelling of it (relative, through a symlink) shares one; read and watched through the path as given, so
+    that a symlink pointed elsewhere (Kubernetes' `..data` swap, a person's) is followed."""
+    given = os.path.abspath(os.path.expanduser(path))
+    key = os.path.realpath(given)
     with _held_lock:
         held = _held.get(key)
         if held is None:
-            held = _held[key] = HeldToken(key)
+            held = _held[key] = HeldToken(given)
         return held
 
 
