@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servers import wait_until
+from servers import RawProvider, http_answer, trickle, wait_until
 from test_login import Browser, Person, run, run_browser
 from test_refresh_token import FakeClock, bearer, held, refresher_of, unwritable
 from token_issuers import AuthlibSignIn
@@ -430,3 +430,16 @@ def test_a_symlink_pointed_at_another_file_is_followed(server, tmp_path):
     refresher.refresh()
     assert server.presented[-1] == signed_in and held(tmp_path / "v2" / "drive.token") == server.latest()
     assert refresher.last_error == ""
+
+
+def test_a_device_endpoint_that_never_ends_its_answer_ends_the_login_at_the_entry_s_timeout(providers, capsys):
+    endless = RawProvider(trickle(http_answer(b"{" + b" " * 10_000 + b"}"), 0.05))
+    try:
+        edit(providers, device_authorization_url=endless.url, timeout=0.5)
+        started = time.monotonic()
+        assert run(providers, Person()) == 1
+        assert time.monotonic() - started < 3
+    finally:
+        endless.close()
+    err = capsys.readouterr().err
+    assert err == "header-augment login: the device authorization endpoint: timed out\n"

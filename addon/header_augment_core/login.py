@@ -123,7 +123,11 @@ def _device_login(source: OAuth2Source, timeout: float, out: TextIO, sleep: Call
     device = _exchange(source, source.device_authorization_url, timeout)
     try:
         form = {"scope": source.token_scope} if source.token_scope else {}
-        answer = device.send("POST", headers=client_authentication(source, form), data=form)
+        headers = client_authentication(source, form)
+        try:
+            answer = device.send("POST", headers=headers, data=form)
+        except Failed as e:
+            raise LoginError(f"the device authorization endpoint: {e.reason}") from None
     finally:
         device.close()
     if answer.status != 200:
