@@ -316,6 +316,14 @@ def test_a_wrong_path_a_missing_field_and_a_denied_policy_are_classed_and_named_
     assert result.reason_class == "not_found" and "'tokn'" in result.reason
 
 
+def test_an_aborted_client_asks_the_server_nothing_more(bao, tmp_path):
+    client = client_for_settings(settings_for(bao, {"token_file": token_file(tmp_path, bao.token(["reader"]))}))
+    client.abort()
+    failed = client.fetch()
+    assert failed.reason_class == "connect" and "aborted" not in failed.reason  # never the exception's text
+    client.close()
+
+
 def test_an_unreachable_server_is_connect(tmp_path):
     path = token_file(tmp_path, "s.nothing")
     settings = settings_for(SimpleNamespace(url=f"http://127.0.0.1:{free_port()}"), {"token_file": path})

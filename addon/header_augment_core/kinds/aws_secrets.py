@@ -204,6 +204,10 @@ class AwsSecretClient(Client):
             raise Failed(f"{source.locator}: not JSON, so it has no field {shown(source.field)}", "format") from None
         return _result(parse_value(source, source.locator, data))
 
+    def close(self) -> None:
+        if self._service is not None:
+            self._service.close()  # its connection pool
+
     def _known(self) -> bool:
         """Whether AWS knows the credentials: a 403 without a code that says which is `permission` only then.
         sts:GetCallerIdentity needs no permission."""
