@@ -140,6 +140,25 @@ def part_1g(mode, confdir, results):
     return counts
 
 
+def part_1h(mode, confdir, results):
+    from benchparts.placeholders import SIZES, placeholder_cost, search_cost
+
+    sizes = sized(mode, SIZES, SIZES, (0, 1))
+    print("1h. Placeholders: CPU µs per request of the request hooks (requestheaders and the reroute guard's request),")
+    print("    median of interleaved rounds; one entry adding 10 headers and N placeholder entries for the same host")
+    costs = placeholder_cost(sized(mode, 9, 5, 1), sized(mode, 1000, 500, 20), sizes)
+    for label, us in costs.items():
+        print(f"   {label:>44} {us:>8.2f} µs")
+    if 1000 in sizes:
+        ratio = costs["no placeholder, 1,000 placeholder entries"] / costs["no placeholder, 1 placeholder entry"]
+        print(f"   no placeholder, 1,000 entries against 1: {ratio:.3f}×")
+    print("    the search alone, a 400-byte header block holding none (µs):")
+    search = search_cost(sized(mode, (1, 100, 1000), (1, 100, 1000), (1, 100)), sized(mode, 2000, 1000, 10))
+    for label, us in search.items():
+        print(f"   {label:>44} {us:>8.2f} µs")
+    return {"request_hooks_us": costs, "search_us": search}
+
+
 def part_2(mode, confdir, results):
     from benchparts.end_to_end import end_to_end
     from benchparts.inprocess import HOOK_SHARE_ROW
@@ -345,6 +364,7 @@ PARTS = {
     "1d": part_1d,
     "1f": part_1f,
     "1g": part_1g,
+    "1h": part_1h,
     "2": part_2,
     "2b": part_2b,
     "3": part_3,

@@ -37,9 +37,21 @@ class Decision(NamedTuple):
     why: str = ""
     key: str | None = None
     bindings: tuple = ()
-    # The entries with a placeholder that may be for this host (their hosts; ports, scope and clients are checked
-    # where a placeholder is found), in file order.
-    substituters: tuple = ()
+    # What the lookup found when the entries with a placeholder are among it, and where they start: they come after
+    # the others (Entries.of), and are sliced off only when a placeholder is found (however many they are).
+    found: tuple = ()
+    cut: int = 0
+
+    @property
+    def substituters(self) -> tuple:
+        """The entries with a placeholder that may be for this host (their hosts; ports, scope and clients are
+        checked where a placeholder is found)."""
+        return self.found[self.cut :]
+
+    @property
+    def substitutes(self) -> bool:
+        """Whether any entry with a placeholder may be for this host."""
+        return self.cut < len(self.found)
 
     @property
     def destination(self) -> str:
@@ -59,18 +71,21 @@ def decide(entries: Any, flow: http.HTTPFlow) -> Decision:
     data = flow.request.data
     host, port = data.host, data.port
     key, found_here = entries.index.lookup(host)
-    bindings, substituters = found_here, ()
-    if entries.placeholders is not None and found_here:
-        bindings = tuple(b for b in found_here if b.placeholder is None)
-        substituters = tuple(b for b in found_here if b.placeholder is not None)
+    bindings, listed, cut = found_here, (), 0
+    if entries.placeholders is not None and found_here and found_here[-1].placeholder is not None:
+        # The entries with a placeholder come after all the others (Entries.of): a walk over the adders only, which
+        # the request walks anyway.
+        while found_here[cut].placeholder is None:
+            cut += 1
+        bindings, listed = found_here[:cut], found_here
     policy = entries.egress
     if policy is None:
-        return Decision(PASS, None, host, port, None, "", key, bindings, substituters)
+        return Decision(PASS, None, host, port, None, "", key, bindings, listed, cut)
     found = policy.admitting(key, port, flow, found_here)
     if found is not None:
-        return Decision(PASS, None, host, port, found, "", key, bindings, substituters)
+        return Decision(PASS, None, host, port, found, "", key, bindings, listed, cut)
     verdict = DENY if policy.deny else REPORT
-    return Decision(verdict, HOST, host, port, None, NOTHING_NAMES_IT, key, bindings, substituters)
+    return Decision(verdict, HOST, host, port, None, NOTHING_NAMES_IT, key, bindings, listed, cut)
 
 
 def placeholder_refusal(status: int, why: str) -> http.Response:

@@ -54,9 +54,10 @@ class Entries:
     def of(cls, bindings: tuple[Binding, ...], egress: tuple[EgressSettings, ...] = ()) -> "Entries":
         adders = tuple(b for b in bindings if b.signer is None and b.placeholder is None)
         signers = tuple(b for b in bindings if b.signer is not None)
-        # In the one index with the adders: a request's one lookup finds the placeholders that may go to its host.
-        indexed = tuple(b for b in bindings if b.signer is None or b.placeholder is not None)
+        # In the one index with the adders, after all of them: a request's one lookup finds the placeholders that
+        # may go to its host, and they come last in what it finds (decision.decide cuts there, without a walk).
         owners = {b.placeholder: b for b in bindings if b.placeholder is not None}
+        indexed = adders + tuple(owners.values())
         policy = policy_of(egress, signers)
         return cls(
             bindings,

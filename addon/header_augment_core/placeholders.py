@@ -36,6 +36,7 @@ _WORD_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 _WORDS_ONLY = bytes(c if c in _WORD_BYTES else 0x20 for c in range(256))
 # Escapes whose last characters could otherwise join the word after them (`%2FPH` is the word `2FPH`).
 _ESCAPES = re.compile(rb"%[0-9A-Fa-f]{2}|\\(?:u[0-9A-Fa-f]{4}|.)", re.S)
+_NONE: frozenset[bytes] = frozenset()
 _ACCESS_KEY_ID = re.compile(r"(?:AKIA|ASIA)[A-Z2-7]{16}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BASIC = re.compile(rb"[Bb][Aa][Ss][Ii][Cc] +([A-Za-z0-9+/=]+) *")
@@ -120,25 +121,33 @@ class Matcher:
     """Every placeholder of a configuration and the entry it stands for; built with the configuration, off the
     loop. `find` is the one pass over a text."""
 
-    __slots__ = ("owners", "_all", "websocket")
+    __slots__ = ("owners", "_all", "body", "websocket")
 
     def __init__(self, owners: dict[bytes, Any]) -> None:
         self.owners = owners
         self._all = frozenset(owners)
-        # Whether any entry substitutes in websocket messages (the hook otherwise looks at none).
+        # Whether any entry replaces its placeholder in bodies, in websocket messages: else none is searched.
+        self.body = any(BODY in b.settings.substitute for b in owners.values())
         self.websocket = any(WEBSOCKET in b.settings.substitute for b in owners.values())
 
-    def find(self, data: bytes) -> set[bytes]:
+    def find(self, data: bytes) -> frozenset[bytes]:
         """The placeholders that stand as words in `data` (an empty set: most texts)."""
-        if b"%" in data or b"\\" in data:
+        if len(data) < MIN_CHARS:
+            return _NONE
+        # find(), not `in`: bytes.__contains__ first tries its argument as an integer, and that failure costs ten
+        # times the search (CPython 3.13).
+        if data.find(b"%") != -1 or data.find(b"\\") != -1:
             data = _ESCAPES.sub(b" ", data)
-        return self._all.intersection(data.translate(_WORDS_ONLY).split())
+        words = data.translate(_WORDS_ONLY).split()
+        if self._all.isdisjoint(words):  # most texts: no set is made
+            return _NONE
+        return self._all.intersection(words)
 
-    def in_headers(self, fields) -> set[bytes]:
+    def in_headers(self, fields) -> frozenset[bytes]:
         """The placeholders in the header values, Authorization: Basic's user and password included."""
         block = b"\n".join([value for _, value in fields])
         found = self.find(block)
-        if b"asic " in block or b"ASIC " in block:
+        if block.find(b"asic ") != -1 or block.find(b"ASIC ") != -1:
             for name, value in fields:
                 if name.lower() in _AUTHORIZATIONS and (decoded := basic_credentials(value)) is not None:
                     found |= self.find(decoded)

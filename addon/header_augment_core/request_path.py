@@ -214,7 +214,7 @@ class RequestPath:
     def _may_go(self, flow: http.HTTPFlow, binding: Binding, decision: Decision) -> bool:
         """Whether `binding`'s placeholder may be replaced in this flow: its hosts, ports, scope and clients; if not,
         the flow is refused (403)."""
-        if binding in decision.substituters and binding.covers(flow, decision.key):
+        if binding.covers(flow, decision.key):  # its hosts: what put it among the decision's substituters
             return True
         return self._refuse_placeholder(
             flow,
@@ -302,8 +302,8 @@ class RequestPath:
         entries that replace theirs in a body, for where the flow goes now. A body over SCRUB_ON_LOOP is searched on
         a worker thread."""
         decision = flow.__dict__.get(DECISION)
-        if decision is None or not any(BODY in b.settings.substitute for b in decision.substituters):
-            return None
+        if decision is None or not decision.substitutes or not matcher.body:
+            return None  # searched where a placeholder entry names the host, if any entry replaces in bodies
         request = flow.request
         if request.stream:
             note(flow, "header-augment: body not searched for placeholders: streamed (stream_large_bodies)")
@@ -339,9 +339,7 @@ class RequestPath:
         plan = []
         for placeholder in found:
             binding = matcher.owners[placeholder]
-            if binding.signer is not None or not (
-                binding in decision.substituters and binding.covers(flow, decision.key)
-            ):
+            if binding.signer is not None or not binding.covers(flow, decision.key):
                 continue  # not for this flow: a body is only searched for the entries that are
             if BODY not in binding.settings.substitute:
                 allowed = ", ".join(sorted(binding.settings.substitute))
@@ -740,11 +738,7 @@ class RequestPath:
         plan = []
         for placeholder in found:
             binding = matcher.owners[placeholder]
-            if (
-                binding.signer is not None
-                or binding not in decision.substituters
-                or not binding.covers(flow, decision.key)
-            ):
+            if binding.signer is not None or not binding.covers(flow, decision.key):
                 continue
             if WEBSOCKET not in binding.settings.substitute:
                 continue  # the handshake's entry does not replace it here: the message goes as the client wrote it
