@@ -300,3 +300,29 @@ def test_the_placeholder_subcommand_runs_before_any_proxy(capsys):
     with pytest.raises(SystemExit) as done:
         cli.main(["placeholder", "nope"])
     assert done.value.code == 2 and "unknown shape" in capsys.readouterr().err
+
+
+def test_the_audit_log_says_substituted_and_refused_and_holds_no_value(proxy, tmp_path):
+    log = tmp_path / "audit.log"
+    proxy.configure(tmp_path, entry(), header_audit_log=str(log))
+    proxy.token("gh")
+    proxy.answer(proxy.send(make_flow([("Authorization", f"Bearer {PH}")])))
+    refused = proxy.send(make_flow([("Authorization", f"Bearer {PH}")], host="evil.example"))
+    proxy.addon.response(refused)  # mitmproxy runs the answer hooks for the proxy's own answer too
+    proxy.addon.done()  # the writer's queue is written before it closes
+    written = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(line["action"], line["provider"], line["status"]) for line in written] == [
+        ("substituted", "gh", 200),
+        ("refused", "gh", 403),
+    ]
+    assert written[1]["reason"].startswith("placeholder of gh refused")
+    assert REAL not in log.read_text() and written[0]["credential"]
+
+
+def test_a_streamed_request_with_a_placeholder_refused_is_killed(proxy, tmp_path):
+    proxy.configure(tmp_path, entry())
+    proxy.token("gh")
+    f = make_flow([("Authorization", f"Bearer {PH}")], host="evil.example")
+    f.request.stream = True
+    proxy.addon.requestheaders(f)
+    assert f.response is None and f.error is not None  # killed: nothing was sent
