@@ -37,7 +37,7 @@ from header_augment_core.options import (  # noqa: E402
     label,
     settings_from_options,
 )
-from header_augment_core.placeholders import env_lines  # noqa: E402
+from header_augment_core.placeholders import env_lines, parse_size  # noqa: E402
 from header_augment_core.providers_file import load_providers_file  # noqa: E402
 from header_augment_core.request_path import RequestPath  # noqa: E402
 from header_augment_core.scheduler import Scheduler  # noqa: E402
@@ -126,9 +126,10 @@ class HeaderAugment:
             if "header_keep_values" in updated:
                 self._path.keep_values = ctx.options.header_keep_values
             if "header_substitute_body_limit" in updated:
-                if ctx.options.header_substitute_body_limit < 0:
-                    raise SettingsError("header_substitute_body_limit: a number of bytes, 0 or more")
-                self._path.body_limit = ctx.options.header_substitute_body_limit
+                try:
+                    self._path.body_limit = parse_size(ctx.options.header_substitute_body_limit)
+                except SettingsError as e:
+                    raise SettingsError(f"header_substitute_body_limit: {e}") from None
             if "proxyauth" in updated:
                 proxyauth_changed()
             if "proxyauth" in updated or any(

@@ -150,7 +150,7 @@ def test_a_body_gets_the_value_in_its_encoding_and_a_right_content_length(proxy,
 
 
 def test_a_body_over_the_limit_is_not_searched_and_the_comment_says_so(proxy, tmp_path):
-    proxy.configure(tmp_path, entry(substitute="body"), header_substitute_body_limit=10)
+    proxy.configure(tmp_path, entry(substitute="body"), header_substitute_body_limit="10")
     proxy.token("gh")
     f = make_flow([("Content-Type", "text/plain")])
     f.request.content = f"key {PH}".encode()
@@ -326,3 +326,20 @@ def test_a_streamed_request_with_a_placeholder_refused_is_killed(proxy, tmp_path
     f.request.stream = True
     proxy.addon.requestheaders(f)
     assert f.response is None and f.error is not None  # killed: nothing was sent
+
+
+def test_the_single_provider_options(proxy):
+    proxy.tctx.configure(
+        proxy.addon,
+        header_provider_command="printf tok",
+        header_hosts=["api.example.com"],
+        header_placeholder=PH,
+        header_substitute=["query"],
+        header_placeholder_env="GH_TOKEN",
+        header_substitute_body_limit="2KiB",
+    )
+    (binding,) = proxy.addon.bindings
+    assert binding.placeholder == PH.encode() and binding.settings.substitute == {"query"}
+    assert proxy.addon._path.body_limit == 2048 and proxy.addon.placeholders() == f"GH_TOKEN={PH}\n"
+    with pytest.raises(Exception, match="header_substitute_body_limit: 'lots' is not a size"):
+        proxy.tctx.configure(proxy.addon, header_substitute_body_limit="lots")

@@ -90,10 +90,10 @@ OTHER_OPTIONS = (
     ),
     Option(
         "header_substitute_body_limit",
-        int,
-        1024 * 1024,
-        "The largest request body (in bytes) searched for placeholders, for entries whose header_substitute has "
-        "body; a larger or streamed body is sent as it is, and the flow's comment says so.",
+        str,
+        "1MiB",
+        "The largest request body searched for placeholders (bytes, or with KiB or MiB), for entries whose "
+        "header_substitute has body; a larger or streamed body is sent as it is, and the flow's comment says so.",
     ),
     Option(
         "header_audit_require",

@@ -62,6 +62,18 @@ def parse_places(value: object) -> frozenset[str]:
     return frozenset(places)
 
 
+_SIZE = re.compile(r"(\d{1,12}) *(B|KiB|MiB)?")
+_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024 * 1024}
+
+
+def parse_size(value: object) -> int:
+    """header_substitute_body_limit: bytes, or a number of KiB or MiB."""
+    match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise SettingsError(f"{shown(value)} is not a size (bytes, or with KiB or MiB: 1MiB)")
+    return int(match[1]) * _UNITS[match[2]]
+
+
 def parse_env(value: object) -> str:
     name = text(value)
     if name and not _ENV_NAME.fullmatch(name):

@@ -156,10 +156,10 @@ class ProviderSettings:
         Option(
             "header_substitute",
             Sequence[str],
-            ["header"],
+            [],
             f"Where header_placeholder is replaced: any of {', '.join(PLACES)} (header: every request header value, "
             "and the user or password of Authorization: Basic; websocket: the client's text messages). Repeat the "
-            "option or separate with commas.",
+            "option or separate with commas. Empty: header.",
         ),
     )
     env: str = setting(
