@@ -212,15 +212,14 @@ def test_a_securestring_parameter_decrypted_and_a_missing_one(monkeypatch, tmp_p
 
 
 RECIPE = """
-providers:
-  - name: openai
-    kind: aws-secrets-manager
-    secret_id: prod/egress/openai
-    field: api_key
-    region: eu-west-1
-    hosts: [api.openai.com]
-    interval: 10m
-    require: true
+- name: openai
+  kind: aws-secrets-manager
+  secret_id: prod/egress/openai
+  field: api_key
+  region: eu-west-1
+  hosts: api.openai.com
+  interval: 10m
+  require: true
 """
 
 

@@ -414,21 +414,20 @@ def test_a_jwt_the_server_does_not_trust_is_auth(bao, tmp_path):
 
 
 RECIPE = """
-providers:
-  - name: github
-    kind: vault
-    url: https://vault.vault.svc:8200
-    ca: /var/run/secrets/vault/ca.crt
-    secret: secret/data/github
-    field: token
-    auth:
-      kubernetes: {role: egress-proxy}
-    hosts: [api.github.com]
-    require: true
+- name: github
+  kind: vault
+  url: https://vault.vault.svc:8200
+  ca: /var/run/secrets/vault/ca.crt
+  secret: secret/data/github
+  field: token
+  auth:
+    kubernetes: {role: egress-proxy}
+  hosts: api.github.com
+  require: true
 """
 
 
-def test_the_readme_recipe_kubernetes_auth(bao, tmp_path, monkeypatch):
+def test_the_readme_recipe_kubernetes_auth(bao, tmp_path):
     """The README's recipe, with the test server's address and a service-account token the test signed where the
     kubelet would mount one."""
     account = tmp_path / "token"
@@ -436,14 +435,12 @@ def test_the_readme_recipe_kubernetes_auth(bao, tmp_path, monkeypatch):
     claims = {"sub": "system:serviceaccount:egress:proxy", "aud": "vault", "iat": now, "exp": now + 3600}
     account.write_text(jwt.encode(claims, bao.key, algorithm="ES256"))
     providers = tmp_path / "providers.yaml"
-    text = RECIPE.replace("https://vault.vault.svc:8200", bao.url).replace(
-        "    ca: /var/run/secrets/vault/ca.crt\n", ""
-    )
+    text = RECIPE.replace("https://vault.vault.svc:8200", bao.url).replace("  ca: /var/run/secrets/vault/ca.crt\n", "")
     providers.write_text(text.replace("{role: egress-proxy}", f"{{role: egress-proxy, jwt_file: {account}}}"))
     entries, _ = load_providers_file(str(providers))
     ((settings, _),) = entries
-    assert settings.source.auth.method == "kubernetes"
-    assert headers_of(client_for_settings(settings).fetch()) == [("Authorization", "Bearer gh-one")]
+    assert settings.source.auth.method == "kubernetes" and not settings.source.ca
+    assert headers_of(settings.source.client(settings.timeout).fetch()) == [("Authorization", "Bearer gh-one")]
 
 
 # -- nothing from the store is shown ----------------------------------------------------------------------------------
