@@ -343,3 +343,16 @@ def test_the_single_provider_options(proxy):
     assert proxy.addon._path.body_limit == 2048 and proxy.addon.placeholders() == f"GH_TOKEN={PH}\n"
     with pytest.raises(Exception, match="header_substitute_body_limit: 'lots' is not a size"):
         proxy.tctx.configure(proxy.addon, header_substitute_body_limit="lots")
+
+
+def test_an_aws_placeholder_without_credentials_is_answered_503_whatever_require_says(proxy, tmp_path):
+    key = "AKIA" + "PLACEHOLDER2345" + "7"
+    aws = {"name": "sts", "kind": "aws-sigv4", "service": "sts", "region": "us-east-1", "placeholder": key}
+    proxy.configure(tmp_path, {**aws, "hosts": "api.example.com"})
+    binding = proxy.addon.bindings[0]
+    binding.refresher._finish_first_attempt()  # the chain had nothing: no credentials yet
+    signed = f"AWS4-HMAC-SHA256 Credential={key}/20260101/us-east-1/sts/aws4_request, SignedHeaders=host, Signature=0"
+    status, first = refused(proxy.send(make_flow([("Authorization", signed)])))
+    assert status == 503 and "sts" in first
+    status, _ = refused(proxy.send(make_flow([("Authorization", signed)], host="evil.example")))
+    assert status == 403

@@ -192,6 +192,11 @@ class RequestPath:
             if not self._may_go(flow, binding, decision):
                 return None
             if binding.signer is not None:  # the client's signature with it: signed again at the end of the chain
+                held = self._token_of(flow, binding, waited)
+                if held is WAIT:
+                    return self._placeholders_after_first_fetch(flow, decision, matcher, binding, waited)
+                if held is None:
+                    return None
                 continue
             allowed = binding.settings.substitute
             if (outside := [place for place in places if place not in allowed]) and not self._refuse_placeholder(
@@ -226,9 +231,8 @@ class RequestPath:
     def _token_of(self, flow: http.HTTPFlow, binding: Binding, waited: frozenset) -> object:
         """The entry's snapshot if it has a usable token; WAIT for its first fetch; None: refused (503)."""
         snapshot = binding.refresher.snapshot
-        if snapshot.token is not None and (
-            snapshot.usable_until == math.inf or time.monotonic() < snapshot.usable_until
-        ):
+        held = snapshot.token if binding.signer is None else snapshot.signing  # a token, or credentials to sign with
+        if held is not None and (snapshot.usable_until == math.inf or time.monotonic() < snapshot.usable_until):
             return snapshot
         if snapshot is NOTHING and not binding.refresher.first_attempt_done and binding.refresher not in waited:
             return WAIT
