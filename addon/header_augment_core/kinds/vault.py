@@ -329,6 +329,8 @@ class VaultClient(Client):
                 token = self._renewed(token)
             elif self.auth.login:
                 token = self._login()
+            else:
+                token.renew_at = token.expires_at  # a file's token that does not renew: nothing to do until it ends
         return token
 
     def _credential_file(self, what: str) -> tuple[str, Stamp]:
