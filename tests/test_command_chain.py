@@ -22,7 +22,7 @@ from mitmproxy.proxy.layers.http import HttpRequestHook
 from mitmproxy.test import tflow
 from mitmproxy.tools.dump import DumpMaster
 
-from header_augment_core import chain
+from header_augment_core import chain, cli
 
 # The command's defaults (cli.py): no onboarding app; the bench and a production proxy run -q (flow_detail 0).
 COMMAND = {"onboarding": False, "flow_detail": 0}
@@ -177,3 +177,16 @@ def test_idle_addons_are_told_of_running_and_done(tmp_path):
         assert task.cancelled()
 
     run(tmp_path, test)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["-q"], ["--set", "onboarding=false", "-q"]),
+        (["--set", "onboarding=true"], ["--set", "onboarding=true"]),
+        (["--set=onboarding"], ["--set=onboarding"]),  # a bare bool is true
+        (["--set", "onboarding_host=setup.test"], ["--set", "onboarding=false", "--set", "onboarding_host=setup.test"]),
+    ],
+)
+def test_the_command_turns_the_onboarding_app_off_unless_it_is_set(args, expected):
+    assert cli.without_onboarding(args) == expected

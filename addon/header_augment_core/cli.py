@@ -41,6 +41,14 @@ def sets_listen_host(args: list[str]) -> bool:
     return "listen_host" in launch.set_values(args)
 
 
+def without_onboarding(args: list[str]) -> list[str]:
+    """The onboarding app answers http://mitm.it in every flow's request hook: off unless the arguments set it (as a
+    --set placed first, like listen_host: config.yaml still overrides it)."""
+    if "onboarding" in launch.set_values(args):
+        return args
+    return ["--set", "onboarding=false", *args]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["placeholder"]:  # a fake credential shaped like a real one; no proxy runs
@@ -69,14 +77,9 @@ def main(argv: list[str] | None = None) -> None:
 
         mitmweb(["-s", script_path(), *args])
         return
-    if "onboarding" not in launch.set_values(args):
-        # The onboarding app answers http://mitm.it in every flow's request hook: on only when asked for (as with
-        # listen_host, config.yaml still overrides this).
-        args = ["--set", "onboarding=false", *args]
-
     from . import chain
 
-    chain.mitmdump(["-s", script_path(), *args])
+    chain.mitmdump(["-s", script_path(), *without_onboarding(args)])
 
 
 if __name__ == "__main__":
