@@ -1,18 +1,18 @@
 """The `header-augment` command's mitmproxy: mitmdump's addons, with only those that have work for a flow in the chain.
 
-mitmproxy's addon manager hands every event of every flow (about 17 for a small request) to every addon in its
-chain, in turn, whether the addon has a hook for it or not; mitmdump's chain holds 36 addons, most of them idle under
-most configurations (playback, map_local, modify_body, sticky cookies, export, cut, ...). `ChainMaster` makes and
-registers the very same addons in mitmdump's order, so every option is declared up front (with its help and its
-value: `OptManager.add_option` would reset a value set before the declaration) and every command exists, and keeps
-two lists:
+mitmproxy's addon manager hands every event (8 for a request on a kept-alive connection: requestheaders, request,
+responseheaders, response and four updates; a connection's own besides) to every addon in its chain, in turn, whether
+the addon has a hook for it or not; mitmdump's chain holds 36 addons, most of them idle under most configurations
+(playback, map_local, modify_body, sticky cookies, export, cut, ...). `ChainMaster` makes and registers the very same
+addons in mitmdump's order, so every option is declared up front (with its help and its value: `OptManager.add_option`
+would reset a value set before the declaration) and every command exists, and keeps two lists:
 
 - the chain, which gets every event: the proxy's core (`CORE`), and each optional addon whose traffic hooks have
   work under the current options (`WORK`: `--set map_remote=...`, `-w`, `--modify-headers`, ...);
-- the idle addons, which get every lifecycle event (load, configure, running, done) in the same order as the chain
-  but no flow or connection event. An addon whose option is set joins the chain at its place in mitmdump's order
-  (an addon appended would run after our reroute guard), once and for good: a flow in flight never sees an addon
-  leave.
+- the idle addons, which get every lifecycle event (load, configure, running, done; configure and running after the
+  chain, done before it) but no flow or connection event. An addon whose option is set joins the chain at its place
+  in mitmdump's order (an addon appended would run after our reroute guard), once and for good: a flow in flight
+  never sees an addon leave.
 
 Addons without any traffic hook (`core`, `termlog`, `errorcheck`, `keepserving`, `readfile`, `clientplayback`,
 `browser`, `cut`, `export`, `comment`, `command_history`) are idle for good: they need only the lifecycle events.
