@@ -354,6 +354,15 @@ def part_8b(mode, confdir, results):
     return counts
 
 
+def part_9(mode, confdir, results):
+    from benchparts.secret_stores import fetch_cost, report
+
+    print("9. CPU per refresh by kind, on the fetching thread only (the servers' own time excluded)")
+    costs = fetch_cost(confdir, sized(mode, 9, 5, 1), sized(mode, 100, 50, 2))
+    report(costs)
+    return costs
+
+
 # In the order they run: 1a and 1c before 1b and 1e as always (valgrind's parts are the slowest).
 PARTS = {
     "1": part_1,
@@ -375,6 +384,7 @@ PARTS = {
     "7b": part_7b,
     "8": part_8,
     "8b": part_8b,
+    "9": part_9,
 }
 
 

@@ -26,6 +26,7 @@ POD_ADDON = "/srv/header-augment/addon"  # where the samples' ConfigMaps put the
 COMMAND_MODULE = "header_augment_core.cli"  # the header-augment command, as the containers run it
 RUNTIME = ROOT / "requirements" / "runtime.txt"
 RUNTIME_PINS = [line for line in RUNTIME.read_text().splitlines() if line and not line.startswith("#")]
+EXTRAS = ("aws", "vault")  # requirements/NAME.txt: pyproject's optional dependencies
 MITMPROXY_PIN = next(pin for pin in RUNTIME_PINS if pin.startswith("mitmproxy=="))
 
 
@@ -79,9 +80,14 @@ def canonical_name(distribution: str) -> str:
 
 def test_every_package_the_addon_imports_is_a_runtime_pin():
     """Each import under addon/ comes from a distribution pinned in requirements/runtime.txt or an extra's file
-    (requirements/aws.txt: not one that only arrives with another's dependencies), and each pin is imported
+    (requirements/aws.txt, vault.txt: not one that only arrives with another's dependencies), and each pin is imported
     (importlib.metadata maps import names to the distributions installed here)."""
-    extras = [line for line in (ROOT / "requirements" / "aws.txt").read_text().splitlines() if line[:1].isalnum()]
+    extras = [
+        line
+        for name in EXTRAS
+        for line in (ROOT / "requirements" / f"{name}.txt").read_text().splitlines()
+        if line[:1].isalnum()
+    ]
     declared = {canonical_name(pin.partition("==")[0]) for pin in RUNTIME_PINS + extras}
     providers = importlib.metadata.packages_distributions()
     imported = imported_packages()
@@ -91,7 +97,7 @@ def test_every_package_the_addon_imports_is_a_runtime_pin():
         for top, modules in imported.items()
         if not {canonical_name(d) for d in providers.get(top, [top])} & declared
     }
-    assert not undeclared, f"imported but not pinned in requirements/runtime.txt or aws.txt: {undeclared}"
+    assert not undeclared, f"imported but not pinned in requirements/runtime.txt or an extra's: {undeclared}"
     used = {canonical_name(d) for top in imported for d in providers.get(top, [top])}
     assert declared <= used, f"pinned but imported nowhere under addon/: {sorted(declared - used)}"
 

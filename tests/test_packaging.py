@@ -29,7 +29,7 @@ def pins(name: str) -> list[str]:
 
 
 RUNTIME_PINS = pins("runtime.txt")
-AWS_PINS = pins("aws.txt")  # the `aws` extra
+EXTRA_PINS = {name: pins(f"{name}.txt") for name in ("aws", "vault")}  # the extras, each in its own file
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 # Building and installing take 5-20 s (more with the other core busy); the first test using them pays for it.
@@ -116,10 +116,11 @@ def test_wheel_holds_the_addon_and_requires_the_runtime_pins(wheel):
     requires = metadata.get_all("Requires-Dist")
     runtime = [r for r in requires if "extra ==" not in r]  # a pin with a python_version marker is one of them
     assert sorted(canonical(r) for r in runtime) == sorted(map(canonical, RUNTIME_PINS))
-    assert metadata.get_all("Provides-Extra") == ["aws"]
-    extra = [r.partition(";")[0].strip() for r in requires if r.partition(";")[2].strip() == 'extra == "aws"']
-    assert sorted(map(canonical, extra)) == sorted(map(canonical, AWS_PINS))
-    assert len(requires) == len(RUNTIME_PINS) + len(AWS_PINS)
+    assert metadata.get_all("Provides-Extra") == list(EXTRA_PINS)
+    for name, extra_pins in EXTRA_PINS.items():
+        extra = [r.partition(";")[0].strip() for r in requires if r.partition(";")[2].strip() == f'extra == "{name}"']
+        assert sorted(map(canonical, extra)) == sorted(map(canonical, extra_pins)), name
+    assert len(requires) == len(RUNTIME_PINS) + sum(map(len, EXTRA_PINS.values()))
 
 
 def test_installed_command_prints_its_version(venv):
