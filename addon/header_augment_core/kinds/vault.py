@@ -8,15 +8,19 @@ lease (dynamic engines) is renewed at 2/3 of its lease while renewable and read 
 that read it is replaced (Vault revokes a token's leases with it); any other secret (KV) is read at every fetch.
 
 Every call is one the refresher's schedule asked for (interval, backoff, the herd spread), under the provider's
-timeout. hvac's errors carry the server's messages: a reason names the step, the path and the HTTP status only.
+timeout, made by the HTTP kinds' exchange (http_exchange: one deadline for a whole call, a body read within the size
+limit, no proxy, no redirect, abortable) rather than by requests. hvac's errors carry the server's messages: a reason
+names the step, the path and the HTTP status only.
 hvac is an optional extra (`header-augment[vault]`), imported only when the kind is configured.
 """
 
+import dataclasses
 import functools
-import logging
+import json
 import math
 import re
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -26,8 +30,8 @@ from ..fetch import Client, FetchResult
 from ..fields import SettingsError, setting, shown, text
 from ..files import SettledChange, Stamp, read_regular, stamp
 from ..formats import Content, Parsed, read
-from ..http_exchange import THREAD_PREFIX, Endpoint, _url, redact_url
-from ..rules import validate_entries
+from ..http_exchange import Endpoint, HttpExchange, _url, redact_url
+from ..rules import parse_answer
 from .base import Source
 
 INSTALL_HINT = "pip install 'header-augment[vault]' (or pip install -r requirements/vault.txt)"
@@ -135,15 +139,40 @@ def _secret_path(value: object) -> str:
         raise SettingsError(f"{shown(path)}: the path after /v1/ (secret/data/github), without /v1/")
     if not _is_path(path):
         raise SettingsError(f"{shown(path)} is not a Vault API path (secret/data/github, database/creds/ro, ...)")
+    # sys/ is the server's own configuration and auth/ its login methods, not secret engines: a read there gives
+    # what no upstream should see (auth/token/lookup-self's id is the proxy's Vault token itself).
+    if path.partition("/")[0] in ("sys", "auth"):
+        raise SettingsError(f"{shown(path)}: sys/ and auth/ are not secret engines; a secret's path is read")
     return path
+
+
+def _vault_url(value: object) -> str:
+    url = _url(value)
+    parts = urllib.parse.urlsplit(url)
+    # The API's paths are appended to the URL: after a query or a fragment they would not be paths at all.
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise SettingsError(f"{shown(redact_url(url))}: a Vault address has no query or fragment")
+    # A password in the URL would go to Vault as Basic authentication, which it does not use.
+    if parts.username is not None or parts.password is not None:
+        raise SettingsError(f"{shown(redact_url(url))}: a Vault address has no user or password (auth is the token)")
+    if parts.path.rstrip("/").endswith("/v1"):
+        raise SettingsError(f"{shown(redact_url(url))}: the server's address, without /v1 (added to each call)")
+    return url
+
+
+def _namespace(value: object) -> str:
+    namespace = text(value).strip("/")
+    if namespace and not _is_path(namespace):
+        raise SettingsError(f"{shown(namespace)} is not a namespace path (team, team/child)")
+    return namespace
 
 
 @dataclass(frozen=True)
 class VaultSource(Content, Source):
     KIND: ClassVar[str] = "vault"
 
-    url: str = setting("", _url)
-    namespace: str = setting("", text)
+    url: str = setting("", _vault_url)
+    namespace: str = setting("", _namespace)
     ca: str = setting("", text, transport=True)
     secret: str = setting("", _secret_path)
     field: str = setting("", text)
@@ -187,9 +216,9 @@ def parse_value(source: Content, where: str, data: Any, now: float | None = None
     if not isinstance(data, dict):
         raise Failed(f"{where}: the secret is not a JSON object", "format")
     if not chosen:
-        # A JSON object in Vault's storage (and in a SecretString parsed by json.loads) has each key once: the
-        # pairs are those rules.parse_answer would check.
-        return Parsed(validate_entries(list(data.items())))
+        # Checked as a provider's answer is, from its JSON (validate_entries names the type of a value that is not a
+        # string only as parse_answer gives it: a dict raised KeyError there and stopped the refresher).
+        return Parsed(parse_answer(json.dumps(data).encode()))
     if chosen not in data:
         raise Failed(f"{where}: no field {shown(chosen)} in the secret", "not_found")
     value = data[chosen]
@@ -199,23 +228,6 @@ def parse_value(source: Content, where: str, data: Any, now: float | None = None
         return read(source, value.encode(), now)
     except Failed as e:
         raise Failed(f"{where}: field {shown(chosen)}: {e.reason}", e.reason_class) from None
-
-
-class _NotFromRefreshers(logging.Filter):
-    """urllib3 logs each request's line at debug (a Vault path, never a token, but the same rule as httpx's: our
-    refresher threads log their own lines)."""
-
-    marker = "header-augment vault"
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.threadName.startswith(THREAD_PREFIX)
-
-
-def _filter_urllib3() -> None:
-    for name in ("urllib3", "urllib3.connectionpool", "urllib3.connection", "urllib3.util.retry"):
-        logger = logging.getLogger(name)
-        if not any(getattr(f, "marker", None) == _NotFromRefreshers.marker for f in logger.filters):
-            logger.addFilter(_NotFromRefreshers())
 
 
 @dataclass
@@ -254,17 +266,15 @@ class VaultClient(Client):
         import hvac
         import requests
 
-        _filter_urllib3()
         assert source.auth is not None
         self.source = source
         self.auth = source.auth
         self.timeout = timeout
         self._clock = clock
-        session = _session_type()()
-        session.verify = source.ca or True
+        session = _session_type()(Endpoint(url=source.url, ca=source.ca), timeout)
         self._session = session
         # token "" keeps hvac from reading VAULT_TOKEN or ~/.vault-token; cert () from VAULT_CLIENT_CERT. No redirect
-        # is followed: requests would send X-Vault-Token along to whatever host a 307 names.
+        # is followed (nor could the session follow one): X-Vault-Token would go along to whatever host a 307 names.
         self._vault = hvac.Client(
             url=source.url,
             token="",
@@ -275,7 +285,8 @@ class VaultClient(Client):
             session=session,
             namespace=source.namespace or None,
         )
-        self._errors = (hvac.exceptions.VaultError, requests.RequestException)
+        # RecursionError: JSON nested too deeply for the json module (hvac parses every answer).
+        self._errors = (hvac.exceptions.VaultError, requests.RequestException, RecursionError)
         self._token: _Token | None = None
         self._lease: _Lease | None = None
         watched = self.auth.watched
@@ -286,7 +297,7 @@ class VaultClient(Client):
         return self._watch is not None and self._watch.check()
 
     def abort(self) -> None:
-        self._session.aborted = True
+        self._session.abort()
 
     def close(self) -> None:
         self._session.close()
@@ -367,24 +378,28 @@ class VaultClient(Client):
         self._token = None
         vault.token = ""
         step = f"login {auth.method}"
+        # use_token=False: hvac would take the token out of the answer itself, and raise KeyError or TypeError on an
+        # answer without one (no auth block, not JSON, a redirect), which stopped the refresher for good.
         if auth.method == "approle":
             secret_id, got = self._credential_file("secret_id_file")
-            answer = self._call(step, "auth", vault.auth.approle.login, auth.role, secret_id, mount_point=auth.mount)
+            login, args = vault.auth.approle.login, {"secret_id": secret_id, "mount_point": auth.mount}
         else:
             jwt, got = self._credential_file("jwt_file")
             if self._watch is not None:
                 self._watch.current = self._watch.seen = got
             if auth.method == "jwt":
-                answer = self._call(step, "auth", vault.auth.jwt.jwt_login, auth.role, jwt, path=auth.mount)
+                login, args = vault.auth.jwt.jwt_login, {"jwt": jwt, "path": auth.mount}
             else:
-                answer = self._call(step, "auth", vault.auth.kubernetes.login, auth.role, jwt, mount_point=auth.mount)
+                login, args = vault.auth.kubernetes.login, {"jwt": jwt, "mount_point": auth.mount}
+        answer = self._call(step, "auth", login, auth.role, use_token=False, **args)
         granted = answer.get("auth") if isinstance(answer, dict) else None
-        if not isinstance(granted, dict) or not isinstance(granted.get("client_token"), str):
-            raise Failed(f"{step}: the answer has no client_token", "format")
+        value = granted.get("client_token") if isinstance(granted, dict) else None
+        if not isinstance(value, str) or not _VISIBLE.fullmatch(value):
+            raise Failed(f"{step}: the answer has no client_token (of visible ASCII)", "format")
         now = self._clock()
         ttl = _seconds(granted.get("lease_duration"))
         expires_at, renew_at = _timed(ttl, now)
-        token = _Token(granted["client_token"], granted.get("renewable") is True, ttl, now, expires_at, renew_at)
+        token = _Token(value, granted.get("renewable") is True, ttl, now, expires_at, renew_at)
         token.stamp = got if auth.watched else None
         vault.token = token.value
         self._token = token
@@ -433,7 +448,7 @@ class VaultClient(Client):
         if not isinstance(answer, dict):
             raise Failed(f"{step}: the answer is not a JSON object", "format")
         data = answer.get("data")
-        if isinstance(data, dict) and data.keys() == {"data", "metadata"} and isinstance(data["data"], dict):
+        if _kv2(data):
             data = data["data"]  # KV version 2: the secret is under data.data, beside its metadata
         parsed = parse_value(self.source, path, data)
         duration = _seconds(answer.get("lease_duration"))
@@ -473,6 +488,8 @@ class VaultClient(Client):
         class of a 400, 401 or 403 answer ("" to take them as not_found/permission/status)."""
         try:
             return call(*args, **kwargs)
+        except Failed as e:  # from the session: the exchange itself failed (timeout, connect, tls, size, ...)
+            raise Failed(f"{step}: {e.reason}", e.reason_class) from None
         except self._errors as e:
             raise _failure(step, e, refused) from None
 
@@ -481,13 +498,9 @@ def _failure(step: str, error: Exception, refused: str) -> Failed:
     import requests
 
     name = type(error).__name__
+    if isinstance(error, RecursionError):
+        return Failed(f"{step}: the answer is JSON nested too deeply", "format")
     if isinstance(error, requests.RequestException):
-        if isinstance(error, requests.exceptions.SSLError):
-            return Failed(f"{step}: TLS ({name})", "tls")
-        if isinstance(error, requests.Timeout):
-            return Failed(f"{step}: timed out ({name})", "timeout")
-        if isinstance(error, requests.ConnectionError):
-            return Failed(f"{step}: cannot connect ({name})", "connect")
         return Failed(f"{step}: {name}", "other")
     status = _STATUSES.get(name)
     shown_status = f"HTTP {status}" if status else "an unexpected HTTP status"
@@ -502,6 +515,15 @@ def _failure(step: str, error: Exception, refused: str) -> Failed:
     return Failed(f"{step}: {shown_status}", "status")
 
 
+def _kv2(data: object) -> bool:
+    """Whether a read's data is KV version 2's: the secret under `data` beside a `metadata` with its version. A KV 1
+    secret may have keys named data and metadata; one whose metadata has no version is taken as it is."""
+    if not isinstance(data, dict) or data.keys() != {"data", "metadata"} or not isinstance(data["data"], dict):
+        return False
+    metadata = data["metadata"]
+    return isinstance(metadata, dict) and isinstance(metadata.get("version"), int)
+
+
 def _seconds(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:
         return 0.0
@@ -510,27 +532,48 @@ def _seconds(value: object) -> float:
 
 @functools.cache
 def _session_type() -> type:
-    """requests' Session, subclassed once hvac (and so requests) is known to be installed."""
+    """A requests Session for hvac whose calls are made by an HttpExchange (httpx), subclassed once hvac (and so
+    requests) is known to be installed."""
     import requests
+    import requests.structures
 
     class Session(requests.Session):
-        """One client's session: never through HTTP(S)_PROXY (the proxy must not call itself), each call bounded by
-        what is left of the fetch's timeout (requests has no bound on a whole call), and none made once aborted."""
+        """One client's session. requests bounds each socket read on its own, not a whole call, and reads a whole
+        body into memory: a Vault trickling its answer held the fetch for ever, one answering 100 MB took 300 MB.
+        The exchange has one deadline for everything a call does (its head and body read a byte at a time included),
+        reads at most MAX_BODY_BYTES of a body, never goes through HTTP(S)_PROXY (the proxy must not call itself),
+        follows no redirect and keeps no cookie; `abort()` fails the call in flight within a moment. The fetch's
+        deadline is shared by all its calls."""
 
-        def __init__(self) -> None:
+        def __init__(self, endpoint: Endpoint, timeout: float) -> None:
             super().__init__()
             self.trust_env = False
             self.deadline = math.inf
-            self.aborted = False
+            self._base = endpoint
+            self._exchange = HttpExchange(endpoint, timeout, "application/json")
 
-        def request(self, method, url, *args, **kwargs):
-            if self.aborted:
-                raise requests.ConnectionError("aborted: the provider was stopped")
+        def request(self, method, url, *args, headers=None, json=None, **kwargs):
             left = self.deadline - time.monotonic()
             if left <= 0:
-                raise requests.Timeout("the fetch's timeout was spent")
-            given = kwargs.get("timeout")
-            kwargs["timeout"] = left if given is None else min(left, given)
-            return super().request(method, url, *args, **kwargs)
+                raise Failed("the fetch's timeout was spent", "timeout")
+            exchange = self._exchange
+            # The exchange calls its endpoint's URL: each call names its own (one thread at a time uses the client).
+            exchange.endpoint = dataclasses.replace(self._base, url=url)
+            exchange.timeout = left
+            answer = exchange.send(method.upper(), headers=headers, json=json)
+            response = requests.Response()
+            response.status_code = answer.status
+            response.headers = requests.structures.CaseInsensitiveDict(answer.headers.items())
+            response._content = answer.body
+            response.encoding = "utf-8"
+            response.url = url
+            return response
+
+        def abort(self) -> None:
+            self._exchange.abort()
+
+        def close(self) -> None:
+            self._exchange.close()
+            super().close()
 
     return Session
