@@ -11,6 +11,7 @@ import sys
 import boto3
 import httpx
 import pytest
+from helpers.doc_recipes import recipe_providers_file
 from processes import Running, free_port
 from servers import ROOT
 from test_aws_sigv4_e2e import MOTO_SERVER
@@ -211,20 +212,12 @@ def test_a_securestring_parameter_decrypted_and_a_missing_one(monkeypatch, tmp_p
     assert missing.reason_class == "not_found" and "/proxy/gone" in missing.reason
 
 
-RECIPE = """
-- name: openai
-  kind: aws-secrets-manager
-  secret_id: prod/egress/openai
-  field: api_key
-  region: eu-west-1
-  hosts: api.openai.com
-  interval: 10m
-  require: true
-"""
+# The recipe of docs/secret-stores.md
+RECIPE = recipe_providers_file("AWS: `kind: aws-secrets-manager`, `kind: aws-ssm-parameter`", "docs/secret-stores.md")
 
 
 def test_the_readme_recipe_secrets_manager(monkeypatch, tmp_path, moto):
-    """The README's recipe as written; the endpoint is moto's, through AWS_ENDPOINT_URL."""
+    """The recipe of docs/secret-stores.md as written; the endpoint is moto's, through AWS_ENDPOINT_URL."""
     boto3.client("secretsmanager", **moto["admin"]).create_secret(
         Name="prod/egress/openai", SecretString=json.dumps({"api_key": "sk-recipe-0123456789"})
     )

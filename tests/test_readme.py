@@ -20,10 +20,14 @@ How the commands are run (the only liberties taken with their text):
 - `--set header_admin_listen=127.0.0.1:9901` (Readiness, liveness and metrics) is given to a mitmdump whose provider
   the test holds, so that /ready can be seen before and after the first answer.
 - Absolute paths become the same paths under a scratch root (`PATHS`, each named); the files the recipes assume are
-  there are created: the Vault Agent's token, the cluster's CA (really the CA of the TLS echo upstream that stands in
-  for the EKS endpoint, so mitmproxy verifies it with that file), the projected volume as the kubelet lays it out,
-  the OAuth2 client secret. The container's /addon/header_augment.py is the clone's.
-- `gcloud` and `aws` are stand-ins (tests/helpers/bin/), first on PATH, answering exactly the recipes' arguments.
+  there are created: the cluster's CA (really the CA of the TLS echo upstream that stands in for the EKS endpoint, so
+  mitmproxy verifies it with that file), the projected volume as the kubelet lays it out, the OAuth2 client secrets,
+  the sandbox's OpenAI key. The container's /addon/header_augment.py is the clone's.
+- `gcloud`, `aws` and `gh` are stand-ins (tests/helpers/bin/), first on PATH, answering exactly the recipes' arguments.
+- The Drive recipe's `scripts/run login` runs as written, against a stand-in for Google's endpoints whose person
+  approves every sign-in at once; the sandbox's workload block runs its lines against that section's proxy (its
+  `https://` URL the echo upstream's, reached through `http_proxy`), and `gh` and `git` are checked by the requests
+  they would send.
 - `header-augment` (Install it) is `python -m header_augment_core.cli` from the clone: the function pyproject.toml
   installs as that command (tests/test_packaging.py runs the installed command from a wheel).
 - The fleet simulation of docs/herd.md runs for 100 proxies; the bench of docs/performance.md only parses its
@@ -31,6 +35,7 @@ How the commands are run (the only liberties taken with their text):
 Every proxy is started at once by the module's `world`, and each test waits for its own.
 """
 
+import base64
 import datetime
 import json
 import logging
@@ -58,7 +63,7 @@ from mitmproxy import certs, exceptions
 from mitmproxy.test import taddons
 from processes import Running, processes_in_group
 from prometheus_client.parser import text_string_to_metric_families
-from servers import ADDON, MITMDUMP, ROOT, HeldProvider, LoopbackProxy, Mitmdump, Provider, Upstream
+from servers import ADDON, MITMDUMP, ROOT, HeldProvider, LoopbackProxy, Mitmdump, Provider, Upstream, wait_until
 from test_clients import BLOCKS as CLIENTS_BLOCKS
 from test_clients import (
     Block,
@@ -75,6 +80,7 @@ from token_issuers import (
     ACCESS_TOKEN_TYPE,
     JWT_BEARER_ASSERTION,
     JWT_TYPE,
+    AuthlibSignIn,
     FederationEndpoint,
     GitHubApi,
     GoogleTokenEndpoint,
@@ -103,8 +109,8 @@ START = 90  # bound on a proxy's start-up with a dozen starting at once on a bus
 LISTENING = r"proxy (?:\(upstream mode\) )?listening at 127\.0\.0\.1:(\d+)"
 # Where the README's blocks keep files, each mapped to the same directory under a test's scratch root.
 PATHS = (
-    "/etc/header-augment",  # the cluster's CA, the static headers file
-    "/vault",  # Vault Agent's sink
+    "/etc/header-augment",  # the cluster's CA, the static headers file, the providers files
+    "/var/log/header-augment",  # the sandbox's audit log
     "/var/run/secrets/api-token",  # the projected volume
     "/run/secrets",  # the OAuth2 client secret
     "/var/run/secrets/tokens",  # the projected token exchanged for Google Cloud's
@@ -112,7 +118,7 @@ PATHS = (
 )
 IN_THE_CLONE = {"/addon/header_augment.py": ADDON}  # where the pod mounts the addon
 EKS_HOST = "0123456789ABCDEF0123456789ABCDEF.gr7.eu-west-1.eks.amazonaws.com"
-VAULT_TOKEN = "hvs.CAESIJ-stand-in-vault-agent-token"
+OPENAI_KEY = "sk-the-real-openai-key-only-the-proxy-reads"  # the sandbox's /run/secrets/openai-key
 OWN_HEADERS = {"Authorization": "Bearer from-your-own-provider", "X-Tenant": "acme"}  # the provider on port 9000
 # What the recipes of the kinds that mint tokens name, which their token endpoints' stand-ins check.
 GITHUB_APP, GITHUB_INSTALLATION = "123456", "7890123"
@@ -122,6 +128,7 @@ POOL = "//iam.googleapis.com/projects/123456789/locations/global/workloadIdentit
 AZURE_CLIENT = "00000000-1111-2222-3333-444444444444"
 AZURE_TOKEN_URL = "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/oauth2/v2.0/token"
 WORKLOAD = "system:serviceaccount:default:app"
+DRIVE_CLIENT = "1234-abc.apps.googleusercontent.com"
 
 
 def section_text(name: str, page: str = "README.md") -> str:
@@ -209,9 +216,7 @@ RECIPES = {  # the README's, then those of docs/recipes.md
         "http://storage.googleapis.com:{plain}/",
         lambda fs, world: {"Authorization": f"Bearer {printed('gcloud auth print-access-token').strip()}"},
     ),
-    "The GitHub API as a GitHub App": Recipe("http://api.github.com:{plain}/", issued("github")),
-    "A Google service-account key": Recipe("http://storage.googleapis.com:{plain}/", issued("google")),
-    "An AKS workload with Azure workload identity": Recipe("http://management.azure.com:{plain}/", issued("azure")),
+    "A person's Google Drive: sign in once": Recipe("http://www.googleapis.com:{plain}/", issued("drive")),
     "A static file of headers": Recipe(
         "http://api.partner.example:{plain}/",
         lambda fs, world: json.loads((fs / "etc/header-augment/partner.json").read_text()),
@@ -223,16 +228,18 @@ RECIPES = {  # the README's, then those of docs/recipes.md
             + json.loads(printed("aws eks get-token --cluster-name my-cluster --region eu-west-1"))["status"]["token"]
         },
     ),
-    "A Vault Agent sink file": Recipe(
-        "http://vault.example.com:{plain}/",
-        lambda fs, world: {"X-Vault-Token": VAULT_TOKEN},  # no prefix, as Vault wants
-    ),
     "Kubernetes to Google Cloud with Workload Identity Federation": Recipe(
         "http://storage.googleapis.com:{plain}/", issued("gcp")
     ),
+    "The GitHub API as a GitHub App": Recipe("http://api.github.com:{plain}/", issued("github")),
+    "A Google service-account key": Recipe("http://storage.googleapis.com:{plain}/", issued("google")),
+    "An AKS workload with Azure workload identity": Recipe("http://management.azure.com:{plain}/", issued("azure")),
 }
 S3_RECIPE = "S3, signed by the proxy: `kind: aws-sigv4`"  # tests/test_aws_sigv4_e2e.py runs it, against moto
-RECIPE_BLOCKS = {b.subsection: b for b in blocks_in("Where credentials come from") if b.subsection != S3_RECIPE}
+VAULT_RECIPE = "Vault or OpenBao from Kubernetes"  # tests/test_vault.py runs it, against OpenBao
+SECRETS_MANAGER = "AWS: `kind: aws-secrets-manager`, `kind: aws-ssm-parameter`"  # tests/test_aws_secrets.py, moto
+NOT_HERE = (S3_RECIPE, VAULT_RECIPE)
+RECIPE_BLOCKS = {b.subsection: b for b in blocks_in("Where credentials come from") if b.subsection not in NOT_HERE}
 RECIPE_BLOCKS |= {b.section: b for b in BLOCKS if b.page == "docs/recipes.md" and b.language == "sh"}
 PROJECTED = only(blocks_in("A projected service-account token in Kubernetes", "yaml", "docs/recipes.md"))
 PROVIDERS = only(blocks_in("Several providers: `header_providers_file`", "yaml", "docs/providers-file.md"))
@@ -245,6 +252,8 @@ PROSE_COMMANDS = [  # the inline commands of "The two commands", line breaks ins
 ]
 WEB = "scripts/run --web"  # run by tests/test_scripts_run.py (mitmweb's UI port needs choosing there)
 PROSE = [c for c in PROSE_COMMANDS if c != WEB]
+SANDBOX = "Sandboxes and CI: placeholders"
+SANDBOX_START, SANDBOX_WORKLOAD = blocks_in(SANDBOX)
 
 
 # -- the running world -------------------------------------------------------------------------------------------
@@ -314,6 +323,7 @@ class World:
     projected: Launch
     providers: Launch
     install: Launch
+    sandbox: Launch
     admin: Mitmdump
     issuers: dict[str, object]  # the stand-ins for the recipes' token endpoints, by provider name
 
@@ -352,6 +362,8 @@ class Issuers:
             "scope": "https://management.azure.com/.default",
         }
         azure = FederationEndpoint(cluster_public, "api://AzureADTokenExchange", "client_assertion", assertion)
+        drive = AuthlibSignIn(DRIVE_CLIENT, "google-client-s3cret")
+        drive.device_interval, drive.person = 1, "alice"  # the person approves at once; `login` polls a second later
         files = {
             "/etc/header-augment/github-app.pem": app_pem,
             "/etc/header-augment/google-key.json": google.key_file(account_pem, "4f2a9c").encode(),
@@ -359,10 +371,14 @@ class Issuers:
             "/var/run/secrets/azure/tokens/azure-identity-token": signed(
                 cluster_pem, sub=WORKLOAD, aud="api://AzureADTokenExchange"
             ).encode(),
+            "/etc/header-augment/google-client-secret": b"google-client-s3cret\n",
+            "/run/secrets/openai-key": f"{OPENAI_KEY}\n".encode(),
         }
         urls = {"https://api.github.com": github.base, "https://sts.googleapis.com/v1/token": gcp.url}
         urls[AZURE_TOKEN_URL] = azure.url
-        return cls({"github": github, "google": google, "gcp": gcp, "azure": azure}, files, urls)
+        urls["https://oauth2.googleapis.com/token"] = drive.base + "/token"
+        urls["https://oauth2.googleapis.com/device/code"] = drive.base + "/device"
+        return cls({"github": github, "google": google, "gcp": gcp, "azure": azure, "drive": drive}, files, urls)
 
     def prepare(self, block: Block, fs: Path) -> list[str]:
         """Write the files the block reads under `fs`; its lines with the endpoints' URLs mapped."""
@@ -488,6 +504,7 @@ def world(tmp_path_factory):
         projected = started(launch_projected(directory("projected"), relay))
         providers = started(launch_providers_file(directory("providers")))
         install = started(launch_install(directory("install"), ports, relay))
+        sandbox = started(launch_recipe(directory("sandbox"), SANDBOX_START, ports, relay, ca_file, issuers))
         admin_args = shlex.split(substitute(ADMIN_SETTING, ports))
         admin = Mitmdump(
             directory("admin") / "confdir",
@@ -507,6 +524,7 @@ def world(tmp_path_factory):
             projected,
             providers,
             install,
+            sandbox,
             admin,
             issuers.by_name,
         )
@@ -536,13 +554,11 @@ def launch_recipe(
     if "ssl_verify_upstream_trusted_ca=/etc/header-augment/my-cluster-ca.pem" in block.text:
         (fs / "etc" / "header-augment").mkdir(parents=True)
         (fs / "etc" / "header-augment" / "my-cluster-ca.pem").write_bytes(ca_file.read_bytes())
-    if "header_provider_file=/vault/token" in block.text:
-        (fs / "vault").mkdir(parents=True)
-        (fs / "vault" / "token").write_text(VAULT_TOKEN + "\n")  # as Vault Agent's sink writes it
     extra = shlex.join(proxy_args(base, relay, listen=False))
     lines = [mapped(substitute(line, ports), fs) for line in issuers.prepare(block, fs)]
-    assert sum(line.startswith("scripts/run ") for line in lines) == 1, block.text
-    command = "\n".join(f"{line} {extra}" if line.startswith("scripts/run ") else line for line in lines)
+    proxy = [line.startswith("scripts/run ") and not line.startswith("scripts/run login ") for line in lines]
+    assert sum(proxy) == 1, block.text
+    command = "\n".join(f"{line} {extra}" if starts else line for line, starts in zip(lines, proxy, strict=True))
     return launch(base, command, {"HEADER_AUGMENT_PORT": "0"})
 
 
@@ -558,10 +574,12 @@ def test_every_block_is_run_or_checked_here():
         (R, "The two commands", "", "sh"),  # test_the_two_commands
         (R, "The two commands", "", "sh"),  # test_the_quick_start_shows_the_demo_headers
         (R, "The two commands", "", ""),  # its output: test_the_quick_start_shows_the_demo_headers
+        (R, SANDBOX, "", "sh"),  # test_the_sandbox_s_proxy_…
+        (R, SANDBOX, "", "sh"),  # test_the_sandbox_s_workload_…
         (R, W, "Google APIs with `gcloud auth print-access-token`", "sh"),  # test_the_recipe…
-        (R, W, "The GitHub API as a GitHub App", "sh"),  # test_the_recipe…
-        (R, W, "A Google service-account key", "sh"),  # test_the_recipe…
-        (R, W, "An AKS workload with Azure workload identity", "sh"),  # test_the_recipe…
+        (R, W, "A person's Google Drive: sign in once", "sh"),  # test_the_recipe…, test_the_drive_sign_in_…
+        # tests/test_vault.py::test_the_readme_recipe_kubernetes_auth, against OpenBao; test_the_secret_stores_…
+        (R, W, VAULT_RECIPE, "sh"),
         (R, W, "A static file of headers", "sh"),  # test_the_recipe…
         (R, W, S3_RECIPE, "yaml"),  # tests/test_aws_sigv4_e2e.py
         (R, W, S3_RECIPE, "sh"),  # tests/test_aws_sigv4_e2e.py
@@ -580,8 +598,12 @@ def test_every_block_is_run_or_checked_here():
         ("docs/providers-file.md", "Several providers: `header_providers_file`", "", "yaml"),  # …_providers_file_…
         ("docs/recipes.md", "A Kubernetes cluster API with `aws eks get-token`", "", "sh"),  # test_the_recipe…
         ("docs/recipes.md", "A projected service-account token in Kubernetes", "", "yaml"),  # …_projected_…
-        ("docs/recipes.md", "A Vault Agent sink file", "", "sh"),  # test_the_recipe…
         ("docs/recipes.md", "Kubernetes to Google Cloud with Workload Identity Federation", "", "sh"),  # …
+        ("docs/recipes.md", "The GitHub API as a GitHub App", "", "sh"),  # test_the_recipe…
+        ("docs/recipes.md", "A Google service-account key", "", "sh"),  # test_the_recipe…
+        ("docs/recipes.md", "An AKS workload with Azure workload identity", "", "sh"),  # test_the_recipe…
+        # tests/test_aws_secrets.py::test_the_readme_recipe_secrets_manager, against moto; test_the_secret_stores_…
+        ("docs/secret-stores.md", SECRETS_MANAGER, "", "sh"),
         ("docs/troubleshooting.md", "Troubleshooting", "", ""),  # messages: test_the_troubleshooting_messages_…
     ]
     assert list(RECIPE_BLOCKS) == list(RECIPES)
@@ -704,14 +726,127 @@ def test_the_static_file_is_readable_by_its_owner_only(world):
     assert stat.S_IMODE((launched.fs / "etc/header-augment/partner.json").stat().st_mode) == 0o600
 
 
+def test_the_drive_sign_in_wrote_the_refresh_token_the_proxy_rotated(world):
+    """`scripts/run login` signed the person in (the stand-in saw one device sign-in) and printed where to go, never a
+    token; the proxy then traded that refresh token and saved the rotated one in its place, 0600."""
+    launched, signin = world.recipes["A person's Google Drive: sign in once"], world.issuers["drive"]
+    in_use(launched.run)
+    assert len(signin.issued_by_device) == 1 and signin.presented[0] == signin.issued_by_device[0]
+    assert re.search(rf"open {re.escape(signin.base)}/activate and enter the code \S+", launched.run.output)
+    for token in (*signin.refresh_tokens, *signin.issued):
+        assert token not in launched.run.output
+    saved = launched.fs / "etc/header-augment/drive.token"
+    assert saved.read_text().strip() == signin.latest() != signin.issued_by_device[0]
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+
+
+def test_the_secret_stores_recipes_load_as_providers_files(tmp_path):
+    """The Vault and Secrets Manager recipes cannot run here (tests/test_vault.py and tests/test_aws_secrets.py run
+    them against OpenBao and moto): each block writes one providers file, which loads, and starts the proxy with it."""
+    vault = only([b for b in blocks_in("Where credentials come from") if b.subsection == VAULT_RECIPE])
+    found = []
+    for block in (vault, only(blocks_in(SECRETS_MANAGER, page="docs/secret-stores.md"))):
+        written, text = re.search(r"^cat > (\S+) <<'EOF'\n(.*?)^EOF$", block.text, re.M | re.S).groups()
+        assert only([line for line in block.lines if line.startswith("scripts/run ")]) == (
+            f"scripts/run --set header_providers_file={written}"
+        )
+        path = tmp_path / Path(written).name
+        path.write_text(text)
+        ((settings, _),) = load_providers_file(str(path))[0]
+        found.append((settings.name, settings.kind, settings.hosts.patterns))
+    assert found == [("github", "vault", ("api.github.com",)), ("openai", "aws-secrets-manager", ("api.openai.com",))]
+
+
+def placeholders_of(launched: Launch) -> dict[str, str]:
+    """The sandbox's providers file as the block wrote it: each entry's placeholder, by its env name."""
+    written = yaml.safe_load((launched.fs / "etc/header-augment/sandbox.yaml").read_text())
+    return {entry["env"]: entry["placeholder"] for entry in written["providers"]}
+
+
+def test_the_sandbox_s_proxy_swaps_placeholders_and_denies_the_rest(world):
+    """One providers file: the deny policy with its allow rule beside the two placeholder entries, each made by
+    `scripts/run placeholder`; the audit log records the swaps and the refusals."""
+    launched = world.sandbox
+    port = launched.port()
+    assert in_use(launched.run, r"github \(command gh\)") == "Authorization"
+    assert in_use(launched.run, r"openai \(.*\)") == "Authorization"
+    held = placeholders_of(launched)
+    assert re.fullmatch(r"ghp_\w{36}", held["GH_TOKEN"]) and held["OPENAI_API_KEY"].startswith("sk-proj-")
+    real = printed("gh auth token").strip()
+    echo = world.echo.port
+    with client_for(f"http://127.0.0.1:{port}") as client:
+        bearer = {"Authorization": f"Bearer {held['GH_TOKEN']}"}
+        swapped = client.get(f"http://api.github.com:{echo}/user", headers=bearer)
+        assert header(swapped.json(), "Authorization") == [f"Bearer {real}"]
+        assert f"Bearer {held['GH_TOKEN']}" in swapped.text and real not in swapped.text  # the answer: the placeholder
+        # git's form: the placeholder as Basic's password, toward the entry's other host
+        cloned = client.get(f"http://github.com:{echo}/org/repo/info/refs", auth=("x-access-token", held["GH_TOKEN"]))
+        basic = base64.b64encode(f"x-access-token:{real}".encode()).decode()
+        assert header(cloned.json(), "Authorization") == [f"Basic {basic}"]
+        allowed = client.get(f"http://pypi.org:{echo}/simple/")
+        assert allowed.status_code == 200
+        elsewhere = client.get(f"http://pypi.org:{echo}/simple/", headers=bearer)  # allowed host, not the entry's
+        denied = client.get(f"http://example.org:{echo}/")
+    assert (elsewhere.status_code, denied.status_code) == (403, 403)
+    audit = launched.fs / "var/log/header-augment/audit.jsonl"
+    wanted = {"substituted", "refused", "denied"}
+
+    def actions() -> set[str]:
+        lines = audit.read_text().splitlines(keepends=True) if audit.exists() else []
+        return {json.loads(line)["action"] for line in lines if line.endswith("\n")}
+
+    wait_until(lambda: wanted <= actions(), START, what=f"{wanted} in the audit log")
+    assert real not in audit.read_text() and held["GH_TOKEN"] not in audit.read_text()
+
+
+def test_the_sandbox_s_workload_gets_the_placeholders_only(world):
+    """The workload's block against the sandbox's proxy: its admin endpoint (port 9901 → the one it logged), its
+    proxy port (8080), its CA (~/.mitmproxy → its confdir). The exports and the curl run as written, but for curl's
+    URL, the echo upstream's over http (so curl takes the proxy from `http_proxy`); `gh` reads GH_TOKEN and `git`
+    sends the URL's password as Basic's (checked in the test above), which cannot run here."""
+    launched = world.sandbox
+    port = launched.port()
+    in_use(launched.run, r"github \(command gh\)")
+    in_use(launched.run, r"openai \(.*\)")
+    admin = int(launched.run.wait_for(r"admin endpoint listening at 127\.0\.0\.1:(\d+)", START).group(1))
+    (launched.home / ".mitmproxy").unlink(missing_ok=True)
+    (launched.home / ".mitmproxy").symlink_to(launched.confdir)
+    exports, runs = [], []
+    for line in SANDBOX_WORKLOAD.lines:
+        (runs if re.match(r"(gh|git|curl) ", line) else exports).append(substitute(line, world.ports | {9901: admin}))
+    assert [line.split()[0] for line in runs] == ["gh", "git", "curl"]
+    assert "$GH_TOKEN" in runs[1] and "x-access-token:" in runs[1]
+    exports = [line.replace("127.0.0.1:8080", f"127.0.0.1:{port}") for line in exports]
+    curl = runs[2].replace("https://api.openai.com/", f"http://api.openai.com:{world.echo.port}/")
+    shown = 'printf "%s\\n" "$GH_TOKEN" "$OPENAI_API_KEY" "$HTTPS_PROXY" "$SSL_CERT_FILE"'
+    env = shell_env(launched.home)
+    done = subprocess.run(
+        ["bash", "-c", "\n".join(["set -euo pipefail", *exports, shown, f"http_proxy=$HTTPS_PROXY {curl}"])],
+        cwd=launched.work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    gh_token, openai_key, proxy, ca, answer = done.stdout.split("\n", 4)
+    held = placeholders_of(launched)
+    assert (gh_token, openai_key) == (held["GH_TOKEN"], held["OPENAI_API_KEY"])
+    assert proxy == f"http://127.0.0.1:{port}" and Path(ca).resolve() == (launched.confdir / "mitmproxy-ca-cert.pem")
+    (seen,) = answers(answer)
+    assert header(seen, "Authorization") == [f"Bearer {OPENAI_KEY}"]
+    assert OPENAI_KEY not in answer and held["OPENAI_API_KEY"] in answer
+
+
 def test_the_stand_ins_answer_only_the_recipes_arguments():
     assert printed("gcloud auth print-access-token").strip()
+    assert printed("gh auth token").strip()
     credential = json.loads(printed("aws eks get-token --cluster-name my-cluster --region eu-west-1"))
     assert credential["kind"] == "ExecCredential" and credential["status"]["token"]
     expires = datetime.datetime.fromisoformat(credential["status"]["expirationTimestamp"])
     left = expires - datetime.datetime.now(datetime.UTC)
     assert datetime.timedelta(minutes=14) < left <= datetime.timedelta(minutes=15)
-    for command in ("gcloud auth login", "gcloud auth print-access-token --verbosity=debug", "aws eks get-token"):
+    for command in ("gcloud auth login", "gcloud auth print-access-token --verbosity=debug", "aws eks get-token", "gh"):
         result = subprocess.run(shlex.split(command), env=stand_in_env(dict(os.environ)), capture_output=True)
         assert result.returncode != 0 and result.stderr, command
 
@@ -769,8 +904,7 @@ def providers_file(base: Path) -> Path:
     fs = base / "fs"
     (fs / "run" / "secrets").mkdir(parents=True)
     (fs / "run" / "secrets" / "partner-client-secret").write_text("partner-s3cret\n")
-    (fs / "vault").mkdir()
-    (fs / "vault" / "token").write_text(VAULT_TOKEN + "\n")
+    (fs / "run" / "secrets" / "vault-secret-id").write_text("vault-secret-id\n")
     path = base / "providers.yaml"
     path.write_text(mapped(PROVIDERS.text, fs))
     return path
@@ -782,7 +916,7 @@ def test_the_providers_file_loads(tmp_path, monkeypatch):
     assert [(s.name, s.kind) for s, _ in entries] == [
         ("internal", "http"),
         ("partner", "oauth2"),
-        ("vault", "file"),
+        ("partner-key", "vault"),
         ("google", "command"),
     ]
 
@@ -793,22 +927,28 @@ def launch_providers_file(base: Path) -> Launch:
 
 
 def test_the_providers_file_starts_mitmdump(world):
-    """Its providers on 127.0.0.1:9000 and idp.partner.example are not there: their fetches fail, which is no
-    settings error. The two that are there give their headers."""
+    """Its providers on 127.0.0.1:9000, idp.partner.example and vault.example.com are not there: their fetches fail,
+    which is no settings error. The one that is there gives its header."""
     launched = world.providers
     launched.port()
-    assert in_use(launched.run, r"vault \(.*\)") == "X-Vault-Token"
     assert in_use(launched.run, r"google \(command gcloud\)") == "Authorization"
     assert launched.run.proc.poll() is None, launched.run.output
 
 
 ADMIN = "Readiness, liveness and metrics: `header_admin_listen`", "docs/operating.md"
 ADMIN_SETTING = re.search(r"`(--set header_admin_listen=[^`]+)`", section_text(*ADMIN)).group(1)
-ADMIN_REQUESTS = [("GET", "/ready"), ("GET", "/live"), ("GET", "/metrics"), ("GET", "/status"), ("POST", "/refresh")]
+ADMIN_REQUESTS = [
+    ("GET", "/ready"),
+    ("GET", "/live"),
+    ("GET", "/metrics"),
+    ("GET", "/status"),
+    ("POST", "/refresh"),
+    ("GET", "/placeholders.env"),
+]
 
 
 def test_the_admin_endpoint_answers_as_the_table_says(world):
-    table = re.findall(r"^\| `(GET|POST) (/\w+)` \|", section_text(*ADMIN), re.M)
+    table = re.findall(r"^\| `(GET|POST) (/[\w.]+)` \|", section_text(*ADMIN), re.M)
     assert table == ADMIN_REQUESTS
     admin, held = world.admin, world.held
     port = int(admin.wait_for(r"admin endpoint listening at 127\.0\.0\.1:(\d+)", START).group(1))
@@ -826,7 +966,9 @@ def test_the_admin_endpoint_answers_as_the_table_says(world):
         ("GET", "/metrics"): 200,
         ("GET", "/status"): 200,
         ("POST", "/refresh"): 202,
+        ("GET", "/placeholders.env"): 200,
     }
+    assert answers_[("GET", "/placeholders.env")].text == ""  # its one provider has no placeholder
     held.wait_for_requests(fetches + 1)  # the refresh asked the provider again
     status = json.loads(answers_[("GET", "/status")].text)
     assert "Authorization" in json.dumps(status) and "admin-t0ken" not in json.dumps(status)

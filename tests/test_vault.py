@@ -20,6 +20,7 @@ import pytest
 from conftest import client_for, values_of
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from helpers.doc_recipes import recipe_providers_file
 from processes import Running, free_port
 from servers import ROOT, wait_until
 
@@ -414,18 +415,7 @@ def test_a_jwt_the_server_does_not_trust_is_auth(bao, tmp_path):
     assert (failed.reason_class, failed.reason.split(":")[0]) == ("auth", "login jwt")
 
 
-RECIPE = """
-- name: github
-  kind: vault
-  url: https://vault.vault.svc:8200
-  ca: /var/run/secrets/vault/ca.crt
-  secret: secret/data/github
-  field: token
-  auth:
-    kubernetes: {role: egress-proxy}
-  hosts: api.github.com
-  require: true
-"""
+RECIPE = recipe_providers_file("Vault or OpenBao from Kubernetes")  # the README's
 
 
 def test_the_readme_recipe_kubernetes_auth(bao, tmp_path):
