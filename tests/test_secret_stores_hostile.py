@@ -7,11 +7,12 @@ their refresher with an injected clock."""
 import collections
 import http.server
 import json
+import os
 import threading
 import time
 
 import pytest
-from servers import serve_in_background
+from servers import serve_in_background, wait_until
 
 from header_augment_core.fields import SettingsError
 from header_augment_core.kinds.vault import VaultClient
@@ -304,3 +305,91 @@ def test_no_value_reaches_the_log_of_a_refresher_thread_at_debug(vault, tmp_path
         thread.join()
     assert results[0].ok
     assert not any(s in caplog.text for s in ("s.login-token", SECRET, "secret-id"))
+
+
+def trickled(handler) -> None:
+    """An answer whose head promises 60 bytes, sent a byte every 0.1 s."""
+    handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n")
+    for _ in range(60):
+        handler.wfile.write(b" ")
+        handler.wfile.flush()
+        time.sleep(0.1)
+
+
+def test_an_abort_ends_a_call_in_flight_at_once(vault, tmp_path):
+    vault.routes |= {"/v1/auth/token/lookup-self": LOOKED_UP, "/v1/secret/data/github": trickled}
+    client = client_for(settings_for(vault.url, token_file(tmp_path), field="token", timeout=30))
+    results = []
+    thread = threading.Thread(target=lambda: results.append(client.fetch()))
+    thread.start()
+    wait_until(lambda: vault.paths()["/v1/secret/data/github"] == 1, what="the read to be in flight")
+    aborted_at = time.monotonic()
+    client.abort()
+    thread.join(timeout=5)
+    assert not thread.is_alive() and time.monotonic() - aborted_at < 1
+    assert not results[0].ok
+
+
+# -- the AWS kinds against a hostile endpoint (AWS_ENDPOINT_URL) ----------------------------------------------------
+
+
+@pytest.fixture
+def aws(vault, monkeypatch, tmp_path):
+    """botocore's chain and endpoint pointed at the test's server."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-key-never-shown")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", vault.url)
+    return vault
+
+
+def aws_client(timeout: float = 5, kind: str = "aws-secrets-manager"):
+    locator = {"secret_id": "github"} if kind == "aws-secrets-manager" else {"parameter": "/github"}
+    values = {"kind": kind, "region": "eu-west-1", "hosts": "api.example", "timeout": timeout} | locator
+    settings = parse_settings(values, lambda name: name)
+    return settings.source.client(settings.timeout)
+
+
+def test_aws_an_answer_trickled_a_byte_at_a_time_ends_at_the_timeout(aws):
+    """botocore's urllib3 bounds each socket read, not a call: 20 s under a 2 s timeout."""
+    aws.routes["/"] = trickled
+    started = time.monotonic()
+    failed = aws_client(timeout=1).fetch()
+    assert (failed.reason_class, failed.reason.split(":")[0]) == ("timeout", "github")
+    assert time.monotonic() - started < 2.5
+
+
+def test_aws_a_body_over_the_limit_and_json_nested_too_deeply(aws):
+    aws.routes["/"] = raw(json.dumps({"SecretString": "a" * (2 * MAX_BODY_BYTES)}).encode())
+    assert aws_client().fetch().reason_class == "size"
+    aws.routes["/"] = raw(b"[" * 100_000 + b"]" * 100_000)
+    assert aws_client().fetch().reason_class == "format"
+
+
+def test_aws_an_answer_without_a_value_is_not_called_binary(aws):
+    aws.routes["/"] = raw(b"<html>a captive portal</html>", headers={"Content-Type": "text/html"})
+    failed = aws_client().fetch()
+    assert failed.reason_class == "format" and "SecretString" in failed.reason and "binary" not in failed.reason
+    aws.routes["/"] = answer({"SecretBinary": "AAE="})
+    assert "binary" in aws_client().fetch().reason
+    aws.routes["/"] = answer({"Parameter": {"Value": ["a"]}})
+    assert aws_client(kind="aws-ssm-parameter").fetch().reason_class == "format"
+
+
+def test_aws_an_abort_ends_a_call_in_flight_at_once(aws):
+    aws.routes["/"] = trickled
+    client = aws_client(timeout=30)
+    results = []
+    thread = threading.Thread(target=lambda: results.append(client.fetch()))
+    thread.start()
+    wait_until(lambda: aws.paths()["/"] == 1, what="the call to be in flight")
+    aborted_at = time.monotonic()
+    client.abort()
+    thread.join(timeout=5)
+    assert not thread.is_alive() and time.monotonic() - aborted_at < 1
+    assert not results[0].ok
+    client.close()

@@ -551,15 +551,19 @@ class HttpExchange:
         headers: dict[str, str] | None = None,
         data: dict[str, str] | None = None,
         json: object = None,
+        content: bytes | None = None,
+        url: str | None = None,
     ) -> Answer:
-        """One call to the endpoint's URL (with a form `data` or a JSON `json` body); its status, headers and body,
-        read within the limits. Raises Failed."""
+        """One call to the endpoint's URL, or to `url` (a client library's call: vault, the AWS secret kinds), with a
+        form `data`, a JSON `json` or a `content` body; its status, headers and body, read within the limits. Raises
+        Failed."""
         request = self._client.build_request(
             method,
-            self.endpoint.url,
+            self.endpoint.url if url is None else url,
             headers={**self._headers, **(headers or {})},
             data=data,
             json=json,
+            content=content,
             extensions=self._extensions,
         )
         try:

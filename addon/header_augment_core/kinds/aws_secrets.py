@@ -19,6 +19,7 @@ from ..failures import Failed
 from ..fetch import Client, FetchResult
 from ..fields import SettingsError, setting, shown, text
 from ..formats import Content, read
+from ..http_exchange import Endpoint, HttpExchange
 from .base import Source
 from .vault import parse_value
 
@@ -115,9 +116,11 @@ class SecretsManagerSource(AwsSecretSource):
     def call(self, service: Any) -> str:
         answer = service.get_secret_value(SecretId=self.secret_id, VersionStage=self.version_stage)
         value = answer.get("SecretString")
-        if not isinstance(value, str):
-            raise Failed(f"{self.secret_id}: a binary secret (SecretBinary), not a string", "format")
-        return value
+        if isinstance(value, str):
+            return value
+        if "SecretBinary" in answer:
+            raise Failed("a binary secret (SecretBinary), not a string", "format")
+        raise Failed("the answer has no SecretString", "format")
 
 
 @dataclass(frozen=True)
@@ -130,9 +133,10 @@ class SsmParameterSource(AwsSecretSource):
 
     def call(self, service: Any) -> str:
         answer = service.get_parameter(Name=self.parameter, WithDecryption=True)
-        value = answer.get("Parameter", {}).get("Value")
+        parameter = answer.get("Parameter")
+        value = parameter.get("Value") if isinstance(parameter, dict) else None
         if not isinstance(value, str):
-            raise Failed(f"{self.parameter}: the answer has no value", "format")
+            raise Failed("the answer has no value", "format")
         return value
 
 
@@ -147,6 +151,7 @@ class AwsSecretClient(Client):
         self.timeout = timeout
         self._service: Any = None
         self._session: Any = None
+        self._transport: _Transport | None = None
 
     def _client(self) -> Any:
         import botocore.config
@@ -165,6 +170,9 @@ class AwsSecretClient(Client):
             proxies={},
         )
         session.set_default_client_config(config)
+        if self._transport is None:
+            self._transport = _Transport(self.timeout, session.get_config_variable("ca_bundle") or "")
+        session.register("before-send", self._transport)  # every client of the session: STS's too
         if source.role_arn:
             resolver = session.get_component("credential_provider")
             fetcher = botocore.credentials.AssumeRoleCredentialFetcher(
@@ -184,8 +192,8 @@ class AwsSecretClient(Client):
             if self._service is None:
                 self._service = self._client()
             value = source.call(self._service)
-        except Failed:
-            raise
+        except Failed as e:  # the call's own (the answer's shape), or the exchange's (timeout, size, ...)
+            raise Failed(f"{source.locator}: {e.reason}", e.reason_class) from None
         except Exception as e:  # botocore raises many kinds; a reason holds only the kind and a code
             failure = _failure(source.locator, e)
             if failure.reason_class == "permission" and failure.reason.endswith(UNKNOWN) and not self._known():
@@ -204,9 +212,13 @@ class AwsSecretClient(Client):
             raise Failed(f"{source.locator}: not JSON, so it has no field {shown(source.field)}", "format") from None
         return _result(parse_value(source, source.locator, data))
 
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.exchange.abort()
+
     def close(self) -> None:
-        if self._service is not None:
-            self._service.close()  # its connection pool
+        if self._transport is not None:
+            self._transport.exchange.close()
 
     def _known(self) -> bool:
         """Whether AWS knows the credentials: a 403 without a code that says which is `permission` only then.
@@ -220,6 +232,41 @@ class AwsSecretClient(Client):
 
 def _result(parsed) -> FetchResult:
     return FetchResult(answer=parsed.answer, lifetime=parsed.lifetime)
+
+
+class _Transport:
+    """botocore's requests, sent by the HTTP kinds' exchange (registered for `before-send`, botocore's seam for
+    answering a request instead of its own HTTP client). botocore's urllib3 bounds each socket read, not a call, and
+    reads a whole body into memory: an endpoint (AWS_ENDPOINT_URL) trickling its answer held a fetch for 20 s under
+    a 2 s timeout, one answering 50 MB took 100 MB. The exchange has one deadline for a call, reads at most
+    MAX_BODY_BYTES (a secret is at most 64 KiB), never goes through a proxy, and `abort()` ends a call in flight."""
+
+    def __init__(self, timeout: float, ca: str) -> None:
+        # Any https URL is called with this one TLS context: botocore's CA bundle (AWS_CA_BUNDLE, a profile's
+        # ca_bundle) or the default store.
+        self.exchange = HttpExchange(Endpoint(url="https://aws.invalid", ca=ca), timeout, "*/*")
+
+    def __call__(self, request: Any, **_: Any) -> Any:
+        import botocore.awsrequest
+
+        body = request.body
+        if hasattr(body, "read"):
+            body = body.read()
+        if isinstance(body, str):
+            body = body.encode()
+        headers = {k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()}
+        answer = self.exchange.send(request.method, headers=headers, content=body or None, url=request.url)
+        return botocore.awsrequest.AWSResponse(request.url, answer.status, dict(answer.headers), _Read(answer.body))
+
+
+class _Read:
+    """An answer's body already read, as AWSResponse reads its `raw`."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: Any):
+        yield self._body
 
 
 class _Given:
@@ -248,6 +295,8 @@ def _failure(what: str, error: Exception) -> Failed:
         # A code of no known meaning (some endpoints answer a bare status): the status decides.
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return Failed(f"{what}: {code}{UNKNOWN}", BY_STATUS.get(status, "status"))
+    if isinstance(error, RecursionError):
+        return Failed(f"{what}: the answer is JSON nested too deeply", "format")
     if name == "NoCredentialsError":
         return Failed(f"{what}: no credentials found in the AWS credential chain", "auth")
     if "Timeout" in name:

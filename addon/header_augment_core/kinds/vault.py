@@ -14,7 +14,6 @@ names the step, the path and the HTTP status only.
 hvac is an optional extra (`header-augment[vault]`), imported only when the kind is configured.
 """
 
-import dataclasses
 import functools
 import json
 import math
@@ -549,18 +548,14 @@ def _session_type() -> type:
             super().__init__()
             self.trust_env = False
             self.deadline = math.inf
-            self._base = endpoint
             self._exchange = HttpExchange(endpoint, timeout, "application/json")
 
         def request(self, method, url, *args, headers=None, json=None, **kwargs):
             left = self.deadline - time.monotonic()
             if left <= 0:
                 raise Failed("the fetch's timeout was spent", "timeout")
-            exchange = self._exchange
-            # The exchange calls its endpoint's URL: each call names its own (one thread at a time uses the client).
-            exchange.endpoint = dataclasses.replace(self._base, url=url)
-            exchange.timeout = left
-            answer = exchange.send(method.upper(), headers=headers, json=json)
+            self._exchange.timeout = left
+            answer = self._exchange.send(method.upper(), headers=headers, json=json, url=url)
             response = requests.Response()
             response.status_code = answer.status
             response.headers = requests.structures.CaseInsensitiveDict(answer.headers.items())
