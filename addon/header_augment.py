@@ -243,6 +243,8 @@ class HeaderAugment:
 
     def done(self) -> None:
         self._running = False
+        # Before the save addon's done (it comes after the scripts) writes the flows in flight as they are.
+        self._path.mask_in_flight(getattr(ctx.master.addons.get("save"), "active_flows", ()))
         if self._guard in ctx.master.addons.chain:
             ctx.master.addons.remove(self._guard)
         self._admin.close()

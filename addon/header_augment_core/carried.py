@@ -139,13 +139,24 @@ def scrubbed(data: bytes, secrets: Secrets) -> bytes | None:
 
 def scrub_headers(message: http.Message, secrets: Secrets) -> bool:
     """Replace our values in `message`'s header values; whether any was there."""
+    return _scrub_fields(message.headers, secrets)
+
+
+def scrub_trailers(message: http.Message, secrets: Secrets) -> bool:
+    """The same in `message`'s trailers (HTTP/2 and 3; mitmproxy refuses HTTP/1 trailers): an echo may put what it
+    saw there."""
+    trailers = message.trailers
+    return trailers is not None and _scrub_fields(trailers, secrets)
+
+
+def _scrub_fields(headers: http.Headers, secrets: Secrets) -> bool:
     if not secrets[1]:
         return False
-    fields = message.headers.fields
+    fields = headers.fields
     block = b"\n".join(value for _, value in fields)  # one search per probe, not one per header and probe
     if not any(probe in block for probe in secrets[1]):
         return False
-    message.headers.fields = tuple(
+    headers.fields = tuple(
         (name, value if (clean := scrubbed(value, secrets)) is None else clean) for name, value in fields
     )
     return True

@@ -25,6 +25,8 @@ MIN_CHARS = 16
 MAX_CHARS = 256
 HEADER, QUERY, PATH, BODY, WEBSOCKET = "header", "query", "path", "body", "websocket"
 PLACES = (HEADER, QUERY, PATH, BODY, WEBSOCKET)
+# Where a placeholder is found and never replaced, whatever its entry allows.
+PROXY_AUTHORIZATION = "Proxy-Authorization"
 # The kinds whose credential is one minted token (Authorization: Bearer …), and the one that signs.
 MINTED = ("oauth2", "github-app", "google-service-account")
 SIGNING = "aws-sigv4"
@@ -160,10 +162,22 @@ class Matcher:
         block = b"\n".join([value for _, value in fields])
         found = self.find(block)
         if block.find(b"asic ") != -1 or block.find(b"ASIC ") != -1:
-            for name, value in fields:
-                if name.lower() in _AUTHORIZATIONS and (decoded := basic_credentials(value)) is not None:
-                    found |= self.find(decoded)
+            # One search over them all: a search per value cost 13 µs each (1.3 s for a request with 100,000).
+            decoded = [
+                credentials
+                for name, value in fields
+                if name.lower() in _AUTHORIZATIONS and (credentials := basic_credentials(value)) is not None
+            ]
+            if decoded:
+                found |= self.find(b"\n".join(decoded))
         return found
+
+    def in_proxy_authorization(self, fields) -> frozenset[bytes]:
+        """The placeholders in Proxy-Authorization, Basic's user and password included: the proxy's credentials,
+        never the destination's (in upstream mode they go to the next proxy)."""
+        values = [value for name, value in fields if name.lower() == b"proxy-authorization"]
+        decoded = [credentials for value in values if (credentials := basic_credentials(value)) is not None]
+        return self.find(b"\n".join(values + decoded)) if values else _NONE
 
 
 _AUTHORIZATIONS = (b"authorization", b"proxy-authorization")
@@ -174,8 +188,8 @@ def basic_credentials(value: bytes) -> bytes | None:
     match = _BASIC.fullmatch(value)
     if match is None:
         return None
-    try:
-        return base64.b64decode(match[1], validate=True)
+    try:  # what b64decode(validate=True) does once the characters are checked (the pattern did): a call less
+        return binascii.a2b_base64(match[1], strict_mode=True)
     except binascii.Error:
         return None
 
@@ -194,12 +208,18 @@ def substitute_headers(fields, raw: list[tuple[bytes, bytes]]) -> tuple[tuple, l
     undo: list[tuple[bytes, bytes]] = []
     names: set[bytes] = set()
     for name, value in fields:
+        if name.lower() == b"proxy-authorization":  # refused before this (in_proxy_authorization)
+            out.append((name, value))
+            continue
         new = replace_all(value, raw)
-        if new == value and name.lower() in _AUTHORIZATIONS and (decoded := basic_credentials(value)) is not None:
+        if new == value and name.lower() == b"authorization" and (decoded := basic_credentials(value)) is not None:
             replaced = replace_all(decoded, raw)
             if replaced != decoded:
-                new = b"Basic " + base64.b64encode(replaced)
-                undo.append((new, value))
+                sent = base64.b64encode(replaced)
+                new = b"Basic " + sent
+                # An echo may show the credentials without the scheme word, or without base64's padding.
+                given = base64.b64encode(decoded)
+                undo += [(new, value), (sent, given), (sent.rstrip(b"="), given.rstrip(b"="))]
         if new != value:
             names.add(name.lower())
         out.append((name, new))

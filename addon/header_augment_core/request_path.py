@@ -26,6 +26,7 @@ from .carried import (
     masked,
     scrub_body,
     scrub_headers,
+    scrub_trailers,
     scrubbed,
     without_markers,
 )
@@ -52,6 +53,7 @@ from .placeholders import (
     DEFAULT_BODY_LIMIT,
     HEADER,
     PATH,
+    PROXY_AUTHORIZATION,
     QUERY,
     WEBSOCKET,
     Matcher,
@@ -179,11 +181,17 @@ class RequestPath:
         if not (in_headers or in_target):
             return None
         in_path = in_query = _NONE
+        in_proxy = matcher.in_proxy_authorization(data.headers.fields) if in_headers else _NONE
         if in_target:
             before, _, query = target.partition(b"?")
             in_path, in_query = matcher.find(before), matcher.find(query)
         found: dict[bytes, list[str]] = {}
-        for place, placeholders in ((HEADER, in_headers), (PATH, in_path), (QUERY, in_query)):
+        for place, placeholders in (
+            (HEADER, in_headers),
+            (PATH, in_path),
+            (QUERY, in_query),
+            (PROXY_AUTHORIZATION, in_proxy),
+        ):
             for placeholder in placeholders:
                 found.setdefault(placeholder, []).append(place)
         plan = []
@@ -694,6 +702,8 @@ class RequestPath:
         if own.get(CARRIED) is None or flow.websocket is not None:  # a websocket's record stays for its messages
             return None
         secrets = own.pop(CARRIED).secrets()
+        if flow.response.trailers and scrub_trailers(flow.response, secrets):
+            note(flow, "header-augment: scrubbed our values from the response trailers")
         raw = flow.response.raw_content
         if not secrets[1] or not raw or len(raw) > MAX_SCRUBBED_BODY:  # a larger one is passed on as it is
             return None
@@ -819,6 +829,14 @@ class RequestPath:
             request.raw_content = carried.content
             if "content-length" in request.headers:
                 request.headers["content-length"] = str(len(carried.content))
+
+    def mask_in_flight(self, flows) -> None:
+        """At shutdown, the flows still waiting for their answer (a -w file's, which mitmproxy's save addon writes as
+        they are once every addon's `done` has run): what they carry of ours is masked first."""
+        for flow in list(flows):
+            carried = drop_carried(flow)
+            if carried is not None:
+                self._mask(flow, carried)
 
     def _unauthorized(self, carried: Carried) -> None:
         """The upstream refused credentials we added (revoked, rotated): ask their providers again now, not at the

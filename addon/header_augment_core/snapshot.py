@@ -145,7 +145,7 @@ class Snapshot:
         if found is None:
             forms = self.token
             assert forms is not None
-            pairs = {form: placeholder for form in forms if len(form) >= MIN_SCRUBBED}
+            pairs = {form: placeholder for form in (*forms, *_echoed(forms)) if len(form) >= MIN_SCRUBBED}
             found = Snapshot(
                 fields=((b"token", forms.raw),),  # what the audit line's fingerprint is made of
                 fields_h2=(),
@@ -182,6 +182,13 @@ class Snapshot:
 
     def usable(self, now: float) -> bool:
         return now < self.usable_until
+
+
+def _echoed(forms: TokenForms) -> tuple[bytes, ...]:
+    """Other spellings an upstream's echo may give a token that the client's placeholder has the same in all: JSON
+    with `/` escaped (PHP's json_encode, and others, by default), and percent-encoding with lower-case hex (.NET's
+    HttpUtility.UrlEncode)."""
+    return forms.json.replace(b"/", b"\\/"), re.sub(rb"%[0-9A-F]{2}", lambda m: m[0].lower(), forms.url)
 
 
 def _token_of(fields: Fields) -> TokenForms | None:
