@@ -8,6 +8,7 @@ import secrets
 import string
 import sys
 import time
+import zlib
 from collections.abc import Callable
 
 from .placeholders import parse_placeholder
@@ -15,6 +16,7 @@ from .placeholders import parse_placeholder
 _BASE62 = string.ascii_letters + string.digits
 _URL_SAFE = _BASE62 + "-_"
 _BASE32 = string.ascii_uppercase + "234567"
+_GITHUB_DIGITS = string.digits + string.ascii_uppercase + string.ascii_lowercase
 TEN_YEARS = 10 * 365 * 24 * 3600
 
 
@@ -24,6 +26,26 @@ def _random(alphabet: str, n: int) -> str:
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _base62(number: int, width: int) -> str:
+    digits = ""
+    for _ in range(width):
+        number, digit = divmod(number, 62)
+        digits = _GITHUB_DIGITS[digit] + digits
+    return digits
+
+
+def _github(prefix: str) -> str:
+    """`prefix`, 30 random base62 and 6 more that are not the CRC32 of those 30: GitHub's tokens end in that checksum
+    (base62, 0-9 A-Z a-z), and secret scanners that check it (GitHub's own, credsweeper) report a leaked token only
+    if it is right. gh and git check the prefix and the length at most: the placeholder passes there and is never
+    reported as a leak wherever it is written."""
+    body = _random(_BASE62, 30)
+    checksum = _base62(zlib.crc32(body.encode()), 6)
+    while (tail := _random(_BASE62, 6)) == checksum:
+        pass  # one time in 62**6
+    return prefix + body + tail
 
 
 def _jwt() -> str:
@@ -36,8 +58,11 @@ def _jwt() -> str:
 
 
 SHAPES: dict[str, tuple[str, Callable[[], str]]] = {
-    "github": ("a GitHub personal access token: ghp_ and 36 of A-Z a-z 0-9", lambda: "ghp_" + _random(_BASE62, 36)),
-    "github-app": ("a GitHub App installation token: ghs_ and 36", lambda: "ghs_" + _random(_BASE62, 36)),
+    "github": (
+        "a GitHub personal access token: ghp_ and 36 of A-Z a-z 0-9 (its checksum wrong: never reported as a leak)",
+        lambda: _github("ghp_"),
+    ),
+    "github-app": ("a GitHub App installation token: ghs_ and 36 (its checksum wrong)", lambda: _github("ghs_")),
     "openai": (
         "an OpenAI project key: sk-proj-, 64 of A-Z a-z 0-9 - _, T3BlbkFJ, 64",
         lambda: "sk-proj-" + _random(_URL_SAFE, 64) + "T3BlbkFJ" + _random(_URL_SAFE, 64),
