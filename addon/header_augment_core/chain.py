@@ -8,7 +8,8 @@ addons in mitmdump's order, so every option is declared up front (with its help 
 would reset a value set before the declaration) and every command exists, and keeps two lists:
 
 - the chain, which gets every event: the proxy's core (`CORE`), and each optional addon whose traffic hooks have
-  work under the current options (`WORK`: `--set map_remote=...`, `-w`, `--modify-headers`, ...);
+  work under the current options (`WORK`: `--set map_remote=...`, `-w`, `--modify-headers`, ...) or, for server
+  playback, once it holds flows (its replay.server commands need no option);
 - the idle addons, which get every lifecycle event (load, configure, running, done; configure and running after the
   chain, done before it) but no flow or connection event. An addon whose option is set joins the chain at its place
   in mitmdump's order (an addon appended would run after our reroute guard), once and for good: a flow in flight
@@ -18,6 +19,7 @@ Addons without any traffic hook (`core`, `termlog`, `errorcheck`, `keepserving`,
 `browser`, `cut`, `export`, `comment`, `command_history`) are idle for good: they need only the lifecycle events.
 """
 
+import functools
 import logging
 from collections.abc import Callable
 
@@ -75,36 +77,43 @@ def _modes(opts: options.Options) -> list[mode_specs.ProxyMode]:
     return [mode_specs.ProxyMode.parse(spec) for spec in opts.mode]
 
 
-# When an optional addon's traffic hooks do anything, read from each one's source (mitmproxy 12.3.1): with these
-# options false, its hooks return without touching the flow. test_seams checks that every addon with a traffic hook
-# is in CORE or here.
-WORK: dict[type, Callable[[options.Options], bool]] = {
-    blocklist_.BlockList: lambda o: bool(o.block_list),
-    AntiCache: lambda o: o.anticache,
-    AntiComp: lambda o: o.anticomp,
-    onboarding.Onboarding: lambda o: o.onboarding,
-    proxyauth.ProxyAuth: lambda o: bool(o.proxyauth),
-    dns_resolver.DnsResolver: lambda o: any(
+# When an optional addon's traffic hooks do anything, read from each one's source (mitmproxy 12.3.1), given the addon
+# and the options: with this false, its hooks return without touching the flow. test_seams checks that every addon
+# with a traffic hook is in CORE or here.
+WORK: dict[type, Callable[[object, options.Options], bool]] = {
+    blocklist_.BlockList: lambda _, o: bool(o.block_list),
+    AntiCache: lambda _, o: o.anticache,
+    AntiComp: lambda _, o: o.anticomp,
+    onboarding.Onboarding: lambda _, o: o.onboarding,
+    proxyauth.ProxyAuth: lambda _, o: bool(o.proxyauth),
+    dns_resolver.DnsResolver: lambda _, o: any(
         isinstance(mode, mode_specs.DnsMode | mode_specs.WireGuardMode) for mode in _modes(o)
     ),
-    serverplayback.ServerPlayback: lambda o: bool(o.server_replay),
-    mapremote.MapRemote: lambda o: bool(o.map_remote),
-    maplocal.MapLocal: lambda o: bool(o.map_local),
-    modifybody.ModifyBody: lambda o: bool(o.modify_body),
-    modifyheaders.ModifyHeaders: lambda o: bool(o.modify_headers),
-    stickyauth.StickyAuth: lambda o: bool(o.stickyauth),
-    stickycookie.StickyCookie: lambda o: bool(o.stickycookie),
-    save.Save: lambda o: bool(o.save_stream_file),
-    savehar.SaveHar: lambda o: bool(o.hardump),
-    upstream_auth.UpstreamAuth: lambda o: bool(o.upstream_auth),
-    update_alt_svc.UpdateAltSvc: lambda o: (
+    # Its request hook serves whatever flows it holds, whichever way they came: the server_replay option (read at
+    # configure) or the replay.server commands, which a script or mitmweb may call without any option set.
+    serverplayback.ServerPlayback: lambda playback, _: bool(playback.flowmap),
+    mapremote.MapRemote: lambda _, o: bool(o.map_remote),
+    maplocal.MapLocal: lambda _, o: bool(o.map_local),
+    modifybody.ModifyBody: lambda _, o: bool(o.modify_body),
+    modifyheaders.ModifyHeaders: lambda _, o: bool(o.modify_headers),
+    stickyauth.StickyAuth: lambda _, o: bool(o.stickyauth),
+    stickycookie.StickyCookie: lambda _, o: bool(o.stickycookie),
+    save.Save: lambda _, o: bool(o.save_stream_file),
+    savehar.SaveHar: lambda _, o: bool(o.hardump),
+    upstream_auth.UpstreamAuth: lambda _, o: bool(o.upstream_auth),
+    update_alt_svc.UpdateAltSvc: lambda _, o: (
         not o.keep_alt_svc_header and any(isinstance(mode, mode_specs.ReverseMode) for mode in _modes(o))
     ),
-    dumper.Dumper: lambda o: o.flow_detail > 0,
+    dumper.Dumper: lambda _, o: o.flow_detail > 0,
 }
 
 # The hooks an idle addon still gets; every other hook is a flow's or a connection's.
 LIFECYCLE = frozenset({"load", "configure", "running", "done"})
+
+
+def _name(addon) -> str:
+    """The name the addon manager knows an addon by (as its `get` takes it)."""
+    return getattr(addon, "name", type(addon).__name__.lower())
 
 
 def stock_addons() -> list:
@@ -141,7 +150,9 @@ class ChainMaster(master.Master):
             if isinstance(addon, CORE):
                 self.addons.add(addon)
             else:
-                self.addons.register(addon)
+                if isinstance(addon, serverplayback.ServerPlayback):
+                    self._join_on_new_flows(addon)
+                self.addons.register(addon)  # collects its commands: the wrapper above is what they call
                 self._idle.append(addon)
 
     @property
@@ -149,8 +160,29 @@ class ChainMaster(master.Master):
         """The addons outside the chain, in mitmdump's order."""
         return list(self._idle)
 
+    def _join_on_new_flows(self, playback: serverplayback.ServerPlayback) -> None:
+        """Server playback gets flows with no option set through its commands (replay.server, .add, .file), from a
+        script or mitmweb; all of them, and the server_replay option, fill it through add_flows, which ends with a
+        sync `update` to the chain only. This instance's add_flows is wrapped (functools.wraps carries its
+        command_name, so the commands are this wrapper) to join the chain once the flows are in."""
+        add_flows = playback.add_flows
+
+        @functools.wraps(add_flows)
+        def add_then_join(flows) -> None:
+            add_flows(flows)
+            if self._started:
+                self.join()
+
+        playback.add_flows = add_then_join
+
+    def _prune(self) -> None:
+        """Forgets the idle addons that were removed (`addons.remove(addons.get("dumper"))` in a script that brings a
+        dumper of its own): mitmdump would no longer call them, and none may join the chain again."""
+        self._idle = [addon for addon in self._idle if self.addons.get(_name(addon)) is addon]
+
     def _configure_idle(self, updated: set[str]) -> None:
         event = hooks.ConfigureHook(updated)
+        self._prune()
         for addon in list(self._idle):
             try:
                 # As AddonManager.trigger: an OptionsError goes to the option manager, which rolls the change back.
@@ -167,7 +199,8 @@ class ChainMaster(master.Master):
         reroute guard, stays after). Called first once the options are all set (`run`); from then on every change
         of an option calls it."""
         self._started = True
-        joining = [addon for addon in self._idle if (work := WORK.get(type(addon))) and work(self.options)]
+        self._prune()
+        joining = [addon for addon in self._idle if (work := WORK.get(type(addon))) and work(addon, self.options)]
         if not joining:
             return
         chain = list(self.addons.chain)
@@ -182,6 +215,7 @@ class ChainMaster(master.Master):
         self.addons.chain = chain
 
     async def _idle_event(self, event: hooks.Hook) -> None:
+        self._prune()
         for addon in list(self._idle):
             try:
                 with addonmanager.safecall():

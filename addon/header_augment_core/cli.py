@@ -15,6 +15,8 @@ that have work under the options given (chain.py): about a third less CPU per re
 import importlib.metadata
 import importlib.util
 import sys
+import tomllib
+from pathlib import Path
 
 from . import launch
 
@@ -34,6 +36,23 @@ def script_path() -> str:
     if spec is None or not spec.origin:
         raise SystemExit(f"header-augment: the {SCRIPT_MODULE} module is not installed beside header_augment_core")
     return spec.origin
+
+
+def version() -> str:
+    """The version of the code that runs: pyproject.toml's when it runs from a source tree (scripts/run, PYTHONPATH
+    set to a clone's addon/, an editable install), where no distribution may be installed or an installed one may be
+    another release; the installed distribution's otherwise."""
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    try:
+        project = tomllib.loads(pyproject.read_text(encoding="utf8")).get("project", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        project = {}
+    if project.get("name") == "header-augment" and project.get("version"):
+        return f"{project['version']} (from the source tree {pyproject.parent})"
+    try:
+        return importlib.metadata.version("header-augment")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (neither installed nor in a source tree)"
 
 
 def sets_listen_host(args: list[str]) -> bool:
@@ -60,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
 
         raise SystemExit(login.main(args))
     if "--version" in args:
-        print(f"header-augment {importlib.metadata.version('header-augment')}")
+        print(f"header-augment {version()}")
         print(f"mitmproxy {importlib.metadata.version('mitmproxy')}")
         return
     web = "--web" in args
