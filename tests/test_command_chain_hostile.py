@@ -497,3 +497,32 @@ def test_version_from_a_source_tree_without_an_install(capsys, monkeypatch):
     out = capsys.readouterr().out.splitlines()
     assert re.fullmatch(rf"header-augment {re.escape(expected)} \(from the source tree .+\)", out[0])
     assert out[1].startswith("mitmproxy 12.")
+
+
+def test_an_addon_joining_while_a_flow_is_in_flight_runs_from_the_next_event_before_the_guard(tmp_path):
+    """A hook that sets map_remote while a request is dispatched: mitmdump's `add` would append map_remote to the
+    list being walked, so that this very request is rerouted after the guard has seen it (the credential goes to the
+    new host). Here the request in flight finishes on the chain it started with; the next is rerouted before it."""
+
+    class Setter:
+        name = "setter"
+        calls = 0
+
+        def request(self, flow):
+            Setter.calls += 1
+            if flow.request.path == "/set":
+                ctx.options.update(map_remote=["|//example.com/after|//rerouted.test/after"])
+
+    async def test(master):
+        master.addons.add(Setter())
+        seen = Seen()
+        master.addons.add(seen)
+        for path in ("/set", "/after"):
+            flow = tflow.tflow(req=request("GET", f"http://example.com{path}", {}))
+            await master.addons.trigger_event(HttpRequestHook(flow))
+        assert [url for url, _ in seen.requests] == ["http://example.com/set", "http://rerouted.test/after"]
+        assert Setter.calls == 2  # an insert into the list being walked would give the hook in flight again
+        order = kinds(master)
+        assert order.index(mapremote.MapRemote) < order.index(Seen)
+
+    run(tmp_path, test)

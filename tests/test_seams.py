@@ -167,3 +167,31 @@ def test_mitmdumps_start_up_takes_the_master_class_and_the_filter_arguments():
     assert list(inspect.signature(tools_main.run).parameters) == ["master_cls", "make_parser", "arguments", "extra"]
     parser = cmdline.mitmdump(options.Options())
     assert parser.parse_args(["~d example.com"]).filter_args == ["~d example.com"]
+
+
+def test_server_playback_takes_every_flow_through_its_add_flows(tmp_path):
+    """chain.py wraps a ServerPlayback instance's add_flows to make it join the chain once it holds flows: the
+    server_replay option, load_flows (replay.server) and load_file (replay.server.file) must all reach the
+    instance's add_flows (the commands themselves: test_command_chain_hostile)."""
+    from mitmproxy import io
+    from mitmproxy.addons import serverplayback
+    from mitmproxy.test import taddons, tflow
+
+    recorded = tflow.tflow(resp=True)
+    path = tmp_path / "flows"
+    with path.open("wb") as f:
+        io.FlowWriter(f).add(recorded)
+    playback = serverplayback.ServerPlayback()
+    reached = []
+    add_flows = playback.add_flows
+
+    def wrapper(flows):
+        reached.append(len(flows))
+        add_flows(flows)
+
+    playback.add_flows = wrapper
+    with taddons.context(playback) as tctx:
+        tctx.configure(playback, server_replay=[str(path)])
+        playback.load_flows([recorded])
+        playback.load_file(str(path))
+        assert reached == [1, 1, 1] and playback.count() == 1
