@@ -108,6 +108,15 @@ def test_inside_a_tunnel_to_another_host_the_covered_host_spelled_in_the_request
     assert REAL.encode() not in got
 
 
+def test_toward_the_covered_address_with_another_site_s_host_header_nothing_is_sent(setup):
+    """A shared front (virtual hosts, a CDN) routes by the Host header: the token would reach the other site."""
+    proxy, covered, *_ = setup
+    before = len(covered.heads)
+    got = exchange(proxy, bearer(f"http://127.0.0.1:{covered.port}/x", "evil.example"))
+    assert got.startswith(b"HTTP/1.1 403") and b"Host header" in got
+    assert len(covered.heads) == before
+
+
 def test_a_request_the_upstream_never_answers_is_saved_with_the_placeholder(setup):
     """Last: an unanswered request when the proxy fails it, and one in flight when the proxy stops."""
     proxy, covered, _, flows = setup

@@ -143,6 +143,37 @@ def test_its_own_host_spelled_otherwise_is_its_own(proxy, tmp_path, host):
     assert proxy.send(f).response is None and value(f, "Authorization") == f"Bearer {REAL}"
 
 
+@pytest.mark.parametrize(
+    "host_header, refused_",
+    [
+        ("evil.example", True),  # a shared front routes by it
+        ("evil.example:443", True),
+        ("[::1]", True),
+        ("not a host", True),
+        ("API.Example.COM:443", False),
+        ("api.example.com.", False),
+        ("other.example.com", False),  # another of its entry's hosts
+    ],
+)
+def test_a_placeholder_with_a_host_header_naming_another_site_is_refused(proxy, tmp_path, host_header, refused_):
+    proxy.configure(tmp_path, entry(hosts="api.example.com, other.example.com", substitute="header,body"))
+    binding = proxy.token("gh", REAL)
+    f = make_flow([("Authorization", f"Bearer {PH}")])
+    f.request.headers["Host"] = host_header
+    proxy.send(f)
+    if refused_:
+        status, first = refused(f)
+        assert status == 403 and "Host header" in first and value(f, "Authorization") == f"Bearer {PH}"
+    else:
+        assert f.response is None and value(f, "Authorization") == f"Bearer {REAL}"
+    f = make_flow([("Content-Type", "text/plain")])  # a body: its placeholder stays what it is
+    f.request.headers["Host"] = host_header
+    f.request.method, f.request.content = "POST", f"key {PH}".encode()
+    proxy.send(f)
+    assert f.request.content == f"key {PH if refused_ else REAL}".encode()
+    assert binding.counters.given == (0 if refused_ else 2)
+
+
 def test_a_gzip_encoded_body_goes_as_it_came(proxy, tmp_path):
     proxy.configure(tmp_path, entry(substitute="body"))
     proxy.token("gh", REAL)

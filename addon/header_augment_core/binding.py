@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from mitmproxy import flowfilter, http
+from mitmproxy.net.http import url
 
 from .carried import CARRIED, Carried, carried_by, carry
 from .clients import Clients
-from .hosts import Hosts
+from .hosts import Hosts, request_key
 from .refresher import Refresher
 from .settings import ProviderSettings
 from .sigv4 import HASH_ON_LOOP, Unsignable, prepare, sign, signed_with
@@ -53,6 +54,25 @@ class Binding:
         if self.scope is not None and not self.scope(flow):
             return False
         return self.clients is None or self.clients.matches(flow)
+
+    def host_header_agrees(self, flow: http.HTTPFlow) -> bool:
+        """Whether the request's Host header (HTTP/2's :authority) names its destination or one of this entry's
+        hosts. A shared front (a reverse proxy with virtual hosts, a CDN without an SNI check) routes by it: a token
+        put in a request to a named host's address with another site's Host would reach that other site."""
+        named = flow.request.host_header
+        if not named:
+            return True
+        try:
+            host, port = url.parse_authority(named, check=True)
+        except ValueError:
+            return False
+        key, data = request_key(host), flow.request.data
+        if key is not None and key == request_key(data.host):
+            return True
+        hosts = self.hosts
+        if hosts is None:
+            return True
+        return key is not None and (key in hosts.any_port or hosts.matches_key(key, port or data.port))
 
     def apply(self, flow: http.HTTPFlow, key: str | None, may_wait: bool = True) -> object:
         """Add the headers to `flow` if it is in scope (`key`: its host's `request_key`). Returns WAIT (having done

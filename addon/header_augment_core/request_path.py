@@ -227,14 +227,13 @@ class RequestPath:
     def _may_go(self, flow: http.HTTPFlow, binding: Binding, decision: Decision) -> bool:
         """Whether `binding`'s placeholder may be replaced in this flow: its hosts, ports, scope and clients; if not,
         the flow is refused (403)."""
-        if binding.covers(flow, decision.key):  # its hosts: what put it among the decision's substituters
+        if not binding.covers(flow, decision.key):  # its hosts: what put it among the decision's substituters
+            why = f"toward {decision.destination}, which its entry's hosts, paths, scope or clients do not cover"
+        elif not binding.host_header_agrees(flow):
+            why = f"toward {decision.destination} with a Host header that names neither it nor its entry's hosts"
+        else:
             return True
-        return self._refuse_placeholder(
-            flow,
-            binding,
-            403,
-            f"toward {decision.destination}, which its entry's hosts, paths, scope or clients do not cover",
-        )
+        return self._refuse_placeholder(flow, binding, 403, why)
 
     def _token_of(self, flow: http.HTTPFlow, binding: Binding, waited: frozenset) -> object:
         """The entry's snapshot if it has a usable token; WAIT for its first fetch; None: refused (503)."""
@@ -351,7 +350,9 @@ class RequestPath:
         plan = []
         for placeholder in found:
             binding = matcher.owners[placeholder]
-            if binding.signer is not None or not binding.covers(flow, decision.key):
+            if binding.signer is not None or not (
+                binding.covers(flow, decision.key) and binding.host_header_agrees(flow)
+            ):
                 continue  # not for this flow: a body is only searched for the entries that are
             if BODY not in binding.settings.substitute:
                 allowed = ", ".join(sorted(binding.settings.substitute))
@@ -752,7 +753,9 @@ class RequestPath:
         plan = []
         for placeholder in found:
             binding = matcher.owners[placeholder]
-            if binding.signer is not None or not binding.covers(flow, decision.key):
+            if binding.signer is not None or not (
+                binding.covers(flow, decision.key) and binding.host_header_agrees(flow)
+            ):
                 continue
             if WEBSOCKET not in binding.settings.substitute:
                 continue  # the handshake's entry does not replace it here: the message goes as the client wrote it
