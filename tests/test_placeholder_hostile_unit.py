@@ -209,3 +209,23 @@ def test_the_github_shapes_never_carry_a_valid_checksum():
             for c in made[-6:]:
                 tail = tail * 62 + digits.index(c)
             assert tail != zlib.crc32(made[4:-6].encode())
+
+
+def test_a_flow_killed_while_its_large_body_is_searched_off_the_loop_gets_nothing(proxy, tmp_path):
+    proxy.configure(tmp_path, entry(substitute="body"))
+    binding = proxy.token("gh", REAL)
+    body = (f"{PH} " * 4096).encode()  # over 64 KiB: searched on a worker thread
+    f = make_flow([("Content-Type", "text/plain")])
+    f.request.method, f.request.content = "POST", body
+    assert proxy.addon.requestheaders(f) is None
+    pending = proxy.addon.check_reroute(f)
+    assert pending is not None
+
+    async def killed_meanwhile():
+        task = asyncio.ensure_future(pending)
+        await asyncio.sleep(0)  # the search has started on its thread
+        f.kill()
+        await task
+
+    asyncio.run(killed_meanwhile())
+    assert f.request.content == body and binding.counters.given == 0
