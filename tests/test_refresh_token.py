@@ -240,3 +240,29 @@ def test_write_atomic_replaces_the_target_of_a_symlink_and_leaves_nothing_on_fai
     with pytest.raises(Failed, match=r"^cannot write it \(No such file or directory\)"):
         write_atomic(str(tmp_path / "gone" / "x.token"), b"x")
     assert sorted(os.listdir(tmp_path)) == ["link.token", "real.token"]
+
+
+def test_entries_sharing_one_file_must_be_one_client_at_one_endpoint(server, token_file, tmp_path):
+    """Another client's refresh with the token is refused (invalid_grant, "sign in again", which no sign-in cures):
+    refused at configuration instead, naming both entries, however the file is spelled."""
+    from header_augment_core.entries import NO_ENTRIES, build
+
+    link = tmp_path / "link.token"
+    link.symlink_to(token_file)
+
+    def entry(name, path, **fields):
+        settings = settings_of(server, path, **fields)
+        return settings, lambda field, name=name: f"{name}: {field}"
+
+    with pytest.raises(SettingsError) as refused:
+        build([entry("drive", token_file), entry("mail", link, client_id="another")], NO_ENTRIES, None, "")
+    assert "mail: refresh_token_file" in str(refused.value) and "drive: refresh_token_file" in str(refused.value)
+    other_url = f"{server.url}/elsewhere"
+    with pytest.raises(SettingsError):
+        build([entry("drive", token_file), entry("mail", link, url=other_url)], NO_ENTRIES, None, "")
+    built = build([entry("drive", token_file), entry("mail", link, token_scope="mail")], NO_ENTRIES, None, "")
+    try:
+        assert len(built.bindings) == 2
+    finally:
+        for binding in built.bindings:
+            binding.refresher.stop()

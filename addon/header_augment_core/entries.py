@@ -89,6 +89,8 @@ def build(
     for settings, label_of in wanted:
         _check_users(settings.clients, proxyauth, label_of("clients"))
     check_entries(wanted)
+    for kind in dict.fromkeys(type(s.source) for s, _ in wanted):
+        kind.check_across([(s.source, label_of) for s, label_of in wanted if type(s.source) is kind])
     for source in egress:
         for rule in source.rules:
             if rule.clients is not None:

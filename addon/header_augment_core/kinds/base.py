@@ -33,6 +33,10 @@ class Source:
     def check(self, label: Callable[[str], str], given: set[str]) -> None:
         """Checks across fields; raises SettingsError naming the field with `label(field)`."""
 
+    @classmethod
+    def check_across(cls, sources: list[tuple["Source", Callable[[str], str]]]) -> None:
+        """Checks across a configuration's entries of this kind (each with its label); raises SettingsError."""
+
     def client(self, timeout: float) -> Client:
         """A client for these settings; raises SettingsError (with `field`) for a file it cannot load."""
         raise NotImplementedError

@@ -19,6 +19,7 @@ import re
 import threading
 import urllib.parse
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -111,6 +112,21 @@ class OAuth2Source(Endpoint, Source):
     device_authorization_url: str = setting("", url_setting)
     authorization_url: str = setting("", url_setting)
     revocation_url: str = setting("", url_setting)
+
+    @classmethod
+    def check_across(cls, sources):
+        # A refresh token belongs to one client at one issuer: another entry's refresh with it would be refused
+        # (invalid_grant: "sign in again", which no sign-in cures) or, where the issuer rotates, spend it.
+        first: dict[str, tuple[OAuth2Source, Callable[[str], str]]] = {}
+        for source, label in sources:
+            if source.grant != "refresh-token":
+                continue
+            other, other_label = first.setdefault(_real_path(source.refresh_token_file), (source, label))
+            if (other.url, other.client_id) != (source.url, source.client_id):
+                raise SettingsError(
+                    f"{label('refresh_token_file')}: also {other_label('refresh_token_file')}, whose url or "
+                    "client_id differs: a refresh token belongs to one client at one token endpoint"
+                )
 
     def check(self, label, given):
         if not self.url:
@@ -244,12 +260,17 @@ _held: "weakref.WeakValueDictionary[str, HeldToken]" = weakref.WeakValueDictiona
 _held_lock = threading.Lock()
 
 
+def _real_path(path: str) -> str:
+    """What every spelling of a refresh_token_file (relative, `~`, through a symlink) comes to."""
+    return os.path.realpath(os.path.abspath(os.path.expanduser(path)))
+
+
 def held_token(path: str) -> HeldToken:
     """The one HeldToken of the file at `path` while any client uses it: found by the file's real path, so that
     every spelling of it (relative, through a symlink) shares one; read and watched through the path as given, so
     that a symlink pointed elsewhere (Kubernetes' `..data` swap, a person's) is followed."""
     given = os.path.abspath(os.path.expanduser(path))
-    key = os.path.realpath(given)
+    key = _real_path(path)
     with _held_lock:
         held = _held.get(key)
         if held is None:
