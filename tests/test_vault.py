@@ -292,7 +292,16 @@ def test_a_namespace(bao, tmp_path):
     bao.api.adapter.post("/v1/sys/namespaces/team")
     team = hvac.Client(url=bao.url, token=bao.root, namespace="team")
     team.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
-    team.secrets.kv.v2.create_or_update_secret(path="github", secret={"token": "team-one"})
+
+    def written() -> bool:
+        # A new KV 2 mount answers 400 ("Upgrading from non-versioned to versioned data") for a moment.
+        try:
+            team.secrets.kv.v2.create_or_update_secret(path="github", secret={"token": "team-one"})
+        except hvac.exceptions.InvalidRequest:
+            return False
+        return True
+
+    wait_until(written, what="the new KV 2 mount to take a write")
     path = token_file(tmp_path, bao.root)
     settings = settings_for(bao, {"token_file": path}, field="token", namespace="team")
     assert headers_of(client_for_settings(settings).fetch()) == [("Authorization", "Bearer team-one")]
