@@ -442,4 +442,4 @@ def test_a_device_endpoint_that_never_ends_its_answer_ends_the_login_at_the_entr
     finally:
         endless.close()
     err = capsys.readouterr().err
-    assert err == "header-augment login: the device authorization endpoint: timed out\n"
+    assert err == f"header-augment login: the device authorization endpoint {endless.url}: timed out\n"

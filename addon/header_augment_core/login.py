@@ -33,7 +33,7 @@ from typing import TextIO
 from .failures import Failed
 from .fields import SettingsError, shown
 from .files import read_regular, write_atomic
-from .http_exchange import HttpExchange
+from .http_exchange import HttpExchange, redact_url
 from .kinds.oauth2 import (
     MAX_SECRET_FILE_BYTES,
     OAuth2Source,
@@ -106,7 +106,7 @@ def _entry(path: str, name: str) -> tuple[OAuth2Source, float]:
         if settings.name == name:
             source = settings.source
             if not isinstance(source, OAuth2Source) or source.grant != "refresh-token":
-                raise LoginError(f"{label('grant')}: login and logout are for kind oauth2 with grant refresh-token")
+                raise LoginError(f"{label('kind')}: login and logout are for kind oauth2 with grant refresh-token")
             return source, settings.timeout
     names = ", ".join(s.name for s, _ in entries if s.name) or "none"
     raise LoginError(f"{path}: no provider named {shown(name)} (named: {names})")
@@ -127,7 +127,8 @@ def _device_login(source: OAuth2Source, timeout: float, out: TextIO, sleep: Call
         try:
             answer = device.send("POST", headers=headers, data=form)
         except Failed as e:
-            raise LoginError(f"the device authorization endpoint: {e.reason}") from None
+            where = redact_url(source.device_authorization_url)
+            raise LoginError(f"the device authorization endpoint {where}: {e.reason}") from None
     finally:
         device.close()
     if answer.status != 200:

@@ -46,7 +46,7 @@ EXCHANGE_ONLY = ("subject_token_file", "subject_token_type", "resource", "reques
 # device grant, or a browser's authorization code) and where `logout` revokes it.
 REFRESH_ONLY = ("refresh_token_file", "device_authorization_url", "authorization_url", "revocation_url")
 # What every reason about a missing or refused refresh token tells the operator to do.
-SIGN_IN = "sign in with header-augment login"
+SIGN_IN = "sign in with header-augment login --providers-file FILE NAME (scripts/run login … from a clone)"
 # RFC 6749 §5.2 error codes are short ASCII words; anything else from a token endpoint is not echoed into logs.
 _OAUTH_ERROR = re.compile(r"[a-z_]{1,64}")
 # A client secret, a subject token or an assertion is a few hundred bytes, a JWT with many claims a few KiB: a file
