@@ -332,6 +332,7 @@ def test_a_bad_file_at_runtime_is_one_error_line_and_the_old_configuration_keeps
             seen = provider.count
             while provider.count < seen + FETCHES_AFTER_ERROR:  # the old configuration answers all along
                 assert values_of(client.get(target), "Authorization") == ["Bearer good-1"]
+                provider.wait_for_requests(provider.count + 1)  # a request a fetch, not back to back: CPU for others
             since = m.output.splitlines()[mark:]
             assert len([line for line in since if "header_providers_file" in line]) == 1, since
             assert all(LOG_LINE.match(line) for line in since), since  # nothing but log lines: no traceback
