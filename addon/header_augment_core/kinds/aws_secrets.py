@@ -12,7 +12,6 @@ operation, the secret and AWS's error code, never botocore's message (which may 
 import functools
 import json
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -21,10 +20,10 @@ from ..fetch import Client, FetchResult
 from ..fields import SettingsError, setting, shown, text
 from ..formats import Content, read
 from ..http_exchange import Endpoint, HttpExchange
+from .aws_sigv4 import botocore_missing, settle_region
 from .base import Source
 from .vault import parse_value
 
-INSTALL_HINT = "pip install 'header-augment[aws]' (or pip install -r requirements/aws.txt)"
 # A secret's value is at most 64 KiB (Secrets Manager), a parameter's 8 KiB (advanced tier).
 ROLE_SESSION_NAME = "header-augment"
 # AWS error codes by failure class; any other code of an answer is `status`.
@@ -46,14 +45,6 @@ CODES = {
 
 BY_STATUS = {401: "auth", 403: "permission", 404: "not_found"}
 UNKNOWN = " (a code of no known meaning)"
-
-
-def _missing(kind: str) -> str | None:
-    try:
-        import botocore.session  # noqa: F401
-    except ImportError:
-        return f"kind {kind} needs botocore, which is not installed: {INSTALL_HINT}"
-    return None
 
 
 @dataclass(frozen=True)
@@ -86,15 +77,9 @@ class AwsSecretSource(Content, Source):
             raise SettingsError(f"{label(self.LOCATOR_FIELD)}: required for kind {self.KIND}")
         if self.role_arn and not self.role_arn.startswith("arn:"):
             raise SettingsError(f"{label('role_arn')}: {shown(self.role_arn)} is not an ARN (arn:aws:iam::…:role/…)")
-        if not self.region:
-            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-            if not region:
-                raise SettingsError(
-                    f"{label('region')}: required for kind {self.KIND} unless AWS_REGION or AWS_DEFAULT_REGION is set"
-                )
-            object.__setattr__(self, "region", region)  # settled once, so equal settings stay equal
+        settle_region(self, label)
         self.check_content(label, given)
-        if (why := _missing(self.KIND)) is not None:
+        if (why := botocore_missing(self.KIND)) is not None:
             raise SettingsError(f"{label(self.LOCATOR_FIELD)}: {why}")
 
     def client(self, timeout: float) -> Client:

@@ -41,14 +41,26 @@ ADDED = ("Authorization", "X-Amz-Date", "X-Amz-Security-Token", "X-Amz-Content-S
 SIGNATURE_HEADERS = frozenset(name.lower().encode() for name in ADDED)
 
 
-def botocore_missing() -> str | None:
-    """Why the kind cannot run here, or None."""
+def botocore_missing(kind: str) -> str | None:
+    """Why an AWS kind cannot run here, or None."""
     try:
         import botocore.auth
         import botocore.session  # noqa: F401
     except ImportError:
-        return f"kind aws-sigv4 needs botocore, which is not installed: {INSTALL_HINT}"
+        return f"kind {kind} needs botocore, which is not installed: {INSTALL_HINT}"
     return None
+
+
+def settle_region(source: Source, label) -> None:
+    """An AWS kind's region: the one given, else the environment's, settled once so that equal settings stay equal."""
+    if source.region:
+        return
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        raise SettingsError(
+            f"{label('region')}: required for kind {source.KIND} unless AWS_REGION or AWS_DEFAULT_REGION is set"
+        )
+    object.__setattr__(source, "region", region)
 
 
 @dataclass(frozen=True)
@@ -124,16 +136,11 @@ class AwsSigV4Source(Source):
     def check(self, label, given):
         if not self.service:
             raise SettingsError(f"{label('service')}: required for kind aws-sigv4 (s3, sts, execute-api, es, ...)")
-        if not self.region:
-            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-            if not region:
-                raise SettingsError(
-                    f"{label('region')}: required for kind aws-sigv4 unless AWS_REGION or AWS_DEFAULT_REGION is set"
-                )
-            object.__setattr__(self, "region", region)  # settled once, so equal settings stay equal
+        settle_region(self, label)
         if self.unsigned_payload and self.service != "s3":
             raise SettingsError(f"{label('unsigned_payload')}: only S3 accepts UNSIGNED-PAYLOAD")
-        if (why := botocore_missing()) is not None:  # named by the field that is always given (an option sets it)
+        # Named by the field that is always given (an option sets it).
+        if (why := botocore_missing(self.KIND)) is not None:
             raise SettingsError(f"{label('service')}: {why}")
 
     def client(self, timeout: float) -> Client:
