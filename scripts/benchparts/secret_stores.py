@@ -16,14 +16,13 @@ if __name__ == "__main__":  # run as a script: the paths scripts/bench.py gives 
     sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "addon"), str(ROOT / "scripts")]
 
 from helpers.ports import free_port
-from servers import Provider, clean_env
+from servers import Provider
 
+from benchparts import sigv4
 from benchparts.common import Program, median
 
 BAO = Path(sys.executable).parent / "bao"
-MOTO_SERVER = Path(sys.executable).parent / "moto_server"
-REGION = "us-east-1"
-READ = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'
+REGION = sigv4.REGION
 
 
 class Bao(Program):
@@ -54,30 +53,14 @@ class Bao(Program):
         self.token = api.auth.token.create(policies=["reader"], ttl="1h")["auth"]["client_token"]
 
 
-class Moto(Program):
-    def __init__(self, confdir: Path) -> None:
-        import boto3
-        import httpx
+class Moto(sigv4.Moto):
+    """moto's server with IAM authentication on, holding the secret and the parameter the kinds read."""
 
-        self.port = free_port()
-        env = {k: v for k, v in clean_env().items() if not k.startswith("AWS_")}
-        super().__init__([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(self.port)], cwd=confdir, env=env)
-        try:
-            self.wait_for(rf"Running on http://127\.0\.0\.1:{self.port}")
-            self.url = f"http://127.0.0.1:{self.port}"
-            setup = {"endpoint_url": self.url, "region_name": REGION}
-            setup |= {"aws_access_key_id": "x", "aws_secret_access_key": "x"}
-            iam = boto3.client("iam", **setup)
-            iam.create_user(UserName="proxy")
-            iam.put_user_policy(UserName="proxy", PolicyName="all", PolicyDocument=READ)
-            key = iam.create_access_key(UserName="proxy")["AccessKey"]
-            self.key, self.secret = key["AccessKeyId"], key["SecretAccessKey"]
-            boto3.client("secretsmanager", **setup).create_secret(Name="github", SecretString="gh-bench")
-            boto3.client("ssm", **setup).put_parameter(Name="/bench/token", Value="gh-bench", Type="SecureString")
-            httpx.post(f"{self.url}/moto-api/reset-auth", content=b"0", trust_env=False).raise_for_status()
-        except BaseException:
-            self.close()
-            raise
+    def prepare(self, setup: dict) -> None:
+        import boto3
+
+        boto3.client("secretsmanager", **setup).create_secret(Name="github", SecretString="gh-bench")
+        boto3.client("ssm", **setup).put_parameter(Name="/bench/token", Value="gh-bench", Type="SecureString")
 
 
 def _settings(values: dict):

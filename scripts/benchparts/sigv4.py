@@ -56,11 +56,17 @@ class Moto(Program):
             iam.put_user_policy(UserName="proxy", PolicyName="all", PolicyDocument=ADMIN)
             key = iam.create_access_key(UserName="proxy")["AccessKey"]
             self.key, self.secret = key["AccessKeyId"], key["SecretAccessKey"]
-            boto3.client("s3", **setup).create_bucket(Bucket=BUCKET)
+            self.prepare(setup)
             httpx.post(f"{self.url}/moto-api/reset-auth", content=b"0", trust_env=False).raise_for_status()
         except BaseException:
             self.close()
             raise
+
+    def prepare(self, setup: dict) -> None:
+        """What the part needs in the account, made before IAM authentication is on (`setup`: boto3's arguments)."""
+        import boto3
+
+        boto3.client("s3", **setup).create_bucket(Bucket=BUCKET)
 
     def signed(self, method: str, path: str, body: bytes) -> dict[str, str]:
         """The headers a client holding the key would send (botocore's S3 signer, as the addon uses)."""
