@@ -356,3 +356,19 @@ def test_an_aws_placeholder_without_credentials_is_answered_503_whatever_require
     assert status == 503 and "sts" in first
     status, _ = refused(proxy.send(make_flow([("Authorization", signed)], host="evil.example")))
     assert status == 403
+
+
+def test_the_status_shows_where_a_placeholder_entry_puts_its_token_not_a_header_it_adds(proxy, tmp_path):
+    """Its log and status said `headers: Authorization`, as if every request to its hosts got that header."""
+    from header_augment_core.status import provider_status
+
+    proxy.configure(tmp_path, entry(), {"name": "plain", "command": ["true"], "hosts": "other.example"})
+    placeholder, plain = proxy.token("gh"), proxy.token("plain")
+    now = time.monotonic()
+    shown = provider_status(placeholder, now)
+    assert (shown["headers"], shown["replaces_placeholder_in"]) == ([], ["header"])
+    assert (provider_status(plain, now)["headers"], provider_status(plain, now)["replaces_placeholder_in"]) == (
+        ["Authorization"],
+        None,
+    )
+    assert "its token replaces its placeholder in: header" in proxy.addon.status()

@@ -90,7 +90,9 @@ def provider_status(entry: Entry, now: float) -> dict[str, Any]:
         "require": settings.require,
         "state": state(refresher, now),
         "usable": snapshot.usable(now),
-        "headers": list(snapshot.display_names),
+        # A placeholder's entry adds no header: its token replaces the placeholder in these places.
+        "headers": [] if settings.placeholder else list(snapshot.display_names),
+        "replaces_placeholder_in": sorted(settings.substitute) if settings.placeholder else None,
         # A signing kind's credentials: the method botocore reports, the expiry and the access key id, no more.
         "credentials": None if snapshot.signing is None else snapshot.signing.status(),
         "last_success_age": None if snapshot is NOTHING else _seconds(now - snapshot.fetched_at),
@@ -186,6 +188,8 @@ def report(entries: Sequence[Entry], now: float, path: Path | None = None) -> st
             expires = f", expires {credentials['expires']}" if credentials["expires"] else ""
             key = credentials["access_key_id"]
             lines.append(f"    credentials: {credentials['method']}, access key {key}{expires}")
+        elif (places := data["replaces_placeholder_in"]) is not None:
+            lines.append(f"    its token replaces its placeholder in: {', '.join(places)}")
         else:
             lines.append(f"    headers: {', '.join(data['headers']) or 'none'}")
         lines.append(f"    last error: {data['last_error'] or 'none'}")
