@@ -783,6 +783,12 @@ def test_the_sandbox_s_proxy_swaps_placeholders_and_denies_the_rest(world):
         cloned = client.get(f"http://github.com:{echo}/org/repo/info/refs", auth=("x-access-token", held["GH_TOKEN"]))
         basic = base64.b64encode(f"x-access-token:{real}".encode()).decode()
         assert header(cloned.json(), "Authorization") == [f"Basic {basic}"]
+        # The OpenAI key in a JSON body (its entry's `substitute: [header, body]`): the echo counts the bytes it got.
+        posted = {"model": "gpt-4o-mini", "api_key": held["OPENAI_API_KEY"], "input": "hi"}
+        json_type = {"Content-Type": "application/json"}
+        sent = client.post(f"http://api.openai.com:{echo}/v1/responses", content=json.dumps(posted), headers=json_type)
+        real_body = json.dumps(posted | {"api_key": OPENAI_KEY}).encode()
+        assert sent.json()["body_bytes"] == len(real_body) != len(json.dumps(posted).encode())
         allowed = client.get(f"http://pypi.org:{echo}/simple/")
         assert allowed.status_code == 200
         elsewhere = client.get(f"http://pypi.org:{echo}/simple/", headers=bearer)  # allowed host, not the entry's
