@@ -237,8 +237,8 @@ RECIPES = {  # the README's, then those of docs/recipes.md
 }
 S3_RECIPE = "S3, signed by the proxy: `kind: aws-sigv4`"  # tests/test_aws_sigv4_e2e.py runs it, against moto
 VAULT_RECIPE = "Vault or OpenBao from Kubernetes"  # tests/test_vault.py runs it, against OpenBao
-SECRETS_MANAGER = "AWS: `kind: aws-secrets-manager`, `kind: aws-ssm-parameter`"  # tests/test_aws_secrets.py, moto
-NOT_HERE = (S3_RECIPE, VAULT_RECIPE)
+SECRETS_MANAGER = "AWS Secrets Manager"  # tests/test_aws_secrets.py runs it, against moto
+NOT_HERE = (S3_RECIPE, VAULT_RECIPE, SECRETS_MANAGER)
 RECIPE_BLOCKS = {b.subsection: b for b in blocks_in("Where credentials come from") if b.subsection not in NOT_HERE}
 RECIPE_BLOCKS |= {b.section: b for b in BLOCKS if b.page == "docs/recipes.md" and b.language == "sh"}
 PROJECTED = only(blocks_in("A projected service-account token in Kubernetes", "yaml", "docs/recipes.md"))
@@ -580,6 +580,8 @@ def test_every_block_is_run_or_checked_here():
         (R, W, "A person's Google Drive: sign in once", "sh"),  # test_the_recipe…, test_the_drive_sign_in_…
         # tests/test_vault.py::test_the_readme_recipe_kubernetes_auth, against OpenBao; test_the_secret_stores_…
         (R, W, VAULT_RECIPE, "sh"),
+        # tests/test_aws_secrets.py::test_the_readme_recipe_secrets_manager, against moto; test_the_secret_stores_…
+        (R, W, SECRETS_MANAGER, "sh"),
         (R, W, "A static file of headers", "sh"),  # test_the_recipe…
         (R, W, S3_RECIPE, "yaml"),  # tests/test_aws_sigv4_e2e.py
         (R, W, S3_RECIPE, "sh"),  # tests/test_aws_sigv4_e2e.py
@@ -602,8 +604,6 @@ def test_every_block_is_run_or_checked_here():
         ("docs/recipes.md", "The GitHub API as a GitHub App", "", "sh"),  # test_the_recipe…
         ("docs/recipes.md", "A Google service-account key", "", "sh"),  # test_the_recipe…
         ("docs/recipes.md", "An AKS workload with Azure workload identity", "", "sh"),  # test_the_recipe…
-        # tests/test_aws_secrets.py::test_the_readme_recipe_secrets_manager, against moto; test_the_secret_stores_…
-        ("docs/secret-stores.md", SECRETS_MANAGER, "", "sh"),
         ("docs/troubleshooting.md", "Troubleshooting", "", ""),  # messages: test_the_troubleshooting_messages_…
     ]
     assert list(RECIPE_BLOCKS) == list(RECIPES)
@@ -745,7 +745,8 @@ def test_the_secret_stores_recipes_load_as_providers_files(tmp_path):
     them against OpenBao and moto): each block writes one providers file, which loads, and starts the proxy with it."""
     vault = only([b for b in blocks_in("Where credentials come from") if b.subsection == VAULT_RECIPE])
     found = []
-    for block in (vault, only(blocks_in(SECRETS_MANAGER, page="docs/secret-stores.md"))):
+    manager = only([b for b in blocks_in("Where credentials come from") if b.subsection == SECRETS_MANAGER])
+    for block in (vault, manager):
         written, text = re.search(r"^cat > (\S+) <<'EOF'\n(.*?)^EOF$", block.text, re.M | re.S).groups()
         assert only([line for line in block.lines if line.startswith("scripts/run ")]) == (
             f"scripts/run --set header_providers_file={written}"
