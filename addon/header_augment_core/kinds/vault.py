@@ -461,8 +461,14 @@ class VaultClient(Client):
     def _renew_lease(self, lease: _Lease) -> bool:
         """Whether the lease was renewed; refused, it is read again."""
         try:
+            # A 400 is Vault's answer for a lease it revoked or expired ("lease not found"): taken as a refusal (the
+            # class is never shown), not as a server error, which had the fetch fail until the old lease's end.
             answer = self._call(
-                "renew lease", "", self._vault.sys.renew_lease, lease_id=lease.id, increment=int(lease.duration)
+                "renew lease",
+                "not_found",
+                self._vault.sys.renew_lease,
+                lease_id=lease.id,
+                increment=int(lease.duration),
             )
         except Failed as e:
             if e.reason_class in ("timeout", "connect", "tls", "status"):
