@@ -20,7 +20,7 @@ import echo_upstream  # scripts/ is on the tests' path (pyproject.toml)
 from helpers.procfs import peak_rss_kib
 from helpers.running import Running
 from helpers.waiting import DEADLINE, wait_until
-from helpers.zygote import Zygote
+from helpers.zygote import COMMAND, Zygote
 
 __all__ = ["DEADLINE", "peak_rss_kib", "wait_until"]  # the tests import them from here, as before the helpers package
 
@@ -148,6 +148,11 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+# HEADER_AUGMENT_TESTS_VIA=command runs every test's proxy as the header-augment command instead of mitmdump -s
+# (issue 30: the flows behave the same through its lean addon chain): `HEADER_AUGMENT_TESTS_VIA=command scripts/test`.
+VIA_COMMAND = os.environ.get("HEADER_AUGMENT_TESTS_VIA") == "command"
+
+
 class Mitmdump(Running):
     """A real `mitmdump -s addon/header_augment.py` on 127.0.0.1 with an ephemeral port; its output is collected."""
 
@@ -160,21 +165,16 @@ class Mitmdump(Running):
         env: dict[str, str] | None = None,
     ) -> None:
         self.confdir = confdir
-        cmd = [
-            str(MITMDUMP),
-            "--listen-host",
-            "127.0.0.1",
-            "--listen-port",
-            "0",
-            "--set",
-            f"confdir={confdir}",
-            "-s",
-            str(ADDON),
-            *args,
-        ]
         # Forked from a process that imported mitmproxy already (helpers/zygote.py), unless the test changes what
         # the interpreter imports.
         spawn = None if any(name.startswith("PYTHON") for name in env or {}) else Zygote.get().spawn
+        if spawn is not None and VIA_COMMAND:
+            # The header-augment command (its lean chain) in place of mitmdump -s: it loads the addon and listens on
+            # 127.0.0.1 itself.
+            cmd = [COMMAND, "--listen-port", "0", "--set", f"confdir={confdir}", *args]
+        else:
+            cmd = [str(MITMDUMP), "--listen-host", "127.0.0.1", "--listen-port", "0", "--set", f"confdir={confdir}"]
+            cmd += ["-s", str(ADDON), *args]
         super().__init__(cmd, cwd=cwd or ROOT, env={**clean_env(), **(env or {})}, new_session=False, spawn=spawn)
         self.port = 0
         if wait_listening:
