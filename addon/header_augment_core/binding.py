@@ -128,9 +128,10 @@ class Binding:
             note(flow, f"{self.comment}no usable {what}, passed {'unsigned' if self.signer else 'without'}")
         return None
 
-    def sign(self, flow: http.HTTPFlow, key: str | None, may_wait: bool = True) -> object:
+    def sign(self, flow: http.HTTPFlow, key: str | None, may_wait: bool = True, unsized: bool = False) -> object:
         """Sign `flow` if it is in scope (`key`: its host's `request_key`), as it will be sent: None if it is not,
-        WAIT, DONE, or a coroutine that signs it with the body hashed on a worker thread."""
+        WAIT, DONE, or a coroutine that signs it with the body hashed on a worker thread. `unsized`: at its headers,
+        a body without a length while stream_large_bodies is set, which this entry then streams from its headers."""
         counters = self.counters
         request = flow.request
         hosts = self.hosts
@@ -142,6 +143,12 @@ class Binding:
             return None
         if self.placeholder is not None and not signed_with(request, self.placeholder):
             return None  # signed by the client with another key, or not at all: not this entry's to sign
+        if unsized:
+            # mitmproxy buffers such a body until it outgrows the limit, then sends the headers as they are, with no
+            # hook in between: the request is signed now, with what needs no body, or killed, never sent with the
+            # client's signature. Streamed before any refusal below, which then kills it: an answer set now would
+            # be sent once the body has been read, and mitmproxy fails the connection if it outgrows the limit.
+            request.stream = True
         snapshot = self.refresher.snapshot
         if time.monotonic() >= snapshot.usable_until:
             outcome = self._unusable(
@@ -162,8 +169,10 @@ class Binding:
             # the flow is killed before anything is sent, and the log and the flow say why.
             flow.kill()
             counters.refused += 1
-            note(flow, f"{self.comment}refused: streamed body (stream_large_bodies), unsigned_payload not set")
-            _warn_streamed(self.settings.label)
+            why = UNSIZED if unsized else STREAMED
+            s3 = self.signer.service == "s3"
+            note(flow, f"{self.comment}refused: {why}{', unsigned_payload not set' if s3 else ''}")
+            _warn_streamed(self.settings.label, why, UNSIGNED_HINT if s3 else LENGTH_HINT)
             return DONE
         if prepared.body is not None and len(prepared.body) > HASH_ON_LOOP:
             return self._sign_off_loop(flow, snapshot, prepared)
@@ -203,18 +212,25 @@ def _answer(flow: http.HTTPFlow, response: http.Response) -> None:
         flow.response = response
 
 
-_streamed_warned_at: dict[str, float] = {}
+# Why a streamed body cannot be signed, and what to do, in the flow's comment and the log.
+STREAMED = "streamed request body (stream_large_bodies)"
+UNSIZED = "request body of unknown length (Transfer-Encoding) while stream_large_bodies is set"
+UNSIGNED_HINT = "set unsigned_payload: true to send S3 uploads with UNSIGNED-PAYLOAD"
+LENGTH_HINT = "send it with a Content-Length, or unset stream_large_bodies"
+
+_streamed_warned_at: dict[tuple[str, str], float] = {}
 
 
-def _warn_streamed(label: str) -> None:
+def _warn_streamed(label: str, why: str, hint: str) -> None:
     now = time.monotonic()
-    if now - _streamed_warned_at.get(label, -math.inf) >= WARN_INTERVAL:
-        _streamed_warned_at[label] = now
+    if now - _streamed_warned_at.get((label, why), -math.inf) >= WARN_INTERVAL:
+        _streamed_warned_at[label, why] = now
         logger.warning(
-            "header provider %s: a streamed request body (stream_large_bodies) cannot be hashed for its signature: "
-            "killed; set unsigned_payload: true to send S3 uploads with UNSIGNED-PAYLOAD (logged at most once a "
-            "minute)",
+            "header provider %s: a %s cannot be hashed for its signature before it is sent: killed; %s "
+            "(logged at most once a minute)",
             label,
+            why,
+            hint,
         )
 
 

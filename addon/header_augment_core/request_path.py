@@ -11,7 +11,7 @@ import time
 import weakref
 from collections.abc import Coroutine
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 from mitmproxy.proxy import mode_specs
 from mitmproxy.websocket import WebSocketMessage
 
@@ -583,11 +583,20 @@ class RequestPath:
             await more
 
     def sign_streamed(self, flow: http.HTTPFlow) -> Coroutine | None:
-        """A streamed request's headers leave once the `requestheaders` hooks have run: it is signed here, last."""
+        """A streamed request's headers leave once the `requestheaders` hooks have run: it is signed here, last. So
+        may those of a body sent without a length (HTTP/1's Transfer-Encoding) while stream_large_bodies is set:
+        mitmproxy sends them, with no hook in between, once the body outgrows the limit; the entry that signs such
+        a request streams it from here (Binding.sign)."""
         if self.audit is not None and CARRIED in flow.__dict__:
             self._audit_gate(flow)
-        if self.entries.signers and flow.request.stream and not (flow.response or flow.error) and flow.live:
-            return self._sign(flow, False)
+        if self.entries.signers and not (flow.response or flow.error) and flow.live:
+            request = flow.request
+            if request.stream:
+                return self._sign(flow, False)
+            if b"transfer-encoding" in request.headers:
+                options = ctx.options  # mitmproxy's proxy server declares stream_large_bodies: absent without it
+                if "stream_large_bodies" in options and options.stream_large_bodies:
+                    return self._sign(flow, False, unsized=True)
         return None
 
     def _decide_again(self, flow: http.HTTPFlow) -> None:
@@ -618,13 +627,13 @@ class RequestPath:
         else:
             flow.response = http.Response.make(503, _AUDIT_DOWN, {"Content-Type": "text/plain; charset=utf-8"})
 
-    def _sign(self, flow: http.HTTPFlow, waited: bool) -> Coroutine | None:
+    def _sign(self, flow: http.HTTPFlow, waited: bool, unsized: bool = False) -> Coroutine | None:
         """The first signing entry whose hosts the flow goes to signs it: a request carries one signature. The host
         is looked up now, where mitmproxy will connect (an addon may have rerouted the flow since `requestheaders`)."""
         key, bindings = self.entries.signing.lookup(flow.request.data.host)
         for binding in bindings:
             try:
-                outcome = binding.sign(flow, key, may_wait=not waited)
+                outcome = binding.sign(flow, key, may_wait=not waited, unsized=unsized)
             except Exception:
                 self._hook_error(flow, binding)
                 return None

@@ -124,7 +124,8 @@ class AwsSigV4Source(Source):
             bool,
             False,
             "S3 only: send a body mitmproxy streams (stream_large_bodies), which cannot be hashed first, as "
-            "UNSIGNED-PAYLOAD; without it such a request is killed before anything is sent.",
+            "UNSIGNED-PAYLOAD: one larger than the limit, or any sent without a length (Transfer-Encoding: chunked) "
+            "while it is set; without it such a request is killed before anything is sent.",
         ),
     )
 
