@@ -480,3 +480,24 @@ def test_a_client_connection_remembers_its_most_recent_destinations_only(proxy):
     assert len(decided) == MAX_DECIDED
     assert ("h0.example.org", 22) not in decided and ("h1.example.org", 22) in decided
     assert ("h2.example.org", 22) not in decided and (f"h{MAX_DECIDED + 1}.example.org", 22) in decided
+
+
+def test_a_refusal_whose_body_mitmproxy_may_yet_stream_is_a_kill_not_an_answer(proxy):
+    """A body sent without a length may outgrow stream_large_bodies after the headers were answered: mitmproxy
+    12.3.1 then crashed ("Can't set a response and enable streaming at the same time"). Such a refusal kills it."""
+    from mitmproxy.flow import Error
+
+    proxy.tctx.options.add_option("stream_large_bodies", str | None, None, "as mitmproxy's proxy server declares it")
+    proxy.configure(**VALID, header_egress="deny", stream_large_bodies="64k")
+    unsized = make_flow(host="elsewhere.example")
+    unsized.request.headers["Transfer-Encoding"] = "chunked"
+    proxy.addon.requestheaders(unsized)
+    assert unsized.response is None and unsized.error is not None and unsized.error.msg == Error.KILLED_MESSAGE
+    assert f"{DENIED} elsewhere.example:{unsized.request.port}" in unsized.comment
+    assert status_of(proxy.request("elsewhere.example")) == 403  # a body with a length, or none: answered
+    assert proxy.path.counts.denied == {"host": 2}
+    proxy.configure(stream_large_bodies=None)
+    unsized = make_flow(host="elsewhere.example")
+    unsized.request.headers["Transfer-Encoding"] = "chunked"
+    proxy.addon.requestheaders(unsized)
+    assert status_of(unsized) == 403  # nothing streamed: answered

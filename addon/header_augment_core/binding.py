@@ -12,6 +12,7 @@ from mitmproxy.net.http import url
 
 from .carried import CARRIED, Carried, carried_by, carry
 from .clients import Clients
+from .decision import answer
 from .hosts import Hosts, request_key
 from .refresher import Refresher
 from .settings import ProviderSettings
@@ -120,7 +121,7 @@ class Binding:
         counters.in_scope += 1
         never = snapshot is NOTHING
         if self.settings.require:
-            _answer(flow, _refusal(never, what))
+            answer(flow, _refusal(never, what))
             counters.refused += 1
             note(flow, f"{self.comment}refused: {why[0] if never else why[1]}")
         else:
@@ -160,7 +161,7 @@ class Binding:
         try:
             prepared = prepare(request, streamed)
         except Unsignable as e:
-            _answer(flow, _unsignable(str(e), e.status))
+            answer(flow, _unsignable(str(e), e.status))
             counters.refused += 1
             note(flow, f"{self.comment}refused: {e}")
             return DONE
@@ -202,14 +203,6 @@ class Binding:
             signing = self.refresher.snapshot.signing
             if signing is not None:
                 carried.undo += ((signing.access_key.encode(), self.placeholder),)
-
-
-def _answer(flow: http.HTTPFlow, response: http.Response) -> None:
-    """Answer the flow ourselves. A streamed request cannot have a response: it is killed (nothing was sent)."""
-    if flow.request.stream:
-        flow.kill()
-    else:
-        flow.response = response
 
 
 # Why a streamed body cannot be signed, and what to do, in the flow's comment and the log.

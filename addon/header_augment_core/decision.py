@@ -9,7 +9,7 @@ never as a second lookup of its own.
 
 from typing import Any, NamedTuple
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 
 from .egress import DENY, PASS, REPORT
 
@@ -86,6 +86,21 @@ def decide(entries: Any, flow: http.HTTPFlow) -> Decision:
         return Decision(PASS, None, host, port, found, "", key, bindings, listed, cut)
     verdict = DENY if policy.deny else REPORT
     return Decision(verdict, HOST, host, port, None, NOTHING_NAMES_IT, key, bindings, listed, cut)
+
+
+def answer(flow: http.HTTPFlow, response: http.Response) -> None:
+    """Answer the flow ourselves; nothing is sent upstream. A request whose body mitmproxy streams cannot have an
+    answer: it is killed. So is one whose body it may yet stream, sent without a length while stream_large_bodies is
+    set: once such a body outgrows the limit, mitmproxy 12.3.1 crashes on an answer set at its headers ("Can't set a
+    response and enable streaming at the same time")."""
+    if flow.request.stream or (
+        "transfer-encoding" in flow.request.headers
+        and "stream_large_bodies" in ctx.options  # declared by mitmproxy's proxy server: absent without it
+        and ctx.options.stream_large_bodies
+    ):
+        flow.kill()
+    else:
+        flow.response = response
 
 
 def placeholder_refusal(status: int, why: str) -> http.Response:

@@ -41,6 +41,7 @@ from .decision import (
     NOTHING_NAMES_IT,
     PASS,
     Decision,
+    answer,
     decide,
     placeholder_refusal,
     refusal,
@@ -274,10 +275,7 @@ class RequestPath:
             self._restore(flow, carried)
             flow.__dict__[AUDITED] = carried
         flow.__dict__[REFUSED] = binding
-        if flow.request.stream:
-            flow.kill()
-        else:
-            flow.response = placeholder_refusal(status, reason)
+        answer(flow, placeholder_refusal(status, reason))
         return False
 
     @staticmethod
@@ -407,10 +405,7 @@ class RequestPath:
         note(flow, decision.comment())
         if verdict == REPORT:
             return True
-        if flow.request.stream:  # mitmproxy cannot answer a request whose body it streams: nothing was sent
-            flow.kill()
-        else:
-            flow.response = refusal(decision)
+        answer(flow, refusal(decision))
         return False
 
     @staticmethod
@@ -622,10 +617,7 @@ class RequestPath:
         self.counts.audit_refused += 1
         note(flow, "header-augment: refused: the audit log cannot be written (header_audit_require)")
         flow.__dict__[REFUSED] = None
-        if flow.request.stream:
-            flow.kill()
-        else:
-            flow.response = http.Response.make(503, _AUDIT_DOWN, {"Content-Type": "text/plain; charset=utf-8"})
+        answer(flow, http.Response.make(503, _AUDIT_DOWN, {"Content-Type": "text/plain; charset=utf-8"}))
 
     def _sign(self, flow: http.HTTPFlow, waited: bool, unsized: bool = False) -> Coroutine | None:
         """The first signing entry whose hosts the flow goes to signs it: a request carries one signature. The host
@@ -980,8 +972,11 @@ class RequestPath:
             )
         if binding.settings.require:
             flow.__dict__[REFUSED] = binding
-            flow.response = http.Response.make(
-                503, "header-augment: internal error (header_require is set)\n", {"Content-Type": "text/plain"}
+            answer(
+                flow,
+                http.Response.make(
+                    503, "header-augment: internal error (header_require is set)\n", {"Content-Type": "text/plain"}
+                ),
             )
             binding.counters.in_scope += 1  # it was refused as one in scope
             binding.counters.refused += 1
