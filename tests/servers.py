@@ -465,10 +465,19 @@ def trickle(data: bytes, gap: float):
 
 @functools.cache
 def gzip_bomb() -> bytes:
-    """1 GiB of zeros, gzip-compressed to about 1 MB (made once per test session: it takes seconds)."""
+    """1 GiB of zeros, gzip-compressed to about 1 MB. After a full flush the compressor starts afresh, so each further
+    8 MiB of zeros compresses to the same bytes: compressed twice and repeated, not 128 times (that took 3 s of CPU
+    in every test process that used it); the trailer's CRC and length are the whole gibibyte's."""
     compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    zeros = bytes(1 << 20)
-    return b"".join(compressor.compress(zeros) for _ in range(1024)) + compressor.flush()
+    zeros, count = bytes(8 << 20), 128
+    first = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
+    again = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
+    end = compressor.flush()[:-8]  # the last, empty block; its trailer is for 16 MiB
+    crc = 0
+    for _ in range(count):
+        crc = zlib.crc32(zeros, crc)
+    trailer = crc.to_bytes(4, "little") + (count * len(zeros) % (1 << 32)).to_bytes(4, "little")
+    return first + again * (count - 1) + end + trailer
 
 
 @functools.cache
