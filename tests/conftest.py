@@ -5,30 +5,6 @@ from servers import Mitmdump, Provider, RawProvider, Upstream, self_signed
 
 from header_augment_core.scheduler import Scheduler
 
-# The slowest files, slowest first (their summed durations on four workers, 2026-12-07). xdist's loadfile hands out
-# whole files in collection order: a slow file collected late (packaging, readme, scripts_run) was the suite's tail.
-SLOWEST_FILES = (
-    "test_hostile_providers_file.py",
-    "test_herd.py",
-    "test_e2e.py",
-    "test_packaging.py",
-    "test_admin.py",
-    "test_scoping_e2e.py",
-    "test_scripts_run.py",
-    "test_deploy.py",
-    "test_readme.py",
-    "test_clients.py",
-    "test_aws_sigv4_e2e.py",
-    "test_fleet_e2e.py",
-    "test_bench_smoke.py",
-    "test_hosts.py",
-)
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the others keep their order
-
 
 @pytest.fixture
 def scheduler():
