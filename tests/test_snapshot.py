@@ -92,3 +92,17 @@ def test_snapshots_are_immutable():
         pass
     else:
         raise AssertionError("a snapshot could be changed in place")
+
+
+def test_headers_fetched_again_unchanged_keep_their_forms_and_only_their_times_are_new():
+    """Most refreshes answer what they answered before: the forms made for answers (the costliest part of a build,
+    most of a simulated fleet's CPU) are taken from the snapshot replaced, not made again."""
+    headers = [("Authorization", "Bearer same-token-0001"), ("X-Tenant", "acme")]
+    first = Snapshot.build(headers, 100.0, 60.0, lifetime=600.0)
+    again = Snapshot.build(headers, 200.0, 60.0, lifetime=600.0, previous=first)
+    assert again is not first and again.secrets is first.secrets and again.masks is first.masks
+    assert (again.fetched_at, again.usable_until, again.expires_at) == (200.0, 260.0, 800.0)
+    assert again.mask_values == first.mask_values and again.token == first.token
+    assert again == Snapshot.build(headers, 200.0, 60.0, lifetime=600.0)  # what a build from nothing makes
+    changed = Snapshot.build([("Authorization", "Bearer new-token-0002")], 300.0, 60.0, previous=again)
+    assert changed.secrets is not first.secrets and b"new-token-0002" in dict(changed.secrets)

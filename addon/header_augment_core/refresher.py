@@ -234,7 +234,7 @@ class Refresher:
         self._rejections_logged = rejections
         previous = self.snapshot
         snapshot = Snapshot.build(
-            answer.headers, self._clock(), self.settings.max_stale, result.lifetime, result.signing
+            answer.headers, self._clock(), self.settings.max_stale, result.lifetime, result.signing, previous=previous
         )
         self.snapshot = snapshot
         self.counts.ok += 1

@@ -99,13 +99,20 @@ class Snapshot:
         lifetime: float | None = None,
         signing: Any = None,
         secret: Callable[[str], bool] = is_credential,
+        previous: "Snapshot | None" = None,
     ) -> "Snapshot":
         """`max_stale` (0: forever) and `lifetime` (the credential's, if known) both bound how long it is usable.
         `secret(name)`: whether a header's value is a credential, scrubbed from answers whatever an entry names in
-        its `secret_headers` (by default the names `is_credential` knows; `lambda name: True` makes all of them)."""
+        its `secret_headers` (by default the names `is_credential` knows; `lambda name: True` makes all of them).
+        `previous`: the snapshot this one replaces, built with the same `secret`: headers fetched again unchanged
+        (most refreshes) take its forms, markers and masks, and only their times are new."""
         fields = tuple((name.encode("ascii"), value.encode("ascii")) for name, value in headers)
-        lowered = tuple(name.lower() for name, _ in fields)
         expires_at = math.inf if lifetime is None else fetched_at + lifetime
+        usable_until = _usable_until(fetched_at, max_stale, expires_at)
+        unchanged = previous is not None and previous.fields == fields and previous.signing is None
+        if fields and unchanged and signing is None:
+            return replace(previous, fetched_at=fetched_at, usable_until=usable_until, expires_at=expires_at)
+        lowered = tuple(name.lower() for name, _ in fields)
         markers = tuple(marker(name) for name, _ in headers)
         secrets: dict[bytes, bytes] = {}
         others: dict[str, dict[bytes, bytes]] = {}
@@ -119,7 +126,7 @@ class Snapshot:
             lowered=lowered,
             names=frozenset(lowered),
             fetched_at=fetched_at,
-            usable_until=_usable_until(fetched_at, max_stale, expires_at),
+            usable_until=usable_until,
             expires_at=expires_at,
             display_names=tuple(name for name, _ in headers),
             summary=f"added {', '.join(name for name, _ in headers)}",
