@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import test_login
 from servers import RawProvider, http_answer, trickle, wait_until
 from test_login import Browser, Person, run, run_browser
 from test_refresh_token import FakeClock, bearer, held, refresher_of, unwritable
@@ -233,23 +234,7 @@ def test_a_killed_writer_s_temporary_is_removed_by_the_next_write_and_a_live_one
 # -- header-augment login and logout ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def providers(tmp_path, server):
-    path = tmp_path / "providers.json"
-    entry = {
-        "name": "drive",
-        "hosts": "www.googleapis.com",
-        "kind": "oauth2",
-        "grant": "refresh-token",
-        "url": server.url,
-        "device_authorization_url": server.base + "/device",
-        "revocation_url": server.base + "/revoke",
-        "authorization_url": server.base + "/authorize",
-        "client_id": server.client_id,
-        "refresh_token_file": str(tmp_path / "person" / "drive.token"),
-    }
-    path.write_text(json.dumps({"providers": [entry]}))
-    return path
+providers = test_login.providers  # the same providers file: its first entry is the person's
 
 
 def edit(providers, **fields) -> None:
