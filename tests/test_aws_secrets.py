@@ -9,12 +9,10 @@ import os
 import sys
 
 import boto3
-import httpx
 import pytest
 from helpers.doc_recipes import recipe_providers_file
-from processes import Running, free_port
-from servers import ROOT
-from test_aws_sigv4_e2e import MOTO_SERVER
+from helpers.moto import moto_server, require_auth
+from processes import free_port
 
 from header_augment_core.fields import SettingsError
 from header_augment_core.providers_file import load_providers_file
@@ -36,13 +34,7 @@ ADMIN = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*
 def moto(tmp_path_factory):
     """moto's server with a reader, a user allowed nothing of these, a role the reader may assume, two secrets and
     a SecureString parameter; then auth on."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and "proxy" not in k.lower()}
-    server = Running([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], cwd=ROOT, env=env)
-    try:
-        server.wait_for(rf"Running on http://127\.0\.0\.1:{port}")
-        url = f"http://127.0.0.1:{port}"
-        setup = {"endpoint_url": url, "region_name": REGION, "aws_access_key_id": "x", "aws_secret_access_key": "x"}
+    with moto_server(REGION) as (url, setup):
         iam = boto3.client("iam", **setup)
         keys = {}
         for user, policy in (("admin", ADMIN), ("reader", READ), ("stranger", NOTHING)):
@@ -61,12 +53,10 @@ def moto(tmp_path_factory):
         secrets.create_secret(Name="bundle", SecretString=json.dumps({"token": "js-one", "n": 3}))
         ssm = boto3.client("ssm", **setup)
         ssm.put_parameter(Name="/proxy/token", Value="ssm-one", Type="SecureString")
-        httpx.post(f"{url}/moto-api/reset-auth", content=b"0", trust_env=False).raise_for_status()
+        require_auth(url)
         admin = {**setup, "aws_access_key_id": keys["admin"]["AccessKeyId"]}
         admin["aws_secret_access_key"] = keys["admin"]["SecretAccessKey"]
         yield {"url": url, "keys": keys, "role": role, "admin": admin}
-    finally:
-        server.kill_group()
 
 
 def use(monkeypatch, tmp_path, moto, user="reader", endpoint="AWS_ENDPOINT_URL"):

@@ -8,20 +8,18 @@ import hashlib
 import os
 import re
 import shlex
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import boto3
 import httpx
 import pytest
 from conftest import client_for
-from processes import Running
-from servers import ROOT, Mitmdump, Upstream
+from helpers.moto import moto_server, require_auth
+from helpers.ports import free_port
+from servers import Mitmdump, Upstream
 from test_clients import readme_blocks
 
-MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 BUCKET = "sigv4-bucket"
 REGION = "us-east-1"
 ADMIN = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'
@@ -33,22 +31,10 @@ IDENTITY_FORM = b"Action=GetCallerIdentity&Version=2011-06-15"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory):
     """moto's server with a user holding an access key, a role for web identity and a bucket; then auth on."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and "proxy" not in k.lower()}
-    server = Running([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], cwd=ROOT, env=env)
-    try:
-        server.wait_for(rf"Running on http://127\.0\.0\.1:{port}")
-        url = f"http://127.0.0.1:{port}"
-        setup = {"endpoint_url": url, "region_name": REGION, "aws_access_key_id": "x", "aws_secret_access_key": "x"}
+    with moto_server(REGION) as (url, setup):
         iam = boto3.client("iam", **setup)
         iam.create_user(UserName="proxy")
         iam.put_user_policy(UserName="proxy", PolicyName="all", PolicyDocument=ADMIN)
@@ -56,10 +42,9 @@ def moto(tmp_path_factory):
         role = iam.create_role(RoleName="workload", AssumeRolePolicyDocument=TRUST)["Role"]["Arn"]
         iam.put_role_policy(RoleName="workload", PolicyName="all", PolicyDocument=ADMIN)
         boto3.client("s3", **setup).create_bucket(Bucket=BUCKET)
-        httpx.post(f"{url}/moto-api/reset-auth", content=b"0", trust_env=False).raise_for_status()
+        require_auth(url)
+        port = int(url.rpartition(":")[2])
         yield {"url": url, "port": port, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"], "role": role}
-    finally:
-        server.kill_group()
 
 
 def _providers(path: Path, port: int, extra: str = "") -> Path:
@@ -294,14 +279,14 @@ def test_web_identity_credentials_through_aws_endpoint_url_sts(moto, mitmdump, t
     }
     # moto's server answers 500 to an unsigned AssumeRoleWithWebIdentity while authentication is on (AWS takes it
     # unsigned): actions go unauthenticated until both entries have their credentials, and every one after is checked.
-    httpx.post(f"{moto['url']}/moto-api/reset-auth", content=b"10", trust_env=False).raise_for_status()
+    require_auth(moto["url"], after=10)
     try:
         providers = _providers(tmp_path / "providers.yaml", moto["port"])
         m = mitmdump("--set", f"header_providers_file={providers}", "--set", "termlog_verbosity=debug", env=env)
         m.wait_for(r"header provider s3 .*credentials in use \(assume-role-with-web-identity\)")
         m.wait_for(r"header provider sts .*credentials in use \(assume-role-with-web-identity\)")
     finally:
-        httpx.post(f"{moto['url']}/moto-api/reset-auth", content=b"0", trust_env=False).raise_for_status()
+        require_auth(moto["url"])
     with client_for(m.proxy) as client:
         # The client's own session token is replaced by the role's (moto compares it with the one it issued).
         own = {"X-Amz-Security-Token": "FwoGZXIvYXdzEFORGEDTOKEN"}
@@ -454,7 +439,7 @@ def test_a_web_identity_call_that_fails_names_the_chain_step_and_requests_get_50
     env = {
         "AWS_ROLE_ARN": moto["role"],
         "AWS_WEB_IDENTITY_TOKEN_FILE": str(tmp_path / "token"),
-        "AWS_ENDPOINT_URL_STS": f"http://127.0.0.1:{_free_port()}",  # nothing listens there
+        "AWS_ENDPOINT_URL_STS": f"http://127.0.0.1:{free_port()}",  # nothing listens there
         "AWS_CONFIG_FILE": str(tmp_path / "none"),
         "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
         "AWS_EC2_METADATA_DISABLED": "true",

@@ -11,8 +11,9 @@ import boto3
 import httpx
 import pytest
 from conftest import client_for, values_of
+from helpers.ports import free_port
 from servers import Mitmdump, Upstream
-from test_aws_sigv4_e2e import BUCKET, REGION, _free_port, _providers, moto  # noqa: F401 (moto: the module's moto server)
+from test_aws_sigv4_e2e import BUCKET, REGION, _providers, moto  # noqa: F401 (moto: the module's moto server)
 
 LIMIT = 64 * 1024
 OCTETS = {"Content-Type": "application/octet-stream"}
@@ -51,7 +52,7 @@ def proxy(moto, api, tmp_path_factory):  # noqa: F811
 """
     providers.write_text(unsigned + _providers(tmp / "rest.yaml", moto["port"], extra).read_text())
     env = {"AWS_ACCESS_KEY_ID": moto["key"], "AWS_SECRET_ACCESS_KEY": moto["secret"]}
-    reverse = _free_port()  # boto3 frames uploads over HTTPS only: it speaks TLS to this front, before moto
+    reverse = free_port()  # boto3 frames uploads over HTTPS only: it speaks TLS to this front, before moto
     m = Mitmdump(
         tmp / "confdir",
         *("--set", f"header_providers_file={providers}", "--set", f"stream_large_bodies={LIMIT}"),
